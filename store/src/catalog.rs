@@ -1,0 +1,129 @@
+//! The catalog: which segments make up a table, and how much of the WAL they cover.
+//!
+//! It is a small JSON file, `catalog.json`, replaced atomically (written to a
+//! temporary file, fsync'd, renamed over the old one, directory fsync'd).
+//! Writing it is the commit point of a flush: segment files it does not name
+//! are leftovers of an interrupted flush and are deleted at start-up, and WAL
+//! files up to `flushed_wal_seq` are already in segments and are not replayed.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result, StoreError};
+
+const FILE_NAME: &str = "catalog.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// One Parquet segment and its full-text index.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SegmentEntry {
+    /// The segment's id: its file is `segments/{id}.parquet`, its index `index/{id}/`.
+    pub id: String,
+    pub rows: u64,
+    /// Size of the Parquet file.
+    pub bytes: u64,
+    /// Earliest and latest row time (span start or log time), ns since the epoch.
+    pub min_time_ns: i64,
+    pub max_time_ns: i64,
+    /// The distinct `service_name`s in the segment, sorted.
+    pub services: Vec<String>,
+}
+
+/// The persistent state of one table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Catalog {
+    pub version: u32,
+    /// Every WAL file with a sequence number up to this one is in a segment.
+    pub flushed_wal_seq: u64,
+    pub segments: Vec<SegmentEntry>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            version: FORMAT_VERSION,
+            flushed_wal_seq: 0,
+            segments: Vec::new(),
+        }
+    }
+}
+
+impl Catalog {
+    fn path(table_dir: &Path) -> PathBuf {
+        table_dir.join(FILE_NAME)
+    }
+
+    /// Loads the catalog of the table in `table_dir`, or an empty one for a new table.
+    pub fn load(table_dir: &Path) -> Result<Self> {
+        let path = Self::path(table_dir);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).at(&path),
+        };
+        let catalog: Catalog =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptCatalog {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if catalog.version != FORMAT_VERSION {
+            return Err(StoreError::CorruptCatalog {
+                path,
+                reason: format!(
+                    "format version {} is not supported (expected {FORMAT_VERSION})",
+                    catalog.version
+                ),
+            });
+        }
+        Ok(catalog)
+    }
+
+    /// Replaces the table's catalog with `self`, atomically and durably.
+    pub fn store(&self, table_dir: &Path) -> Result<()> {
+        let path = Self::path(table_dir);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).expect("catalog serializes");
+        let mut file = fs::File::create(&tmp).at(&tmp)?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .at(&tmp)?;
+        fs::rename(&tmp, &path).at(&path)?;
+        crate::wal::sync_dir(table_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_catalog_loads_back_and_a_missing_one_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Catalog::load(dir.path()).unwrap(), Catalog::default());
+        let catalog = Catalog {
+            flushed_wal_seq: 7,
+            segments: vec![SegmentEntry {
+                id: "abc".into(),
+                rows: 3,
+                bytes: 100,
+                min_time_ns: 1,
+                max_time_ns: 2,
+                services: vec!["crm-mobile".into()],
+            }],
+            ..Default::default()
+        };
+        catalog.store(dir.path()).unwrap();
+        assert_eq!(Catalog::load(dir.path()).unwrap(), catalog);
+    }
+
+    #[test]
+    fn a_corrupt_catalog_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), b"{not json").unwrap();
+        let err = Catalog::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("catalog.json"), "{err}");
+    }
+}

@@ -1,0 +1,219 @@
+//! `ExportTraceServiceRequest` → a `spans` batch.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
+
+use super::columns::{append_non_empty, clamp_nanos, EventsBuilder, LinksBuilder, TextMapBuilder};
+use super::values::{as_int, write_text};
+use super::{check_id, hex_id, service_name, Converted, Rejections};
+use crate::schema::{spans_schema, PromotedKind, PROMOTED_SPAN_COLUMNS};
+
+/// Converts a trace export request into one `spans` batch, leaving out (and
+/// counting) spans with invalid ids or an end before their start.
+pub fn spans_to_batch(request: &ExportTraceServiceRequest) -> Converted {
+    let mut columns = SpanColumns::new();
+    let mut rejections = Rejections::default();
+    for (r, resource_spans) in request.resource_spans.iter().enumerate() {
+        let resource = resource_spans.resource.as_ref();
+        let service = service_name(resource);
+        let resource_attributes = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+        for (s, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
+            let scope = scope_spans.scope.as_ref();
+            for (i, span) in scope_spans.spans.iter().enumerate() {
+                match validate(span) {
+                    Ok(()) => columns.append(span, service, resource_attributes, scope),
+                    Err(reason) => rejections.reject(|| {
+                        format!("resource_spans[{r}].scope_spans[{s}].spans[{i}]: {reason}")
+                    }),
+                }
+            }
+        }
+    }
+    rejections.finish(columns.finish())
+}
+
+fn validate(span: &Span) -> Result<(), String> {
+    check_id("trace_id", &span.trace_id, 16, false)?;
+    check_id("span_id", &span.span_id, 8, false)?;
+    check_id("parent_span_id", &span.parent_span_id, 8, true)?;
+    if span.end_time_unix_nano < span.start_time_unix_nano {
+        return Err(format!(
+            "end_time_unix_nano {} is before start_time_unix_nano {}",
+            span.end_time_unix_nano, span.start_time_unix_nano
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn kind_name(kind: i32) -> &'static str {
+    match SpanKind::try_from(kind) {
+        Ok(SpanKind::Server) => "SERVER",
+        Ok(SpanKind::Client) => "CLIENT",
+        Ok(SpanKind::Producer) => "PRODUCER",
+        Ok(SpanKind::Consumer) => "CONSUMER",
+        Ok(SpanKind::Internal) => "INTERNAL",
+        Ok(SpanKind::Unspecified) | Err(_) => "UNSPECIFIED",
+    }
+}
+
+pub(crate) fn status_name(code: i32) -> &'static str {
+    match StatusCode::try_from(code) {
+        Ok(StatusCode::Ok) => "OK",
+        Ok(StatusCode::Error) => "ERROR",
+        Ok(StatusCode::Unset) | Err(_) => "UNSET",
+    }
+}
+
+enum PromotedBuilder {
+    Text(StringBuilder),
+    Int(Int64Builder),
+}
+
+#[derive(Default)]
+struct SpanColumns {
+    trace_id: StringBuilder,
+    span_id: StringBuilder,
+    parent_span_id: StringBuilder,
+    trace_state: StringBuilder,
+    service_name: StringBuilder,
+    name: StringBuilder,
+    kind: StringBuilder,
+    start_time: TimestampNanosecondBuilder,
+    end_time: TimestampNanosecondBuilder,
+    duration_ns: Int64Builder,
+    status_code: StringBuilder,
+    status_message: StringBuilder,
+    attributes: TextMapBuilder,
+    resource_attributes: TextMapBuilder,
+    scope_name: StringBuilder,
+    scope_version: StringBuilder,
+    events: EventsBuilder,
+    links: LinksBuilder,
+    promoted: Vec<PromotedBuilder>,
+    scratch: String,
+}
+
+impl SpanColumns {
+    fn new() -> Self {
+        let promoted = PROMOTED_SPAN_COLUMNS
+            .iter()
+            .map(|p| match p.kind {
+                PromotedKind::Text => PromotedBuilder::Text(StringBuilder::new()),
+                PromotedKind::Int => PromotedBuilder::Int(Int64Builder::new()),
+            })
+            .collect();
+        Self {
+            promoted,
+            ..Default::default()
+        }
+    }
+
+    fn append(
+        &mut self,
+        span: &Span,
+        service: &str,
+        resource_attributes: &[KeyValue],
+        scope: Option<&opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
+    ) {
+        let mut buf = [0u8; 32];
+        self.trace_id.append_value(hex_id(&span.trace_id, &mut buf));
+        self.span_id.append_value(hex_id(&span.span_id, &mut buf));
+        if span.parent_span_id.is_empty() {
+            self.parent_span_id.append_null();
+        } else {
+            self.parent_span_id
+                .append_value(hex_id(&span.parent_span_id, &mut buf));
+        }
+        append_non_empty(&mut self.trace_state, &span.trace_state);
+        self.service_name.append_value(service);
+        self.name.append_value(&span.name);
+        self.kind.append_value(kind_name(span.kind));
+        let start = clamp_nanos(span.start_time_unix_nano);
+        let end = clamp_nanos(span.end_time_unix_nano);
+        self.start_time.append_value(start);
+        self.end_time.append_value(end);
+        self.duration_ns.append_value(end - start);
+        let status = span.status.as_ref();
+        self.status_code
+            .append_value(status_name(status.map_or(0, |s| s.code)));
+        append_non_empty(
+            &mut self.status_message,
+            status.map_or("", |s| s.message.as_str()),
+        );
+        self.attributes.append(&span.attributes);
+        self.resource_attributes.append(resource_attributes);
+        append_non_empty(&mut self.scope_name, scope.map_or("", |s| s.name.as_str()));
+        append_non_empty(
+            &mut self.scope_version,
+            scope.map_or("", |s| s.version.as_str()),
+        );
+        self.events.append(&span.events);
+        self.links.append(&span.links);
+        self.append_promoted(&span.attributes);
+    }
+
+    fn append_promoted(&mut self, attributes: &[KeyValue]) {
+        for (column, builder) in PROMOTED_SPAN_COLUMNS.iter().zip(&mut self.promoted) {
+            let value = find_first(attributes, column.keys);
+            match builder {
+                PromotedBuilder::Text(b) => {
+                    self.scratch.clear();
+                    if write_text(value, &mut self.scratch) {
+                        b.append_value(&self.scratch);
+                    } else {
+                        b.append_null();
+                    }
+                }
+                PromotedBuilder::Int(b) => b.append_option(as_int(value)),
+            }
+        }
+    }
+
+    fn finish(mut self) -> RecordBatch {
+        let rows = self.trace_id.len();
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.parent_span_id.finish()),
+            Arc::new(self.trace_state.finish()),
+            Arc::new(self.service_name.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.start_time.finish().with_timezone("UTC")),
+            Arc::new(self.end_time.finish().with_timezone("UTC")),
+            Arc::new(self.duration_ns.finish()),
+            Arc::new(self.status_code.finish()),
+            Arc::new(self.status_message.finish()),
+            self.attributes.finish(),
+            self.resource_attributes.finish(),
+            Arc::new(self.scope_name.finish()),
+            Arc::new(self.scope_version.finish()),
+            self.events.finish(),
+            self.links.finish(),
+        ];
+        columns.extend(self.promoted.iter_mut().map(|b| match b {
+            PromotedBuilder::Text(b) => Arc::new(b.finish()) as ArrayRef,
+            PromotedBuilder::Int(b) => Arc::new(b.finish()) as ArrayRef,
+        }));
+        let batch = RecordBatch::try_new(spans_schema(), columns)
+            .expect("span columns are built to match the spans schema");
+        debug_assert_eq!(batch.num_rows(), rows);
+        batch
+    }
+}
+
+/// The value of the first of `keys` present in `attributes`.
+fn find_first<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<&'a AnyValue> {
+    keys.iter().find_map(|key| {
+        attributes
+            .iter()
+            .find(|kv| kv.key == *key)
+            .and_then(|kv| kv.value.as_ref())
+    })
+}

@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong while storing data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Arrow error: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("Parquet error: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("full-text index error: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("catalog {path} is corrupt: {reason}")]
+    CorruptCatalog { path: PathBuf, reason: String },
+    /// Too much data is waiting to be flushed; the caller should retry later.
+    #[error("store is overloaded: {0}")]
+    Overloaded(String),
+    /// The store is shutting down or its writer has stopped.
+    #[error("store is closed")]
+    Closed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attaches the path to an `io::Error`, so every I/O failure says where it happened.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| StoreError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,26 @@
+//! weft's on-disk format and the write path that fills it.
+//!
+//! A [`Store`] holds two [`Table`]s, `spans` and `logs`. Each table takes OTLP
+//! requests already converted to Arrow (see [`convert`]), makes them durable in
+//! a write-ahead log ([`wal`]) with group commit, keeps them in memory until
+//! they are flushed, and then writes them out as a sorted, zstd-compressed
+//! Parquet segment ([`segment`]) with a tantivy full-text index beside it
+//! ([`index`]). The [`catalog`] lists the segments that exist and is the commit
+//! point of every flush: a segment is part of the table once the catalog names
+//! it, and only then is the WAL behind it deleted.
+//!
+//! This crate is not a query engine: it hands readers a consistent
+//! [`TableSnapshot`] (flushed segments plus not-yet-flushed batches) and leaves
+//! SQL to `query/`. Receivers, protocol details and HTTP live in `collector/`.
+
+pub mod catalog;
+pub mod convert;
+mod error;
+pub mod index;
+pub mod schema;
+pub mod segment;
+mod table;
+pub mod wal;
+
+pub use error::{Result, StoreError};
+pub use table::{Signal, Store, StoreConfig, Table, TableSnapshot, TableStats};

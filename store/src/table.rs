@@ -1,0 +1,645 @@
+//! A table: the write path of one signal, from acknowledged batch to segment.
+//!
+//! ```text
+//! append ─► commit queue ─► WAL thread (write, one fdatasync per group) ─► active batches ─┐
+//!                                                                                          │ freeze
+//! flusher task ◄── size or age trigger ◄─────────────────────────────── frozen batches ◄───┘
+//!   └─► sort ─► Parquet segment ─► tantivy index ─► catalog (commit point) ─► delete WAL files
+//! ```
+//!
+//! The WAL thread is the only writer of the WAL and of the active batches, so
+//! a freeze (rotate the WAL, move the active batches aside) cannot interleave
+//! with an append. Readers see `catalog segments + frozen + active` under one
+//! lock, so data is never missing or doubled across a flush.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, Notify};
+
+use crate::catalog::{Catalog, SegmentEntry};
+use crate::error::{IoContext, Result, StoreError};
+use crate::{index, schema, segment, wal};
+
+/// The kinds of telemetry weft stores, one table each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Spans,
+    Logs,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 2] = [Signal::Spans, Signal::Logs];
+
+    /// The table's name, in SQL and on disk.
+    pub fn table_name(self) -> &'static str {
+        match self {
+            Signal::Spans => "spans",
+            Signal::Logs => "logs",
+        }
+    }
+
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Signal::Spans => schema::spans_schema(),
+            Signal::Logs => schema::logs_schema(),
+        }
+    }
+}
+
+/// How the store buffers and flushes.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Root of the data directory; each table lives in a subdirectory.
+    pub data_dir: PathBuf,
+    /// Flush a table at least this often when it holds unflushed data.
+    pub flush_interval: Duration,
+    /// Flush a table once this many bytes (Arrow memory) are unflushed.
+    pub flush_bytes: usize,
+    /// Refuse appends (the caller should retry later) while this many bytes
+    /// wait to be flushed: the bound that keeps memory finite under overload.
+    pub max_buffered_bytes: usize,
+    /// Appends that may wait for the WAL thread before new ones are refused.
+    pub commit_queue_len: usize,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            flush_interval: Duration::from_secs(30),
+            flush_bytes: 128 * 1024 * 1024,
+            max_buffered_bytes: 1024 * 1024 * 1024,
+            commit_queue_len: 4096,
+        }
+    }
+}
+
+/// Counters of one table's write path, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TableStats {
+    pub rows_appended: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub wal_syncs: AtomicU64,
+    pub wal_sync_nanos: AtomicU64,
+    pub segments_written: AtomicU64,
+    pub segment_rows: AtomicU64,
+    pub segment_bytes: AtomicU64,
+    pub flush_nanos: AtomicU64,
+    pub flush_errors: AtomicU64,
+}
+
+/// What a reader sees of a table at one instant.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    /// The table's directory: segment `id` is `segments/{id}.parquet` in it.
+    pub dir: PathBuf,
+    pub segments: Vec<SegmentEntry>,
+    /// Acknowledged batches not yet in a segment.
+    pub unflushed: Vec<RecordBatch>,
+}
+
+/// Both tables of a data directory.
+pub struct Store {
+    spans: Table,
+    logs: Table,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.data_dir`, replaying each
+    /// table's WAL. Must be called inside a Tokio runtime: each table starts
+    /// its flusher task.
+    pub fn open(config: StoreConfig) -> Result<Self> {
+        Ok(Self {
+            spans: Table::open(Signal::Spans, &config)?,
+            logs: Table::open(Signal::Logs, &config)?,
+        })
+    }
+
+    pub fn table(&self, signal: Signal) -> &Table {
+        match signal {
+            Signal::Spans => &self.spans,
+            Signal::Logs => &self.logs,
+        }
+    }
+
+    /// Flushes everything to segments and stops both tables. Appends that
+    /// arrive afterwards fail with [`StoreError::Closed`].
+    pub async fn shutdown(&self) -> Result<()> {
+        let (spans, logs) = tokio::join!(self.spans.shutdown(), self.logs.shutdown());
+        spans.and(logs)
+    }
+}
+
+/// One table's write path. Cheap to clone.
+#[derive(Clone)]
+pub struct Table {
+    shared: Arc<Shared>,
+    commits: SyncSender<Command>,
+}
+
+struct Shared {
+    signal: Signal,
+    dir: PathBuf,
+    config: StoreConfig,
+    state: RwLock<State>,
+    flush_wanted: Notify,
+    closing: Notify,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: TableStats,
+}
+
+#[derive(Default)]
+struct State {
+    catalog: Catalog,
+    active: Vec<RecordBatch>,
+    active_bytes: usize,
+    /// When the oldest active batch arrived.
+    active_since: Option<Instant>,
+    frozen: Vec<Frozen>,
+}
+
+impl State {
+    fn buffered_bytes(&self) -> usize {
+        self.active_bytes + self.frozen.iter().map(|f| f.bytes).sum::<usize>()
+    }
+}
+
+/// Batches moved aside by a freeze, waiting to become a segment.
+#[derive(Clone)]
+struct Frozen {
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+    /// Every WAL file up to this one holds only these batches (and older, flushed ones).
+    up_to_wal_seq: u64,
+}
+
+enum Command {
+    Append {
+        batch: RecordBatch,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Freeze {
+        done: oneshot::Sender<()>,
+    },
+    Stop,
+}
+
+impl Table {
+    fn open(signal: Signal, config: &StoreConfig) -> Result<Self> {
+        let dir = config.data_dir.join(signal.table_name());
+        for sub in ["wal", "segments", "index"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).at(&path)?;
+        }
+        let catalog = Catalog::load(&dir)?;
+        remove_orphans(&dir, &catalog)?;
+        let (active, next_seq) = replay_wal(signal, &dir.join("wal"), catalog.flushed_wal_seq)?;
+        let active_bytes = active.iter().map(|b| b.get_array_memory_size()).sum();
+        let wal = wal::WalWriter::create(&dir.join("wal"), next_seq)?;
+        let shared = Arc::new(Shared {
+            signal,
+            dir,
+            config: config.clone(),
+            state: RwLock::new(State {
+                catalog,
+                active_since: (!active.is_empty()).then(Instant::now),
+                active,
+                active_bytes,
+                frozen: Vec::new(),
+            }),
+            flush_wanted: Notify::new(),
+            closing: Notify::new(),
+            flusher: Mutex::new(None),
+            writer: Mutex::new(None),
+            stats: TableStats::default(),
+        });
+        let (commits, queue) = mpsc::sync_channel(config.commit_queue_len);
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("weft-wal-{}", signal.table_name()))
+                .spawn(move || run_wal_writer(&shared, wal, queue))
+                .at("thread")?
+        };
+        *shared.writer.lock() = Some(writer);
+        let table = Self { shared, commits };
+        let flusher = tokio::spawn(table.clone().run_flusher());
+        *table.shared.flusher.lock() = Some(flusher);
+        Ok(table)
+    }
+
+    pub fn signal(&self) -> Signal {
+        self.shared.signal
+    }
+
+    /// Makes `batch` durable: returns once it is in the WAL and fsync'd, and
+    /// from then on visible in [`Table::snapshot`].
+    ///
+    /// Fails fast with [`StoreError::Overloaded`] when too much data waits to
+    /// be flushed or the commit queue is full, so callers can push back.
+    pub async fn append(&self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let buffered = self.shared.state.read().buffered_bytes();
+        if buffered > self.shared.config.max_buffered_bytes {
+            self.shared.flush_wanted.notify_one();
+            return Err(StoreError::Overloaded(format!(
+                "{} bytes of {} wait to be flushed (limit {})",
+                buffered,
+                self.shared.signal.table_name(),
+                self.shared.config.max_buffered_bytes
+            )));
+        }
+        let (done, acked) = oneshot::channel();
+        match self.commits.try_send(Command::Append { batch, done }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(StoreError::Overloaded(format!(
+                    "the {} WAL commit queue is full",
+                    self.shared.signal.table_name()
+                )))
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        acked.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The table as a reader sees it now: flushed segments plus unflushed batches.
+    pub fn snapshot(&self) -> TableSnapshot {
+        let state = self.shared.state.read();
+        let unflushed = state
+            .frozen
+            .iter()
+            .flat_map(|f| f.batches.iter())
+            .chain(state.active.iter())
+            .cloned()
+            .collect();
+        TableSnapshot {
+            dir: self.shared.dir.clone(),
+            segments: state.catalog.segments.clone(),
+            unflushed,
+        }
+    }
+
+    pub fn stats(&self) -> &TableStats {
+        &self.shared.stats
+    }
+
+    /// Bytes of acknowledged data not yet in a segment.
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.state.read().buffered_bytes()
+    }
+
+    /// Writes everything acknowledged so far into a segment now.
+    pub async fn flush(&self) -> Result<()> {
+        let (done, frozen) = oneshot::channel();
+        self.commits
+            .send(Command::Freeze { done })
+            .map_err(|_| StoreError::Closed)?;
+        frozen.await.map_err(|_| StoreError::Closed)?;
+        self.flush_frozen().await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.shared.closing.notify_one();
+        let flusher = self.shared.flusher.lock().take();
+        if let Some(flusher) = flusher {
+            let _ = flusher.await;
+        }
+        let result = self.flush().await;
+        let _ = self.commits.send(Command::Stop);
+        let writer = self.shared.writer.lock().take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        result
+    }
+
+    async fn run_flusher(self) {
+        let interval = self.shared.config.flush_interval;
+        loop {
+            let wait = {
+                let state = self.shared.state.read();
+                state
+                    .active_since
+                    .map_or(interval, |since| interval.saturating_sub(since.elapsed()))
+            };
+            tokio::select! {
+                _ = self.shared.closing.notified() => return,
+                _ = self.shared.flush_wanted.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let due = {
+                let state = self.shared.state.read();
+                state.active_bytes >= self.shared.config.flush_bytes
+                    || state.active_since.is_some_and(|t| t.elapsed() >= interval)
+                    || !state.frozen.is_empty()
+            };
+            if due {
+                if let Err(e) = self.flush().await {
+                    self.shared
+                        .stats
+                        .flush_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(table = self.shared.signal.table_name(), error = %e, "flush failed; the data stays in the WAL and the flush will be retried");
+                    tokio::select! {
+                        _ = self.shared.closing.notified() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns every frozen group into a segment, oldest first.
+    async fn flush_frozen(&self) -> Result<()> {
+        loop {
+            let Some(frozen) = self.shared.state.read().frozen.first().cloned() else {
+                return Ok(());
+            };
+            let shared = self.shared.clone();
+            let up_to = frozen.up_to_wal_seq;
+            tokio::task::spawn_blocking(move || write_frozen(&shared, frozen))
+                .await
+                .map_err(|e| StoreError::Io {
+                    path: self.shared.dir.clone(),
+                    source: std::io::Error::other(e),
+                })??;
+            delete_wal_up_to(&self.shared.dir.join("wal"), up_to)?;
+        }
+    }
+}
+
+/// Writes one frozen group as a segment and commits it to the catalog.
+fn write_frozen(shared: &Shared, frozen: Frozen) -> Result<()> {
+    let started = Instant::now();
+    let signal = shared.signal;
+    let mut catalog = shared.state.read().catalog.clone();
+    if !frozen.batches.is_empty() {
+        let batch = arrow::compute::concat_batches(&signal.schema(), &frozen.batches)?;
+        let sorted = segment::sort_for_locality(signal, &batch)?;
+        drop(batch);
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let parquet = shared.dir.join("segments").join(format!("{id}.parquet"));
+        let written = segment::write_segment(signal, &sorted, &parquet)?;
+        index::build_index(signal, &sorted, &shared.dir.join("index").join(&id))?;
+        let stats = &shared.stats;
+        stats.segments_written.fetch_add(1, Ordering::Relaxed);
+        stats
+            .segment_rows
+            .fetch_add(written.rows, Ordering::Relaxed);
+        stats
+            .segment_bytes
+            .fetch_add(written.bytes, Ordering::Relaxed);
+        tracing::info!(
+            table = signal.table_name(),
+            segment = %id,
+            rows = written.rows,
+            bytes = written.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "segment written"
+        );
+        catalog.segments.push(SegmentEntry {
+            id,
+            rows: written.rows,
+            bytes: written.bytes,
+            min_time_ns: written.min_time_ns,
+            max_time_ns: written.max_time_ns,
+            services: written.services,
+        });
+    }
+    catalog.flushed_wal_seq = frozen.up_to_wal_seq;
+    catalog.store(&shared.dir)?;
+    {
+        let mut state = shared.state.write();
+        state.catalog = catalog;
+        state.frozen.remove(0);
+    }
+    shared
+        .stats
+        .flush_nanos
+        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The WAL thread: group commit. It takes every command waiting in the queue,
+/// writes all their records, fsyncs once, and only then acknowledges them.
+fn run_wal_writer(shared: &Shared, mut wal: wal::WalWriter, queue: Receiver<Command>) {
+    /// Stop gathering a group at this many bytes, so one fsync never waits on too much.
+    const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
+    let mut group = Group::default();
+    while let Ok(first) = queue.recv() {
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Append { batch, done } => group.add(batch, done),
+                Command::Freeze { done } => {
+                    group.commit(shared, &mut wal);
+                    freeze(shared, &mut wal);
+                    let _ = done.send(());
+                }
+                Command::Stop => {
+                    group.commit(shared, &mut wal);
+                    return;
+                }
+            }
+            if group.framed.len() < MAX_GROUP_BYTES {
+                next = queue.try_recv().ok();
+            }
+        }
+        group.commit(shared, &mut wal);
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    framed: Vec<u8>,
+    batches: Vec<(RecordBatch, oneshot::Sender<Result<()>>)>,
+}
+
+impl Group {
+    fn add(&mut self, batch: RecordBatch, done: oneshot::Sender<Result<()>>) {
+        match wal::encode_batch(&batch) {
+            Ok(payload) => {
+                wal::frame_record(&payload, &mut self.framed);
+                self.batches.push((batch, done));
+            }
+            Err(e) => {
+                let _ = done.send(Err(e));
+            }
+        }
+    }
+
+    fn commit(&mut self, shared: &Shared, wal: &mut wal::WalWriter) {
+        if self.batches.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let written = wal.write_durable(&self.framed);
+        let stats = &shared.stats;
+        stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+        stats
+            .wal_sync_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match written {
+            Ok(()) => {
+                stats
+                    .wal_bytes
+                    .fetch_add(self.framed.len() as u64, Ordering::Relaxed);
+                let mut state = shared.state.write();
+                for (batch, _) in &self.batches {
+                    stats
+                        .rows_appended
+                        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    state.active_bytes += batch.get_array_memory_size();
+                    state.active.push(batch.clone());
+                }
+                state.active_since.get_or_insert_with(Instant::now);
+                let flush_due = state.active_bytes >= shared.config.flush_bytes;
+                drop(state);
+                for (_, done) in self.batches.drain(..) {
+                    let _ = done.send(Ok(()));
+                }
+                if flush_due {
+                    shared.flush_wanted.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::error!(table = shared.signal.table_name(), error = %e, "WAL write failed; the requests in this group are refused");
+                let path = shared.dir.join("wal").join(wal::file_name(wal.seq()));
+                for (_, done) in self.batches.drain(..) {
+                    let _ = done.send(Err(StoreError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    }));
+                }
+                // The failed write may have left part of a record behind: later
+                // records go to a fresh file so none sits after a torn one.
+                if let Err(e) = wal.rotate() {
+                    tracing::error!(error = %e, "could not start a new WAL file");
+                }
+            }
+        }
+        self.framed.clear();
+    }
+}
+
+/// Moves the active batches aside and rotates the WAL, so the files up to the
+/// current one hold exactly what is now frozen.
+fn freeze(shared: &Shared, wal: &mut wal::WalWriter) {
+    let mut state = shared.state.write();
+    if state.active.is_empty() {
+        return;
+    }
+    let up_to_wal_seq = wal.seq();
+    if let Err(e) = wal.rotate() {
+        tracing::error!(error = %e, "could not rotate the WAL; the flush waits for the next try");
+        return;
+    }
+    let batches = std::mem::take(&mut state.active);
+    let bytes = std::mem::take(&mut state.active_bytes);
+    state.active_since = None;
+    state.frozen.push(Frozen {
+        batches,
+        bytes,
+        up_to_wal_seq,
+    });
+}
+
+/// Reads back every WAL file not yet in a segment. Returns the batches and the
+/// sequence number for the next WAL file.
+fn replay_wal(signal: Signal, dir: &Path, flushed_seq: u64) -> Result<(Vec<RecordBatch>, u64)> {
+    let mut batches = Vec::new();
+    let mut next_seq = flushed_seq + 1;
+    let files = wal::list_files(dir)?;
+    for (seq, path) in &files {
+        next_seq = next_seq.max(seq + 1);
+        if *seq <= flushed_seq {
+            fs::remove_file(path).at(path)?;
+            continue;
+        }
+        let contents = wal::read_file(path)?;
+        for payload in &contents.payloads {
+            for batch in wal::decode_batches(payload)? {
+                if batch.schema() != signal.schema() {
+                    return Err(StoreError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other(
+                            "WAL record does not have this version's table schema",
+                        ),
+                    });
+                }
+                batches.push(batch);
+            }
+        }
+        if let Some(good) = contents.torn_at {
+            tracing::warn!(
+                file = %path.display(),
+                kept_records = contents.payloads.len(),
+                skipped_bytes = contents.len - good,
+                "WAL file has a torn or corrupt tail (an unacknowledged write cut short); keeping the records before it"
+            );
+            fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| {
+                    f.set_len(good)?;
+                    f.sync_all()
+                })
+                .at(path)?;
+        }
+    }
+    if !batches.is_empty() {
+        tracing::info!(
+            table = signal.table_name(),
+            files = files.len(),
+            rows = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            "replayed WAL"
+        );
+    }
+    Ok((batches, next_seq))
+}
+
+fn delete_wal_up_to(dir: &Path, up_to: u64) -> Result<()> {
+    for (seq, path) in wal::list_files(dir)? {
+        if seq <= up_to {
+            fs::remove_file(&path).at(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes segment files and index directories the catalog does not name:
+/// what an interrupted flush left behind.
+fn remove_orphans(dir: &Path, catalog: &Catalog) -> Result<()> {
+    let known: std::collections::HashSet<&str> =
+        catalog.segments.iter().map(|s| s.id.as_str()).collect();
+    for sub in ["segments", "index"] {
+        let sub_dir = dir.join(sub);
+        for entry in fs::read_dir(&sub_dir).at(&sub_dir)? {
+            let path = entry.at(&sub_dir)?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let id = name.strip_suffix(".parquet").unwrap_or(name);
+            if known.contains(id) {
+                continue;
+            }
+            tracing::info!(path = %path.display(), "removing leftover of an interrupted flush");
+            if path.is_dir() {
+                fs::remove_dir_all(&path).at(&path)?;
+            } else {
+                fs::remove_file(&path).at(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
