@@ -1,1 +1,50 @@
-fn main() {}
+//! The `weft` binary: one command per role, wiring the crates together.
+
+mod config;
+mod serve;
+
+use std::io::IsTerminal;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ServerArgs};
+
+/// weft: traces and logs in over OTLP, stored as Parquet with full-text indexes.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything on one machine: the OTLP collector and the query/API port.
+    Serve(ServerArgs),
+    /// Run only the OTLP collector (receivers and store writer; `/metrics` on the OTLP/HTTP port).
+    Collector(ServerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weft")
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            runtime.block_on(serve::run(Config::resolve(&args)?, serve::Role::Serve))
+        }
+        Command::Collector(args) => {
+            runtime.block_on(serve::run(Config::resolve(&args)?, serve::Role::Collector))
+        }
+    }
+}

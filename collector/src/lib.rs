@@ -1,1 +1,20 @@
+//! weft's OTLP receivers: what OpenTelemetry SDKs and collectors talk to.
+//!
+//! Two transports, one path. [`grpc`] serves OTLP/gRPC (tonic) and [`http`]
+//! serves OTLP/HTTP (axum, protobuf or JSON, gzip); both hand their requests
+//! to [`Ingest`], which admits them against the in-flight memory budget,
+//! decodes and converts them to Arrow on a blocking thread, and appends them to
+//! the store, answering only once the WAL has them on disk. Invalid records are
+//! dropped one by one and reported through OTLP partial success; overload is
+//! refused with retryable statuses rather than queued without bound.
+//!
+//! Not here: the storage format (`weft-store`) and queries (`query/`).
 
+pub mod grpc;
+pub mod http;
+mod ingest;
+pub mod metrics;
+pub mod payload;
+
+pub use ingest::{Ingest, IngestError, IngestLimits, Outcome, Transport};
+pub use metrics::{IngestMetrics, MetricsEndpoint, StoreCollector};

@@ -300,6 +300,11 @@ impl Table {
         self.shared.state.read().buffered_bytes()
     }
 
+    /// Segments in the catalog.
+    pub fn segment_count(&self) -> usize {
+        self.shared.state.read().catalog.segments.len()
+    }
+
     /// Writes everything acknowledged so far into a segment now.
     pub async fn flush(&self) -> Result<()> {
         let (done, frozen) = oneshot::channel();

@@ -1,0 +1,174 @@
+//! OTLP/gRPC: the TraceService, LogsService and MetricsService.
+//!
+//! Uses opentelemetry-proto's generated tonic servers with gzip accepted and
+//! the request size limit applied by tonic while decoding. Overload answers
+//! RESOURCE_EXHAUSTED with `RetryInfo`, which OTLP exporters honour by
+//! retrying after the given delay.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::ingest::{
+    count_data_points, Ingest, IngestError, Outcome, Transport, METRICS_NOT_STORED,
+};
+
+/// The OTLP gRPC services, ready to add to a tonic server.
+pub fn routes(ingest: Arc<Ingest>) -> tonic::service::Routes {
+    let limit = ingest.limits().max_request_bytes;
+    let receiver = Receiver { ingest };
+    tonic::service::Routes::new(
+        TraceServiceServer::new(receiver.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(limit),
+    )
+    .add_service(
+        LogsServiceServer::new(receiver.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(limit),
+    )
+    .add_service(
+        MetricsServiceServer::new(receiver)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(limit),
+    )
+}
+
+#[derive(Clone)]
+struct Receiver {
+    ingest: Arc<Ingest>,
+}
+
+impl Receiver {
+    fn status(&self, error: IngestError) -> Status {
+        let message = error.to_string();
+        match error {
+            IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) => {
+                Status::invalid_argument(message)
+            }
+            IngestError::TooLarge { .. } => Status::resource_exhausted(message),
+            IngestError::Busy(_) | IngestError::Overloaded(_) => {
+                let details = ErrorDetails::with_retry_info(Some(self.ingest.limits().retry_after));
+                Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
+            }
+            IngestError::ShuttingDown => Status::unavailable(message),
+            IngestError::Internal(_) => Status::internal(message),
+        }
+    }
+}
+
+fn partial(outcome: &Outcome) -> Option<(i64, String)> {
+    (outcome.rejected > 0).then(|| {
+        (
+            outcome.rejected as i64,
+            outcome.error_message.clone().unwrap_or_default(),
+        )
+    })
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let request = request.into_inner();
+        let len = request.encoded_len();
+        let outcome = self
+            .ingest
+            .traces(Transport::Grpc, len, move || Ok(request))
+            .await
+            .map_err(|e| self.status(e))?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: partial(&outcome).map(|(rejected_spans, error_message)| {
+                ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message,
+                }
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let request = request.into_inner();
+        let len = request.encoded_len();
+        let outcome = self
+            .ingest
+            .logs(Transport::Grpc, len, move || Ok(request))
+            .await
+            .map_err(|e| self.status(e))?;
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: partial(&outcome).map(|(rejected_log_records, error_message)| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records,
+                    error_message,
+                }
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let points = count_data_points(request.get_ref());
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: Some(ExportMetricsPartialSuccess {
+                rejected_data_points: points as i64,
+                error_message: METRICS_NOT_STORED.to_string(),
+            }),
+        }))
+    }
+}
+
+/// tonic answers a message over the size limit with OUT_OF_RANGE; OTLP
+/// clients expect RESOURCE_EXHAUSTED (without retry info, so they do not
+/// resend it). The error is sent before any response message, so its status
+/// is in the response headers, where this rewrites it.
+pub fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|s| s == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| {
+            m.contains("message%20length%20too%20large") || m.contains("message length too large")
+        });
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}

@@ -1,0 +1,314 @@
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/logs`, `/v1/metrics`, and `/metrics`.
+//!
+//! Responses follow the OTLP/HTTP spec: success is an `Export*ServiceResponse`
+//! in the request's encoding (with `partialSuccess` when records were left
+//! out); failures are a `google.rpc.Status` in that encoding, with
+//! `Retry-After` on the retryable ones.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use serde_json::json;
+use weft_store::Signal;
+
+use crate::ingest::{
+    count_data_points, Ingest, IngestError, Outcome, Transport, METRICS_NOT_STORED,
+};
+use crate::metrics::MetricsEndpoint;
+use crate::payload::{self, Compression, Encoding};
+
+/// The OTLP/HTTP receiver's routes, plus `/metrics`.
+pub fn router(ingest: Arc<Ingest>, metrics: MetricsEndpoint) -> Router {
+    Router::new()
+        .route("/v1/traces", post(export_traces))
+        .route("/v1/logs", post(export_logs))
+        .route("/v1/metrics", post(export_metrics))
+        .with_state(ingest)
+        .merge(metrics.router())
+}
+
+/// A request's body, read within the size limit and decompressed.
+struct Payload {
+    encoding: Encoding,
+    body: Bytes,
+}
+
+async fn read_payload(
+    ingest: &Ingest,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Payload, IngestError> {
+    let encoding = Encoding::from_headers(headers)?;
+    let compression = Compression::from_headers(headers)?;
+    let limit = ingest.limits().max_request_bytes;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if let Some(declared) = declared.filter(|len| *len > limit) {
+        return Err(IngestError::TooLarge {
+            actual: declared,
+            limit,
+        });
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            IngestError::TooLarge {
+                actual: limit + 1,
+                limit,
+            }
+        } else {
+            IngestError::Malformed(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let body = if compression == Compression::None {
+        body
+    } else {
+        // Inflating is CPU work: keep it off the reactor.
+        tokio::task::spawn_blocking(move || payload::decompress(compression, body, limit))
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))??
+    };
+    Ok(Payload { encoding, body })
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+async fn export_traces(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let payload = match read_payload(&ingest, &headers, body).await {
+        Ok(p) => p,
+        Err(e) => {
+            let e = ingest
+                .metrics()
+                .record_refused(Signal::Spans, Transport::Http, e);
+            return error_response(&ingest, encoding_or_json(&headers), e);
+        }
+    };
+    let Payload { encoding, body } = payload;
+    let len = body.len();
+    let result = ingest
+        .traces(Transport::Http, len, move || {
+            payload::decode::<ExportTraceServiceRequest>(encoding, &body, payload::normalize_traces)
+        })
+        .await;
+    match result {
+        Ok(outcome) => {
+            let partial = partial(&outcome).map(|(rejected, message)| ExportTracePartialSuccess {
+                rejected_spans: rejected,
+                error_message: message,
+            });
+            let json = partial.as_ref().map(|p| {
+                json!({"partialSuccess": {"rejectedSpans": p.rejected_spans.to_string(), "errorMessage": p.error_message}})
+            });
+            success(
+                encoding,
+                ExportTraceServiceResponse {
+                    partial_success: partial,
+                },
+                json,
+            )
+        }
+        Err(e) => error_response(&ingest, encoding, e),
+    }
+}
+
+async fn export_logs(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let payload = match read_payload(&ingest, &headers, body).await {
+        Ok(p) => p,
+        Err(e) => {
+            let e = ingest
+                .metrics()
+                .record_refused(Signal::Logs, Transport::Http, e);
+            return error_response(&ingest, encoding_or_json(&headers), e);
+        }
+    };
+    let Payload { encoding, body } = payload;
+    let len = body.len();
+    let result = ingest
+        .logs(Transport::Http, len, move || {
+            payload::decode::<ExportLogsServiceRequest>(encoding, &body, payload::normalize_logs)
+        })
+        .await;
+    match result {
+        Ok(outcome) => {
+            let partial = partial(&outcome).map(|(rejected, message)| ExportLogsPartialSuccess {
+                rejected_log_records: rejected,
+                error_message: message,
+            });
+            let json = partial.as_ref().map(|p| {
+                json!({"partialSuccess": {"rejectedLogRecords": p.rejected_log_records.to_string(), "errorMessage": p.error_message}})
+            });
+            success(
+                encoding,
+                ExportLogsServiceResponse {
+                    partial_success: partial,
+                },
+                json,
+            )
+        }
+        Err(e) => error_response(&ingest, encoding, e),
+    }
+}
+
+/// Metrics are decoded (so malformed ones still get a 400) and answered with a
+/// partial success that says plainly they were not stored.
+async fn export_metrics(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Payload { encoding, body } = match read_payload(&ingest, &headers, body).await {
+        Ok(p) => p,
+        Err(e) => return error_response(&ingest, encoding_or_json(&headers), e),
+    };
+    let decoded = tokio::task::spawn_blocking(move || {
+        payload::decode::<ExportMetricsServiceRequest>(encoding, &body, payload::normalize_nothing)
+            .map(|request| count_data_points(&request))
+    })
+    .await
+    .map_err(|e| IngestError::Internal(e.to_string()))
+    .and_then(|r| r);
+    match decoded {
+        Ok(points) => {
+            let partial = ExportMetricsPartialSuccess {
+                rejected_data_points: points as i64,
+                error_message: METRICS_NOT_STORED.to_string(),
+            };
+            let json = json!({"partialSuccess": {"rejectedDataPoints": points.to_string(), "errorMessage": METRICS_NOT_STORED}});
+            success(
+                encoding,
+                ExportMetricsServiceResponse {
+                    partial_success: Some(partial),
+                },
+                Some(json),
+            )
+        }
+        Err(e) => error_response(&ingest, encoding, e),
+    }
+}
+
+fn partial(outcome: &Outcome) -> Option<(i64, String)> {
+    (outcome.rejected > 0).then(|| {
+        (
+            outcome.rejected as i64,
+            outcome.error_message.clone().unwrap_or_default(),
+        )
+    })
+}
+
+fn success<M: Message>(
+    encoding: Encoding,
+    message: M,
+    json: Option<serde_json::Value>,
+) -> Response {
+    let body = match encoding {
+        Encoding::Protobuf => message.encode_to_vec(),
+        Encoding::Json => {
+            serde_json::to_vec(&json.unwrap_or_else(|| json!({}))).expect("JSON value serializes")
+        }
+    };
+    (
+        [(http::header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response()
+}
+
+/// Errors are answered in the request's encoding when it had a known one.
+fn encoding_or_json(headers: &HeaderMap) -> Encoding {
+    Encoding::from_headers(headers).unwrap_or(Encoding::Json)
+}
+
+/// `google.rpc.Status`, the body OTLP/HTTP prescribes for errors.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+fn error_response(ingest: &Ingest, encoding: Encoding, error: IngestError) -> Response {
+    let (status, code) = match &error {
+        IngestError::Malformed(_) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+        IngestError::TooLarge { .. } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            tonic::Code::ResourceExhausted,
+        ),
+        IngestError::UnsupportedMediaType(_) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            tonic::Code::InvalidArgument,
+        ),
+        IngestError::Busy(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            tonic::Code::ResourceExhausted,
+        ),
+        IngestError::Overloaded(_) | IngestError::ShuttingDown => {
+            (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable)
+        }
+        IngestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
+    };
+    let message = error.to_string();
+    if status.is_server_error() {
+        tracing::warn!(error = %message, "OTLP/HTTP request failed");
+    } else {
+        tracing::debug!(error = %message, "OTLP/HTTP request refused");
+    }
+    let rpc = RpcStatus {
+        code: code as i32,
+        message,
+    };
+    let body = match encoding {
+        Encoding::Protobuf => rpc.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&json!({"code": rpc.code, "message": rpc.message}))
+            .expect("serializes"),
+    };
+    let mut response = (
+        status,
+        [(http::header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response();
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        let seconds = ingest.limits().retry_after.as_secs().max(1);
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

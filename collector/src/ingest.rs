@@ -1,0 +1,253 @@
+//! The receiver-independent ingest path: admission, decode and conversion off
+//! the reactor, hand-off to the store, and the outcome in OTLP's terms.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use tokio::sync::Semaphore;
+use weft_store::convert::{logs_to_batch, spans_to_batch, Converted};
+use weft_store::{Signal, Store, StoreError};
+
+use crate::metrics::IngestMetrics;
+
+/// Limits that keep ingest within bounded memory.
+#[derive(Clone, Debug)]
+pub struct IngestLimits {
+    /// Largest request accepted, after decompression.
+    pub max_request_bytes: usize,
+    /// Request bytes being decoded and stored at once; beyond it requests are
+    /// refused with a retryable status.
+    pub max_inflight_bytes: usize,
+    /// What `Retry-After` (HTTP) and `RetryInfo` (gRPC) tell clients to wait.
+    pub retry_after: Duration,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 16 * 1024 * 1024,
+            max_inflight_bytes: 256 * 1024 * 1024,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a request as a whole was not accepted. Each maps to one HTTP status and
+/// one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The payload could not be decoded (400 / INVALID_ARGUMENT).
+    #[error("{0}")]
+    Malformed(String),
+    /// The payload is larger than allowed (413 / RESOURCE_EXHAUSTED, not retryable).
+    #[error("request body is {actual} bytes or more, over the limit of {limit} bytes")]
+    TooLarge { actual: usize, limit: usize },
+    /// The content type or encoding is not one OTLP defines (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Too much work in flight (429 / RESOURCE_EXHAUSTED with retry info).
+    #[error("too many requests in flight: {0}")]
+    Busy(String),
+    /// The store cannot take more right now (503 / RESOURCE_EXHAUSTED with retry info).
+    #[error("{0}")]
+    Overloaded(String),
+    /// The collector is shutting down (503 / UNAVAILABLE).
+    #[error("the collector is shutting down")]
+    ShuttingDown,
+    /// Storing failed (500 / INTERNAL); nothing of the request was acknowledged.
+    #[error("could not store the data: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for IngestError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Overloaded(reason) => IngestError::Overloaded(reason),
+            StoreError::Closed => IngestError::ShuttingDown,
+            other => IngestError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// What became of an accepted request.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub error_message: Option<String>,
+}
+
+/// The transports requests arrive by, for metrics.
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+/// Shared by every receiver: turns export requests into durable table rows.
+pub struct Ingest {
+    store: Arc<Store>,
+    limits: IngestLimits,
+    /// Request bytes in flight, in KiB.
+    inflight_kib: Arc<Semaphore>,
+    inflight_kib_total: u32,
+    metrics: IngestMetrics,
+}
+
+impl Ingest {
+    pub fn new(store: Arc<Store>, limits: IngestLimits, metrics: IngestMetrics) -> Self {
+        let inflight_kib_total = u32::try_from(limits.max_inflight_bytes / 1024)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Self {
+            store,
+            limits,
+            inflight_kib: Arc::new(Semaphore::new(inflight_kib_total as usize)),
+            inflight_kib_total,
+            metrics,
+        }
+    }
+
+    pub fn limits(&self) -> &IngestLimits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
+    }
+
+    /// Stores a trace export request. `decode` produces the request; it runs,
+    /// with the conversion to Arrow, on a blocking thread. `request_bytes` is
+    /// the payload size the request holds memory for.
+    pub async fn traces<D>(
+        &self,
+        transport: Transport,
+        request_bytes: usize,
+        decode: D,
+    ) -> Result<Outcome, IngestError>
+    where
+        D: FnOnce() -> Result<
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+                IngestError,
+            > + Send
+            + 'static,
+    {
+        self.ingest(Signal::Spans, transport, request_bytes, move || {
+            decode().map(|request| spans_to_batch(&request))
+        })
+        .await
+    }
+
+    /// Stores a logs export request; see [`Ingest::traces`].
+    pub async fn logs<D>(
+        &self,
+        transport: Transport,
+        request_bytes: usize,
+        decode: D,
+    ) -> Result<Outcome, IngestError>
+    where
+        D: FnOnce() -> Result<
+                opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+                IngestError,
+            > + Send
+            + 'static,
+    {
+        self.ingest(Signal::Logs, transport, request_bytes, move || {
+            decode().map(|request| logs_to_batch(&request))
+        })
+        .await
+    }
+
+    async fn ingest<C>(
+        &self,
+        signal: Signal,
+        transport: Transport,
+        request_bytes: usize,
+        convert: C,
+    ) -> Result<Outcome, IngestError>
+    where
+        C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
+    {
+        let result = self.admit_and_store(signal, request_bytes, convert).await;
+        self.metrics
+            .record(signal, transport, request_bytes, &result);
+        result
+    }
+
+    async fn admit_and_store<C>(
+        &self,
+        signal: Signal,
+        request_bytes: usize,
+        convert: C,
+    ) -> Result<Outcome, IngestError>
+    where
+        C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
+    {
+        // Decoded OTLP takes a few times its wire size in memory.
+        let cost_kib = (request_bytes.saturating_mul(4) / 1024).max(1);
+        let cost_kib = u32::try_from(cost_kib)
+            .unwrap_or(u32::MAX)
+            .min(self.inflight_kib_total);
+        let _permit = self
+            .inflight_kib
+            .clone()
+            .try_acquire_many_owned(cost_kib)
+            .map_err(|_| {
+                IngestError::Busy(format!(
+                    "{} KiB of requests are being processed (limit {} KiB)",
+                    self.inflight_kib_total as usize - self.inflight_kib.available_permits(),
+                    self.inflight_kib_total
+                ))
+            })?;
+        let converted = tokio::task::spawn_blocking(convert)
+            .await
+            .map_err(|e| IngestError::Internal(format!("decoder task failed: {e}")))??;
+        let Converted {
+            batch,
+            rejected,
+            error_message,
+        } = converted;
+        let accepted = batch.num_rows() as u64;
+        self.store_batch(signal, batch).await?;
+        Ok(Outcome {
+            accepted,
+            rejected,
+            error_message,
+        })
+    }
+
+    async fn store_batch(&self, signal: Signal, batch: RecordBatch) -> Result<(), IngestError> {
+        Ok(self.store.table(signal).append(batch).await?)
+    }
+
+    /// The store this ingest writes to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+/// Counts the data points of a metrics request, which weft does not store.
+pub fn count_data_points(
+    request: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) -> u64 {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    request
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        } as u64)
+        .sum()
+}
+
+/// What weft answers to metrics exports: accepted on the wire, not stored.
+pub const METRICS_NOT_STORED: &str =
+    "weft stores traces and logs; metrics are accepted but not stored";

@@ -1,0 +1,237 @@
+//! weft's own telemetry, served as Prometheus text at `/metrics`.
+//!
+//! Naming rule: `weft_<component>_<what>_<unit>`, counters ending in `_total`
+//! (added by the encoder), units spelled out (`_bytes`, `_seconds`), and
+//! labels only from small fixed sets (`signal`, `transport`, `outcome`,
+//! `table`) — never from request data.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use weft_store::{Signal, Store};
+
+use crate::ingest::{IngestError, Outcome, Transport};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    signal: &'static str,
+    transport: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RecordLabels {
+    signal: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    signal: &'static str,
+    transport: &'static str,
+}
+
+/// Counters of the receivers.
+#[derive(Clone, Default)]
+pub struct IngestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    records: Family<RecordLabels, Counter>,
+    bytes: Family<TransportLabels, Counter>,
+}
+
+impl IngestMetrics {
+    /// Creates the counters and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "weft_ingest_requests",
+            "OTLP export requests by signal, transport and outcome",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "weft_ingest_records",
+            "Spans and log records received, by outcome (accepted = durable, rejected = invalid)",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "weft_ingest_received_bytes",
+            "OTLP request bytes received (after decompression)",
+            metrics.bytes.clone(),
+        );
+        metrics
+    }
+
+    pub(crate) fn record(
+        &self,
+        signal: Signal,
+        transport: Transport,
+        request_bytes: usize,
+        result: &Result<Outcome, IngestError>,
+    ) {
+        let signal = signal.table_name();
+        let transport = match transport {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        };
+        let outcome = match result {
+            Ok(o) if o.rejected > 0 => "partial",
+            Ok(_) => "ok",
+            Err(IngestError::Malformed(_)) | Err(IngestError::UnsupportedMediaType(_)) => {
+                "malformed"
+            }
+            Err(IngestError::TooLarge { .. }) => "too_large",
+            Err(IngestError::Busy(_)) | Err(IngestError::Overloaded(_)) => "overloaded",
+            Err(IngestError::ShuttingDown) | Err(IngestError::Internal(_)) => "error",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                signal,
+                transport,
+                outcome,
+            })
+            .inc();
+        self.bytes
+            .get_or_create(&TransportLabels { signal, transport })
+            .inc_by(request_bytes as u64);
+        if let Ok(outcome) = result {
+            for (count, outcome) in [
+                (outcome.accepted, "accepted"),
+                (outcome.rejected, "rejected"),
+            ] {
+                self.records
+                    .get_or_create(&RecordLabels { signal, outcome })
+                    .inc_by(count);
+            }
+        }
+    }
+
+    /// Counts a request refused before it reached the ingest path (bad headers, too large).
+    pub(crate) fn record_refused(
+        &self,
+        signal: Signal,
+        transport: Transport,
+        error: IngestError,
+    ) -> IngestError {
+        let result = Err(error);
+        self.record(signal, transport, 0, &result);
+        result.err().expect("just built")
+    }
+}
+
+/// Reads the store's counters at each scrape.
+pub struct StoreCollector {
+    store: Arc<Store>,
+}
+
+impl std::fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+impl StoreCollector {
+    pub fn register(registry: &mut Registry, store: Arc<Store>) {
+        registry.register_collector(Box::new(Self { store }));
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Read = fn(&weft_store::Table) -> f64;
+        let counters: [(&str, &str, Read); 8] = [
+            ("weft_store_rows_appended", "Rows made durable in the WAL", |t| t.stats().rows_appended.load(Ordering::Relaxed) as f64),
+            ("weft_store_wal_bytes", "Bytes written to the WAL", |t| t.stats().wal_bytes.load(Ordering::Relaxed) as f64),
+            ("weft_store_wal_fsyncs", "WAL group commits (one fdatasync each)", |t| t.stats().wal_syncs.load(Ordering::Relaxed) as f64),
+            ("weft_store_wal_fsync_seconds", "Time spent writing and syncing WAL groups; divide by weft_store_wal_fsyncs_total for the mean latency", |t| t.stats().wal_sync_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+            ("weft_store_segments_written", "Parquet segments written by flushes", |t| t.stats().segments_written.load(Ordering::Relaxed) as f64),
+            ("weft_store_segment_bytes", "Bytes of Parquet written by flushes", |t| t.stats().segment_bytes.load(Ordering::Relaxed) as f64),
+            ("weft_store_flush_seconds", "Time spent flushing (sort, Parquet, index, catalog)", |t| t.stats().flush_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+            ("weft_store_flush_errors", "Flushes that failed and will be retried", |t| t.stats().flush_errors.load(Ordering::Relaxed) as f64),
+        ];
+        for (name, help, read) in counters {
+            let counter_type = ConstCounter::new(0.0).metric_type();
+            let mut family = encoder.encode_descriptor(name, help, None, counter_type)?;
+            for signal in Signal::ALL {
+                let labels = TableLabels {
+                    table: signal.table_name(),
+                };
+                ConstCounter::new(read(self.store.table(signal)))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [(&str, &str, Read); 2] = [
+            (
+                "weft_store_buffered_bytes",
+                "Acknowledged bytes waiting to be flushed to a segment (the ingest queue depth)",
+                |t| t.buffered_bytes() as f64,
+            ),
+            ("weft_store_segments", "Segments in the catalog", |t| {
+                t.segment_count() as f64
+            }),
+        ];
+        for (name, help, read) in gauges {
+            let gauge_type = ConstGauge::new(0.0).metric_type();
+            let mut family = encoder.encode_descriptor(name, help, None, gauge_type)?;
+            for signal in Signal::ALL {
+                let labels = TableLabels {
+                    table: signal.table_name(),
+                };
+                ConstGauge::new(read(self.store.table(signal)))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renders `registry` in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// The `/metrics` route, shared by the OTLP/HTTP port and the API port.
+#[derive(Clone)]
+pub struct MetricsEndpoint {
+    registry: Arc<Registry>,
+}
+
+impl MetricsEndpoint {
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn router(&self) -> axum::Router {
+        let registry = self.registry.clone();
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        render(&registry),
+                    )
+                }
+            }),
+        )
+    }
+}

@@ -1,0 +1,270 @@
+//! `weft.toml`, flags and `WEFT_*` environment variables, merged into one
+//! validated configuration. Precedence: flag or environment variable, then the
+//! config file, then the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// The configuration of `weft serve` and `weft collector`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the WAL, Parquet segments, full-text indexes and catalogs live.
+    pub data_dir: PathBuf,
+    pub otlp: OtlpConfig,
+    pub http: HttpConfig,
+    pub store: StoreSettings,
+}
+
+/// The OTLP receivers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// OTLP/gRPC listen address (port 0 picks a free port).
+    pub grpc_addr: SocketAddr,
+    /// OTLP/HTTP listen address: `/v1/traces`, `/v1/logs`, `/v1/metrics`, `/metrics`.
+    pub http_addr: SocketAddr,
+    /// Largest export request accepted, in bytes after decompression; larger
+    /// ones get 413 / RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
+    /// Request bytes decoded and stored at once; beyond it requests get
+    /// 429 / RESOURCE_EXHAUSTED with a retry delay.
+    pub max_inflight_bytes: usize,
+    /// The delay overloaded clients are told to wait before retrying.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+/// The query API and UI port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of the query API, UI and `/metrics` (Jaeger's port by default).
+    pub addr: SocketAddr,
+}
+
+/// How data moves from the WAL to Parquet segments.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Write a segment at least this often while there is unflushed data.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Write a segment once this many bytes of a table are unflushed.
+    pub flush_bytes: usize,
+    /// Refuse new data (503 / RESOURCE_EXHAUSTED, retryable) while this many
+    /// bytes of a table wait to be flushed. Bounds memory under overload.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./weft-data"),
+            otlp: OtlpConfig::default(),
+            http: HttpConfig::default(),
+            store: StoreSettings::default(),
+        }
+    }
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        let limits = weft_collector::IngestLimits::default();
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_request_bytes: limits.max_request_bytes,
+            max_inflight_bytes: limits.max_inflight_bytes,
+            retry_after: limits.retry_after,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 16686)),
+        }
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        let store = weft_store::StoreConfig::new(".");
+        Self {
+            flush_interval: store.flush_interval,
+            flush_bytes: store.flush_bytes,
+            max_buffered_bytes: store.max_buffered_bytes,
+        }
+    }
+}
+
+/// Flags every server role understands; each also reads a `WEFT_*` variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerArgs {
+    /// TOML config file; flags and environment variables override it.
+    #[arg(long, env = "WEFT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./weft-data]
+    #[arg(long, env = "WEFT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317]
+    #[arg(long, env = "WEFT_OTLP_GRPC_ADDR", value_name = "ADDR")]
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318]
+    #[arg(long, env = "WEFT_OTLP_HTTP_ADDR", value_name = "ADDR")]
+    pub otlp_http_addr: Option<SocketAddr>,
+    /// Query API, UI and /metrics listen address [default: 127.0.0.1:16686]
+    #[arg(long, env = "WEFT_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Largest OTLP request in bytes, after decompression [default: 16777216]
+    #[arg(long, env = "WEFT_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// OTLP request bytes processed at once before refusing with 429 [default: 268435456]
+    #[arg(long, env = "WEFT_MAX_INFLIGHT_BYTES", value_name = "BYTES")]
+    pub max_inflight_bytes: Option<usize>,
+    /// Retry delay given to overloaded clients, e.g. 1s [default: 1s]
+    #[arg(long, env = "WEFT_RETRY_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retry_after: Option<Duration>,
+    /// Flush unflushed data to a segment at least this often, e.g. 30s [default: 30s]
+    #[arg(long, env = "WEFT_FLUSH_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub flush_interval: Option<Duration>,
+    /// Flush a table once this many bytes are unflushed [default: 134217728]
+    #[arg(long, env = "WEFT_FLUSH_BYTES", value_name = "BYTES")]
+    pub flush_bytes: Option<usize>,
+    /// Refuse data with 503 while this many bytes of a table are unflushed [default: 1073741824]
+    #[arg(long, env = "WEFT_MAX_BUFFERED_BYTES", value_name = "BYTES")]
+    pub max_buffered_bytes: Option<usize>,
+}
+
+impl Config {
+    /// Reads the config file named by `args` (if any), applies the flags and
+    /// validates the result.
+    pub fn resolve(args: &ServerArgs) -> anyhow::Result<Self> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply(args);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    fn apply(&mut self, args: &ServerArgs) {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(value) = value {
+                *target = value.clone();
+            }
+        }
+        set(&mut self.data_dir, &args.data_dir);
+        set(&mut self.otlp.grpc_addr, &args.otlp_grpc_addr);
+        set(&mut self.otlp.http_addr, &args.otlp_http_addr);
+        set(&mut self.http.addr, &args.http_addr);
+        set(&mut self.otlp.max_request_bytes, &args.max_request_bytes);
+        set(&mut self.otlp.max_inflight_bytes, &args.max_inflight_bytes);
+        set(&mut self.otlp.retry_after, &args.retry_after);
+        set(&mut self.store.flush_interval, &args.flush_interval);
+        set(&mut self.store.flush_bytes, &args.flush_bytes);
+        set(&mut self.store.max_buffered_bytes, &args.max_buffered_bytes);
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.otlp.max_request_bytes == 0 {
+            bail!("otlp.max_request_bytes must be greater than 0");
+        }
+        if self.otlp.max_inflight_bytes < self.otlp.max_request_bytes {
+            bail!(
+                "otlp.max_inflight_bytes ({}) must be at least otlp.max_request_bytes ({}), or no request of the largest size could ever be admitted",
+                self.otlp.max_inflight_bytes,
+                self.otlp.max_request_bytes
+            );
+        }
+        if self.store.flush_interval.is_zero() {
+            bail!("store.flush_interval must be greater than 0");
+        }
+        if self.store.flush_bytes == 0 || self.store.flush_bytes > self.store.max_buffered_bytes {
+            bail!(
+                "store.flush_bytes ({}) must be greater than 0 and at most store.max_buffered_bytes ({})",
+                self.store.flush_bytes,
+                self.store.max_buffered_bytes
+            );
+        }
+        Ok(())
+    }
+
+    pub fn store_config(&self) -> weft_store::StoreConfig {
+        weft_store::StoreConfig {
+            flush_interval: self.store.flush_interval,
+            flush_bytes: self.store.flush_bytes,
+            max_buffered_bytes: self.store.max_buffered_bytes,
+            ..weft_store::StoreConfig::new(&self.data_dir)
+        }
+    }
+
+    pub fn ingest_limits(&self) -> weft_collector::IngestLimits {
+        weft_collector::IngestLimits {
+            max_request_bytes: self.otlp.max_request_bytes,
+            max_inflight_bytes: self.otlp.max_inflight_bytes,
+            retry_after: self.otlp.retry_after,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/var/lib/weft\"\n[otlp]\ngrpc_addr = \"0.0.0.0:4317\"\n[store]\nflush_interval = \"5s\"\n",
+        )
+        .unwrap();
+        let args = ServerArgs {
+            config: Some(path),
+            otlp_grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/weft"));
+        assert_eq!(config.otlp.grpc_addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.store.flush_interval, Duration::from_secs(5));
+        assert_eq!(config.http.addr, HttpConfig::default().addr);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.toml");
+        std::fs::write(&path, "[otlp]\ngrpc_adr = \"0.0.0.0:4317\"\n").unwrap();
+        let args = ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let err = format!("{:#}", Config::resolve(&args).unwrap_err());
+        assert!(err.contains("grpc_adr"), "{err}");
+
+        let args = ServerArgs {
+            flush_bytes: Some(10),
+            max_buffered_bytes: Some(5),
+            ..Default::default()
+        };
+        let err = Config::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("store.flush_bytes"), "{err}");
+    }
+}

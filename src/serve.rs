@@ -1,0 +1,151 @@
+//! `weft serve` and `weft collector`: bind the listeners, run until SIGTERM or
+//! SIGINT, then stop accepting, finish in-flight requests, flush everything to
+//! Parquet and return.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use weft_collector::{grpc, http, Ingest, IngestMetrics, MetricsEndpoint, StoreCollector};
+use weft_store::Store;
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Collector plus the API port.
+    Serve,
+    /// Only the OTLP receivers.
+    Collector,
+}
+
+pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+    let store = Arc::new(Store::open(config.store_config()).with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            config.data_dir.display()
+        )
+    })?);
+    let mut registry = Registry::default();
+    let ingest_metrics = IngestMetrics::register(&mut registry);
+    StoreCollector::register(&mut registry, store.clone());
+    let metrics = MetricsEndpoint::new(registry);
+    let ingest = Arc::new(Ingest::new(
+        store.clone(),
+        config.ingest_limits(),
+        ingest_metrics,
+    ));
+
+    let grpc_listener = bind(config.otlp.grpc_addr, "OTLP/gRPC").await?;
+    let http_listener = bind(config.otlp.http_addr, "OTLP/HTTP").await?;
+    let api_listener = match role {
+        Role::Serve => Some(bind(config.http.addr, "HTTP API").await?),
+        Role::Collector => None,
+    };
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let api_addr = api_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    {
+        let routes = grpc::routes(ingest.clone());
+        let shutdown = until_stopped();
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .layer(tower::util::MapResponseLayer::new(
+                    grpc::too_large_is_resource_exhausted::<tonic::body::Body>,
+                ))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    shutdown,
+                )
+                .await
+                .context("OTLP/gRPC server failed")
+        });
+    }
+    servers.spawn(serve_http(
+        http_listener,
+        http::router(ingest.clone(), metrics.clone()),
+        until_stopped(),
+        "OTLP/HTTP",
+    ));
+    if let Some(listener) = api_listener {
+        servers.spawn(serve_http(
+            listener,
+            metrics.router(),
+            until_stopped(),
+            "HTTP API",
+        ));
+    }
+    tracing::info!(
+        otlp_grpc = %grpc_addr,
+        otlp_http = %http_addr,
+        http = %api_addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
+        data_dir = %config.data_dir.display(),
+        "weft listening"
+    );
+
+    let failure = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down: finishing in-flight requests, then flushing to Parquet");
+            None
+        }
+        Some(result) = servers.join_next() => Some(result.context("server task panicked").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("a server stopped unexpectedly"))),
+    };
+    let _ = stop.send(true);
+    while let Some(result) = servers.join_next().await {
+        if let Err(e) = result.context("server task panicked").and_then(|r| r) {
+            tracing::error!(error = %format!("{e:#}"), "server stopped with an error");
+        }
+    }
+    store.shutdown().await.context(
+        "final flush failed; the data stays in the WAL and is replayed at the next start",
+    )?;
+    tracing::info!("all data flushed; bye");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .with_context(|| format!("{what} server failed"))
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
