@@ -67,7 +67,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         servers.spawn(async move {
             tonic::transport::Server::builder()
                 .layer(tower::util::MapResponseLayer::new(
-                    grpc::too_large_is_resource_exhausted::<tonic::body::Body>,
+                    grpc::otlp_status_codes::<tonic::body::Body>,
                 ))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(

@@ -154,21 +154,29 @@ impl MetricsService for Receiver {
     }
 }
 
-/// tonic answers a message over the size limit with OUT_OF_RANGE; OTLP
-/// clients expect RESOURCE_EXHAUSTED (without retry info, so they do not
-/// resend it). The error is sent before any response message, so its status
-/// is in the response headers, where this rewrites it.
-pub fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+/// Gives two of tonic's own decode errors the codes OTLP clients expect.
+///
+/// tonic answers a message over the size limit with OUT_OF_RANGE, where OTLP
+/// expects RESOURCE_EXHAUSTED (without retry info, so clients do not resend
+/// it), and undecodable protobuf with INTERNAL, where it is the client's
+/// INVALID_ARGUMENT. Both errors happen before any response message, so the
+/// status is in the response headers, where this rewrites it.
+pub fn otlp_status_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|s| s == "11");
-    let too_large = headers
+    let status = headers
+        .get("grpc-status")
+        .and_then(|s| s.to_str().ok())
+        .unwrap_or("");
+    let message = headers
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
-        .is_some_and(|m| {
-            m.contains("message%20length%20too%20large") || m.contains("message length too large")
-        });
-    if out_of_range && too_large {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
+        .unwrap_or("")
+        .replace("%20", " ");
+    let code = match status {
+        "11" if message.contains("message length too large") => "8",
+        "13" if message.contains("failed to decode Protobuf message") => "3",
+        _ => return response,
+    };
+    headers.insert("grpc-status", http::HeaderValue::from_static(code));
     response
 }

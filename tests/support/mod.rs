@@ -1,0 +1,246 @@
+//! Runs the real `weft` binary for end-to-end tests and reads back what it
+//! stored, straight from the Parquet files.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// A running `weft serve` on ephemeral ports, with its stderr collected.
+pub struct Weft {
+    child: Child,
+    pub data_dir: PathBuf,
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub http: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Weft {
+    /// Starts weft on `data_dir` with flushes only at shutdown, unless `args` say otherwise.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--otlp-grpc-addr",
+                "127.0.0.1:0",
+                "--otlp-http-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--http-addr", "127.0.0.1:0", "--flush-interval", "1h"])
+            .args(args)
+            .env("WEFT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weft starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[weft] {line}");
+                    if line.contains("weft listening") {
+                        let _ = ready_tx.send(line.clone());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let line = ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("weft did not start; its log:\n{}", log.lock().unwrap()));
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix(&format!("{key}=")))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} address in {line:?}"))
+        };
+        Self {
+            otlp_grpc: addr("otlp_grpc"),
+            otlp_http: addr("otlp_http"),
+            http: addr("http"),
+            child,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.otlp_grpc)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.otlp_http)
+    }
+
+    /// Everything weft has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("can poll the child").is_none()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait();
+    }
+
+    fn signal(&mut self, signal: i32) {
+        // SAFETY: kill(2) on the pid of a child this test owns and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weft did not exit; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every row of a table's Parquet segments, as one batch.
+pub fn read_table(data_dir: &Path, table: &str) -> RecordBatch {
+    let segments = data_dir.join(table).join("segments");
+    let mut batches = Vec::new();
+    let mut schema = None;
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&segments)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+        schema = Some(builder.schema().clone());
+        batches.extend(builder.build().unwrap().map(|b| b.unwrap()));
+    }
+    let schema = schema.unwrap_or_else(|| panic!("no segments in {}", segments.display()));
+    arrow::compute::concat_batches(&schema, &batches).unwrap()
+}
+
+/// A text column's values, NULL as `None`.
+pub fn texts(batch: &RecordBatch, column: &str) -> Vec<Option<String>> {
+    let array = batch
+        .column_by_name(column)
+        .unwrap_or_else(|| panic!("no column {column}"));
+    let array = array.as_string::<i32>();
+    (0..array.len())
+        .map(|i| array.is_valid(i).then(|| array.value(i).to_string()))
+        .collect()
+}
+
+/// The row whose `column` equals `value`; panics unless there is exactly one.
+pub fn row_where(batch: &RecordBatch, column: &str, value: &str) -> usize {
+    let rows: Vec<usize> = texts(batch, column)
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.as_deref() == Some(value))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        rows.len(),
+        1,
+        "expected one row with {column} = {value}, found {rows:?}"
+    );
+    rows[0]
+}
+
+/// A text cell.
+pub fn text(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
+    texts(batch, column)[row].clone()
+}
+
+/// An int64 cell.
+pub fn int64(batch: &RecordBatch, column: &str, row: usize) -> Option<i64> {
+    let array = batch.column_by_name(column).unwrap();
+    let array = array.as_primitive::<arrow::datatypes::Int64Type>();
+    array.is_valid(row).then(|| array.value(row))
+}
+
+/// A timestamp cell in ns.
+pub fn timestamp(batch: &RecordBatch, column: &str, row: usize) -> i64 {
+    batch
+        .column_by_name(column)
+        .unwrap()
+        .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+        .value(row)
+}
+
+/// A `map<text, text>` cell as sorted (key, value) pairs.
+pub fn map(batch: &RecordBatch, column: &str, row: usize) -> Vec<(String, Option<String>)> {
+    let array = batch.column_by_name(column).unwrap().as_map();
+    let entries = array.value(row);
+    let keys = entries.column(0).as_string::<i32>();
+    let values = entries.column(1).as_string::<i32>();
+    let mut pairs: Vec<_> = (0..keys.len())
+        .map(|i| {
+            (
+                keys.value(i).to_string(),
+                values.is_valid(i).then(|| values.value(i).to_string()),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// One value of a `map<text, text>` cell.
+pub fn map_get(batch: &RecordBatch, column: &str, row: usize, key: &str) -> Option<String> {
+    map(batch, column, row)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v)
+}
+
+/// A list<struct> cell as the struct rows it holds.
+pub fn list(batch: &RecordBatch, column: &str, row: usize) -> arrow::array::StructArray {
+    batch
+        .column_by_name(column)
+        .unwrap()
+        .as_list::<i32>()
+        .value(row)
+        .as_struct()
+        .clone()
+}
