@@ -244,3 +244,63 @@ pub fn list(batch: &RecordBatch, column: &str, row: usize) -> arrow::array::Stru
         .as_struct()
         .clone()
 }
+
+/// Marks test span ids so that id 0 still makes a valid (non-zero) span id.
+const SPAN_ID_MARK: u64 = 1 << 63;
+
+/// A trace export request with one span per id: span id `id` (big-endian,
+/// top bit set), trace id derived from it, all from `service`.
+pub fn spans_request(
+    service: &str,
+    ids: impl IntoIterator<Item = u64>,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let attribute = |key: &str, value: &str| KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    };
+    let spans = ids
+        .into_iter()
+        .map(|id| Span {
+            trace_id: [(id / 10).to_be_bytes(), 0xfeed_u64.to_be_bytes()].concat(),
+            span_id: (id | SPAN_ID_MARK).to_be_bytes().to_vec(),
+            name: format!("op-{}", id % 7),
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000 + id * 1000,
+            end_time_unix_nano: 1_700_000_000_000_000_000 + id * 1000 + 500,
+            attributes: vec![attribute("http.route", "/api/accounts/{id}")],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![attribute("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// The span ids stored in the `spans` table, decoded back to the numbers
+/// [`spans_request`] made them from.
+pub fn stored_span_ids(data_dir: &Path) -> Vec<u64> {
+    let spans = read_table(data_dir, "spans");
+    texts(&spans, "span_id")
+        .into_iter()
+        .map(|id| {
+            u64::from_str_radix(&id.expect("span_id is never NULL"), 16).unwrap() & !SPAN_ID_MARK
+        })
+        .collect()
+}
