@@ -1,0 +1,130 @@
+//! Overload is pushed back with retryable statuses, not absorbed into
+//! unbounded memory; once the flush catches up, data flows again. And weft's
+//! own counters are served at `/metrics`.
+
+mod support;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
+use support::*;
+use tonic_types::StatusExt;
+
+/// Buffers one flush's worth and no more: while a flush runs, appends are refused.
+const TIGHT: &[&str] = &[
+    "--flush-bytes",
+    "1000000",
+    "--max-buffered-bytes",
+    "1000000",
+    "--retry-after",
+    "2s",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_answers_resource_exhausted_with_retry_info_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(dir.path(), TIGHT);
+    let mut client = TraceServiceClient::connect(weft.grpc_url()).await.unwrap();
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    for r in 0..5_000u64 {
+        let ids = r * 200..(r + 1) * 200;
+        match client
+            .export(spans_request("crm-mobile", ids.clone()))
+            .await
+        {
+            Ok(_) => acked.extend(ids),
+            Err(status) => {
+                refusal = Some(status);
+                break;
+            }
+        }
+    }
+    let status = refusal.expect("weft never pushed back");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let retry = status
+        .get_details_retry_info()
+        .expect("RetryInfo is attached");
+    assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(2)));
+
+    // Once the flush has drained the buffer, the same request goes through.
+    let retried = 1_000_000..1_000_200u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match client
+            .export(spans_request("crm-mobile", retried.clone()))
+            .await
+        {
+            Ok(_) => break,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(std::time::Instant::now() < deadline, "weft never recovered");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("unexpected {status:?}"),
+        }
+    }
+    acked.extend(retried);
+    assert!(weft.stop().success());
+    let mut stored = stored_span_ids(dir.path());
+    stored.sort_unstable();
+    acked.sort_unstable();
+    assert_eq!(stored, acked);
+}
+
+#[test]
+fn a_full_buffer_answers_503_with_retry_after_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(dir.path(), TIGHT);
+    let client = reqwest::blocking::Client::new();
+    let mut refused = None;
+    for r in 0..5_000u64 {
+        let body = spans_request("crm-mobile", r * 200..(r + 1) * 200).encode_to_vec();
+        let response = client
+            .post(weft.http_url("/v1/traces"))
+            .header("Content-Type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .unwrap();
+        if response.status() != 200 {
+            refused = Some(response);
+            break;
+        }
+    }
+    let response = refused.expect("weft never pushed back");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "2");
+    assert!(weft.stop().success());
+}
+
+#[test]
+fn metrics_count_requests_records_and_wal_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(dir.path(), &[]);
+    let client = reqwest::blocking::Client::new();
+    let body = spans_request("crm-mobile", 0..10).encode_to_vec();
+    let response = client
+        .post(weft.http_url("/v1/traces"))
+        .header("Content-Type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for url in [
+        weft.http_url("/metrics"),
+        format!("http://{}/metrics", weft.http),
+    ] {
+        let response = client.get(&url).send().unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().unwrap();
+        for expected in [
+            r#"weft_ingest_requests_total{signal="spans",transport="http",outcome="ok"} 1"#,
+            r#"weft_ingest_records_total{signal="spans",outcome="accepted"} 10"#,
+            r#"weft_store_rows_appended_total{table="spans"} 10"#,
+            r#"weft_store_wal_fsyncs_total{table="spans"} 1"#,
+            r#"weft_store_buffered_bytes{table="spans"}"#,
+            "# TYPE weft_store_wal_fsync_seconds counter",
+        ] {
+            assert!(text.contains(expected), "{url} lacks {expected}:\n{text}");
+        }
+    }
+    assert!(weft.stop().success());
+}
