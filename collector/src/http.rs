@@ -106,9 +106,9 @@ async fn export_traces(
     let payload = match read_payload(&ingest, &headers, body).await {
         Ok(p) => p,
         Err(e) => {
-            let e = ingest
+            ingest
                 .metrics()
-                .record_refused(Signal::Spans, Transport::Http, e);
+                .record_refused(Signal::Spans, Transport::Http, &e);
             return error_response(&ingest, encoding_or_json(&headers), e);
         }
     };
@@ -148,9 +148,9 @@ async fn export_logs(
     let payload = match read_payload(&ingest, &headers, body).await {
         Ok(p) => p,
         Err(e) => {
-            let e = ingest
+            ingest
                 .metrics()
-                .record_refused(Signal::Logs, Transport::Http, e);
+                .record_refused(Signal::Logs, Transport::Http, &e);
             return error_response(&ingest, encoding_or_json(&headers), e);
         }
     };

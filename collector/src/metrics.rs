@@ -74,20 +74,43 @@ impl IngestMetrics {
         request_bytes: usize,
         result: &Result<Outcome, IngestError>,
     ) {
+        let outcome = match result {
+            Ok(o) if o.rejected > 0 => "partial",
+            Ok(_) => "ok",
+            Err(e) => error_outcome(e),
+        };
+        self.count_request(signal, transport, request_bytes, outcome);
+        if let Ok(outcome) = result {
+            for (count, outcome) in [
+                (outcome.accepted, "accepted"),
+                (outcome.rejected, "rejected"),
+            ] {
+                self.records
+                    .get_or_create(&RecordLabels {
+                        signal: signal.table_name(),
+                        outcome,
+                    })
+                    .inc_by(count);
+            }
+        }
+    }
+
+    /// Counts a request refused before it reached the ingest path (bad headers, too large).
+    pub(crate) fn record_refused(&self, signal: Signal, transport: Transport, error: &IngestError) {
+        self.count_request(signal, transport, 0, error_outcome(error));
+    }
+
+    fn count_request(
+        &self,
+        signal: Signal,
+        transport: Transport,
+        request_bytes: usize,
+        outcome: &'static str,
+    ) {
         let signal = signal.table_name();
         let transport = match transport {
             Transport::Grpc => "grpc",
             Transport::Http => "http",
-        };
-        let outcome = match result {
-            Ok(o) if o.rejected > 0 => "partial",
-            Ok(_) => "ok",
-            Err(IngestError::Malformed(_)) | Err(IngestError::UnsupportedMediaType(_)) => {
-                "malformed"
-            }
-            Err(IngestError::TooLarge { .. }) => "too_large",
-            Err(IngestError::Busy(_)) | Err(IngestError::Overloaded(_)) => "overloaded",
-            Err(IngestError::ShuttingDown) | Err(IngestError::Internal(_)) => "error",
         };
         self.requests
             .get_or_create(&RequestLabels {
@@ -99,28 +122,15 @@ impl IngestMetrics {
         self.bytes
             .get_or_create(&TransportLabels { signal, transport })
             .inc_by(request_bytes as u64);
-        if let Ok(outcome) = result {
-            for (count, outcome) in [
-                (outcome.accepted, "accepted"),
-                (outcome.rejected, "rejected"),
-            ] {
-                self.records
-                    .get_or_create(&RecordLabels { signal, outcome })
-                    .inc_by(count);
-            }
-        }
     }
+}
 
-    /// Counts a request refused before it reached the ingest path (bad headers, too large).
-    pub(crate) fn record_refused(
-        &self,
-        signal: Signal,
-        transport: Transport,
-        error: IngestError,
-    ) -> IngestError {
-        let result = Err(error);
-        self.record(signal, transport, 0, &result);
-        result.err().expect("just built")
+fn error_outcome(error: &IngestError) -> &'static str {
+    match error {
+        IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) => "malformed",
+        IngestError::TooLarge { .. } => "too_large",
+        IngestError::Busy(_) | IngestError::Overloaded(_) => "overloaded",
+        IngestError::ShuttingDown | IngestError::Internal(_) => "error",
     }
 }
 
