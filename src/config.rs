@@ -19,6 +19,10 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub http: HttpConfig,
     pub store: StoreSettings,
+    /// How long shutdown waits for in-flight requests and open connections
+    /// before closing them and flushing.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 /// The OTLP receivers.
@@ -69,6 +73,7 @@ impl Default for Config {
             otlp: OtlpConfig::default(),
             http: HttpConfig::default(),
             store: StoreSettings::default(),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -141,6 +146,9 @@ pub struct ServerArgs {
     /// Refuse data with 503 while this many bytes of a table are unflushed [default: 1073741824]
     #[arg(long, env = "WEFT_MAX_BUFFERED_BYTES", value_name = "BYTES")]
     pub max_buffered_bytes: Option<usize>,
+    /// On SIGTERM, wait this long for in-flight requests before closing connections [default: 10s]
+    #[arg(long, env = "WEFT_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
 }
 
 impl Config {
@@ -178,6 +186,7 @@ impl Config {
         set(&mut self.store.flush_interval, &args.flush_interval);
         set(&mut self.store.flush_bytes, &args.flush_bytes);
         set(&mut self.store.max_buffered_bytes, &args.max_buffered_bytes);
+        set(&mut self.shutdown_grace, &args.shutdown_grace);
     }
 
     fn validate(&self) -> anyhow::Result<()> {

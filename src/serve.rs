@@ -108,10 +108,18 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         Some(result) = servers.join_next() => Some(result.context("server task panicked").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("a server stopped unexpectedly"))),
     };
     let _ = stop.send(true);
-    while let Some(result) = servers.join_next().await {
-        if let Err(e) = result.context("server task panicked").and_then(|r| r) {
-            tracing::error!(error = %format!("{e:#}"), "server stopped with an error");
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while let Some(result) = servers.join_next().await {
+            if let Err(e) = result.context("server task panicked").and_then(|r| r) {
+                tracing::error!(error = %format!("{e:#}"), "server stopped with an error");
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        // Idle keep-alive connections would otherwise hold shutdown open forever.
+        tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the shutdown grace period; closing them");
+        servers.shutdown().await;
     }
     store.shutdown().await.context(
         "final flush failed; the data stays in the WAL and is replayed at the next start",

@@ -394,9 +394,11 @@ fn write_frozen(shared: &Shared, frozen: Frozen) -> Result<()> {
         let batch = arrow::compute::concat_batches(&signal.schema(), &frozen.batches)?;
         let sorted = segment::sort_for_locality(signal, &batch)?;
         drop(batch);
+        let sorted_at = Instant::now();
         let id = uuid::Uuid::now_v7().simple().to_string();
         let parquet = shared.dir.join("segments").join(format!("{id}.parquet"));
         let written = segment::write_segment(signal, &sorted, &parquet)?;
+        let written_at = Instant::now();
         index::build_index(signal, &sorted, &shared.dir.join("index").join(&id))?;
         let stats = &shared.stats;
         stats.segments_written.fetch_add(1, Ordering::Relaxed);
@@ -411,7 +413,9 @@ fn write_frozen(shared: &Shared, frozen: Frozen) -> Result<()> {
             segment = %id,
             rows = written.rows,
             bytes = written.bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            sort_ms = (sorted_at - started).as_millis() as u64,
+            parquet_ms = (written_at - sorted_at).as_millis() as u64,
+            index_ms = written_at.elapsed().as_millis() as u64,
             "segment written"
         );
         catalog.segments.push(SegmentEntry {

@@ -1,1 +1,309 @@
-fn main() {}
+//! `weft-bench-ingest`: how fast weft makes OTLP durable, against how fast the
+//! same payloads can merely be decoded.
+//!
+//! It generates CRM-shaped OTLP payloads, measures decode-only throughput
+//! (protobuf → structs, nothing else) on every core as the physical ceiling,
+//! then starts `weft serve` on a fresh data directory and drives it over real
+//! gRPC from concurrent clients, counting only acknowledged (fsync'd)
+//! records. After a clean shutdown it compares the bytes on disk with the
+//! OTLP bytes sent. Everything runs on the same machine in the same run, so
+//! the ratios are meaningful even where absolute numbers are not.
+
+mod workload;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BufMut, Bytes};
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::workload::Payload;
+
+#[derive(Debug, Parser)]
+#[command(about = "OTLP ingest benchmark for weft: durable-ack throughput vs decode-only")]
+struct Args {
+    /// The weft binary to start [default: `weft` beside this benchmark's binary]
+    #[arg(long)]
+    weft: Option<PathBuf>,
+    /// How long to measure, after the warm-up.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Load before measuring starts.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Concurrent requests in flight.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// HTTP/2 connections the clients share.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Spans per trace export request (a typical SDK batch is 512).
+    #[arg(long, default_value_t = 500)]
+    spans_per_request: usize,
+    /// Distinct payloads generated (each send rewrites the ids).
+    #[arg(long, default_value_t = 64)]
+    payloads: usize,
+}
+
+/// Sends pre-encoded protobuf bytes, ignores the response body.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Self::Error> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+const TRACES_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("generating {} payloads of {} spans…", args.payloads, args.spans_per_request);
+    let (traces, logs) = workload::generate(args.payloads, args.spans_per_request, 42);
+    let traces = Arc::new(traces);
+    let logs = Arc::new(logs);
+
+    let decode = decode_only(&traces, &logs, cores, Duration::from_secs(5));
+    eprintln!("decode-only on {cores} threads: {:.0} spans/s, {:.0} logs/s", decode.0, decode.1);
+
+    let weft_binary = match &args.weft {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("weft"),
+    };
+    let data_dir = tempfile::tempdir()?;
+    let mut weft = start_weft(&weft_binary, data_dir.path())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let load = runtime.block_on(drive(&args, &weft.grpc, traces.clone(), logs.clone()))?;
+    // Close the client connections, so weft's graceful shutdown has nothing to wait for.
+    drop(runtime);
+    // SAFETY: kill(2) on the pid of the child we started and have not reaped.
+    unsafe { libc::kill(weft.child.id() as i32, libc::SIGTERM) };
+    let status = weft.child.wait()?;
+    if !status.success() {
+        bail!("weft exited with {status}");
+    }
+    let spans_disk = dir_bytes(&data_dir.path().join("spans").join("segments"))?;
+    let spans_index = dir_bytes(&data_dir.path().join("spans").join("index"))?;
+    let logs_disk = dir_bytes(&data_dir.path().join("logs").join("segments"))?;
+    let logs_index = dir_bytes(&data_dir.path().join("logs").join("index"))?;
+
+    let seconds = args.duration.as_secs_f64();
+    let spans_per_s = load.spans as f64 / seconds;
+    let logs_per_s = load.logs as f64 / seconds;
+    let mut latencies = load.latencies_us.clone();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| machine | {cores} cores |");
+    println!("| load | {} clients, {} connections, {} spans/request, {} s after {} s warm-up |", args.clients, args.connections, args.spans_per_request, args.duration.as_secs(), args.warmup.as_secs());
+    println!("| spans/s acknowledged (durable) | {spans_per_s:.0} |");
+    println!("| logs/s acknowledged (durable) | {logs_per_s:.0} |");
+    println!("| decode-only spans/s ({cores} threads, same payloads) | {:.0} |", decode.0);
+    println!("| weft / decode-only (spans) | {:.2} |", spans_per_s / decode.0);
+    println!("| ack latency p50 / p99 | {:.1} ms / {:.1} ms |", pct(0.50), pct(0.99));
+    println!("| refused (retryable) requests | {} |", load.refused);
+    println!("| spans: Parquet bytes / OTLP bytes | {:.3} (1/{:.1}) |", spans_disk as f64 / load.trace_bytes_total as f64, load.trace_bytes_total as f64 / spans_disk.max(1) as f64);
+    println!("| spans: Parquet + index bytes / OTLP bytes | {:.3} |", (spans_disk + spans_index) as f64 / load.trace_bytes_total as f64);
+    println!("| spans: bytes on disk per span (Parquet / +index) | {:.1} / {:.1} (OTLP: {:.1}) |", spans_disk as f64 / load.spans_total as f64, (spans_disk + spans_index) as f64 / load.spans_total as f64, load.trace_bytes_total as f64 / load.spans_total as f64);
+    println!("| logs: Parquet bytes / OTLP bytes | {:.3} (+index: {:.3}) |", logs_disk as f64 / load.log_bytes_total.max(1) as f64, (logs_disk + logs_index) as f64 / load.log_bytes_total.max(1) as f64);
+    Ok(())
+}
+
+/// Decodes the payloads on `threads` threads for `duration`; returns spans/s and logs/s.
+fn decode_only(traces: &Arc<Vec<Payload>>, logs: &Arc<Vec<Payload>>, threads: usize, duration: Duration) -> (f64, f64) {
+    let spans = Arc::new(AtomicU64::new(0));
+    let log_records = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (spans, log_records) = (spans.clone(), log_records.clone());
+            scope.spawn(move || {
+                let mut i = t;
+                while started.elapsed() < duration {
+                    let trace = &traces[i % traces.len()];
+                    let decoded = ExportTraceServiceRequest::decode(trace.bytes.as_slice()).expect("valid payload");
+                    std::hint::black_box(&decoded);
+                    spans.fetch_add(trace.records, Ordering::Relaxed);
+                    let log = &logs[i % logs.len()];
+                    let decoded = ExportLogsServiceRequest::decode(log.bytes.as_slice()).expect("valid payload");
+                    std::hint::black_box(&decoded);
+                    log_records.fetch_add(log.records, Ordering::Relaxed);
+                    i += threads;
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    (spans.load(Ordering::Relaxed) as f64 / seconds, log_records.load(Ordering::Relaxed) as f64 / seconds)
+}
+
+struct RunningWeft {
+    child: std::process::Child,
+    grpc: String,
+}
+
+fn start_weft(binary: &Path, data_dir: &Path) -> anyhow::Result<RunningWeft> {
+    let mut child = Command::new(binary)
+        .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("WEFT_LOG", "warn,weft=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("weft listening") {
+                let _ = tx.send(line.clone());
+            }
+            eprintln!("[weft] {line}");
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).context("weft did not start")?;
+    let grpc = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("otlp_grpc="))
+        .context("no otlp_grpc address logged")?;
+    Ok(RunningWeft { child, grpc: format!("http://{grpc}") })
+}
+
+#[derive(Default)]
+struct Load {
+    spans: u64,
+    logs: u64,
+    spans_total: u64,
+    trace_bytes_total: u64,
+    log_bytes_total: u64,
+    refused: u64,
+    latencies_us: Vec<u32>,
+}
+
+async fn drive(args: &Args, url: &str, traces: Arc<Vec<Payload>>, logs: Arc<Vec<Payload>>) -> anyhow::Result<Load> {
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?);
+    }
+    let load = Arc::new(Mutex::new(Load::default()));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sends = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for client in 0..args.clients {
+        let mut grpc = tonic::client::Grpc::new(channels[client % channels.len()].clone());
+        let (traces, logs, load, measuring, stop, sends) = (traces.clone(), logs.clone(), load.clone(), measuring.clone(), stop.clone(), sends.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let send = sends.fetch_add(1, Ordering::Relaxed);
+                let i = send as usize % traces.len();
+                // Logs ride along with every other trace request, as SDKs batch them separately.
+                let (payload, path, is_trace) = if send % 2 == 0 {
+                    (&traces[i], TRACES_PATH, true)
+                } else {
+                    (&logs[i], LOGS_PATH, false)
+                };
+                let body = Bytes::from(payload.instance(send / 2));
+                let bytes = body.len() as u64;
+                grpc.ready().await?;
+                let started = Instant::now();
+                let result = grpc
+                    .unary(tonic::Request::new(body), http::uri::PathAndQuery::from_static(path), RawCodec)
+                    .await;
+                let elapsed = started.elapsed();
+                let refused = {
+                    let mut load = load.lock().expect("not poisoned");
+                    match result {
+                        Ok(_) => {
+                            if is_trace {
+                                load.spans_total += payload.records;
+                                load.trace_bytes_total += bytes;
+                            } else {
+                                load.log_bytes_total += bytes;
+                            }
+                            if measuring.load(Ordering::Relaxed) {
+                                load.latencies_us.push(elapsed.as_micros() as u32);
+                                if is_trace {
+                                    load.spans += payload.records;
+                                } else {
+                                    load.logs += payload.records;
+                                }
+                            }
+                            false
+                        }
+                        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                            load.refused += 1;
+                            true
+                        }
+                        Err(status) => return Err(anyhow::anyhow!("export failed: {status}")),
+                    }
+                };
+                if refused {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    tokio::time::sleep(args.warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(args.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    let load = std::mem::take(&mut *load.lock().expect("not poisoned"));
+    Ok(load)
+}
+
+fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
+}
