@@ -11,7 +11,9 @@ use std::fs;
 use std::path::Path;
 
 use arrow::array::{Array, AsArray, MapArray, RecordBatch, StringArray};
-use tantivy::schema::{Field, Schema, FAST, INDEXED, STRING, TEXT};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, TEXT,
+};
 use tantivy::{Index, IndexWriter, TantivyDocument};
 
 use crate::error::{IoContext, Result};
@@ -23,25 +25,22 @@ const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// How a table's columns map to index fields.
 #[derive(Clone, Copy)]
 enum FieldKind {
-    /// The column's value as one exact term.
-    Keyword,
-    /// The column's value tokenized for full-text search.
+    /// The column's value tokenized for full-text search, with positions
+    /// (phrase queries work).
     Text,
-    /// Every value of a `map<text, text>` column, tokenized.
+    /// Every value of a `map<text, text>` column, tokenized, without
+    /// positions: attribute values are short, and positions would double the
+    /// cost of indexing them.
     MapValues,
 }
 
 fn indexed_columns(signal: Signal) -> &'static [(&'static str, FieldKind)] {
     match signal {
         Signal::Spans => &[
-            ("trace_id", FieldKind::Keyword),
-            ("service_name", FieldKind::Keyword),
             ("name", FieldKind::Text),
             ("attributes", FieldKind::MapValues),
         ],
         Signal::Logs => &[
-            ("trace_id", FieldKind::Keyword),
-            ("service_name", FieldKind::Keyword),
             ("body", FieldKind::Text),
             ("attributes", FieldKind::MapValues),
         ],
@@ -54,12 +53,17 @@ pub const ROW_FIELD: &str = "row";
 /// The tantivy schema of a table's index.
 pub fn index_schema(signal: Signal) -> Schema {
     let mut builder = Schema::builder();
-    builder.add_u64_field(ROW_FIELD, FAST | INDEXED);
+    builder.add_u64_field(ROW_FIELD, FAST);
     for (name, kind) in indexed_columns(signal) {
-        match kind {
-            FieldKind::Keyword => builder.add_text_field(name, STRING),
-            FieldKind::Text | FieldKind::MapValues => builder.add_text_field(name, TEXT),
+        let options = match kind {
+            FieldKind::Text => TEXT,
+            FieldKind::MapValues => TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer("default")
+                    .set_index_option(IndexRecordOption::WithFreqs),
+            ),
         };
+        builder.add_text_field(name, options);
     }
     builder.build()
 }
@@ -91,7 +95,7 @@ pub fn build_index(signal: Signal, batch: &RecordBatch, dir: &Path) -> Result<()
                 .column_by_name(name)
                 .expect("column is in the table schema");
             let source = match kind {
-                FieldKind::Keyword | FieldKind::Text => Source::Text(column.as_string::<i32>()),
+                FieldKind::Text => Source::Text(column.as_string::<i32>()),
                 FieldKind::MapValues => Source::Map(column.as_map()),
             };
             (field, source)

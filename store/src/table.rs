@@ -391,9 +391,7 @@ fn write_frozen(shared: &Shared, frozen: Frozen) -> Result<()> {
     let signal = shared.signal;
     let mut catalog = shared.state.read().catalog.clone();
     if !frozen.batches.is_empty() {
-        let batch = arrow::compute::concat_batches(&signal.schema(), &frozen.batches)?;
-        let sorted = segment::sort_for_locality(signal, &batch)?;
-        drop(batch);
+        let sorted = segment::sort_for_locality(signal, &frozen.batches)?;
         let sorted_at = Instant::now();
         let id = uuid::Uuid::now_v7().simple().to_string();
         let parquet = shared.dir.join("segments").join(format!("{id}.parquet"));
