@@ -28,9 +28,10 @@ enum FieldKind {
     /// The column's value tokenized for full-text search, with positions
     /// (phrase queries work).
     Text,
-    /// Every value of a `map<text, text>` column, tokenized, without
-    /// positions: attribute values are short, and positions would double the
-    /// cost of indexing them.
+    /// Every value of a `map<text, text>` column, tokenized, recording only
+    /// which rows hold a term: attribute values are short, and positions and
+    /// frequencies would add to the cost of indexing them without making
+    /// matches more precise.
     MapValues,
 }
 
@@ -60,7 +61,7 @@ pub fn index_schema(signal: Signal) -> Schema {
             FieldKind::MapValues => TextOptions::default().set_indexing_options(
                 TextFieldIndexing::default()
                     .set_tokenizer("default")
-                    .set_index_option(IndexRecordOption::WithFreqs),
+                    .set_index_option(IndexRecordOption::Basic),
             ),
         };
         builder.add_text_field(name, options);

@@ -650,3 +650,74 @@ fn remove_orphans(dir: &Path, catalog: &Catalog) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::spans_to_batch;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn batch(first_id: u8, spans: u8) -> RecordBatch {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: (first_id..first_id + spans)
+                        .map(|id| Span {
+                            trace_id: vec![id; 16],
+                            span_id: vec![id; 8],
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        spans_to_batch(&request).batch
+    }
+
+    fn rows(snapshot: &TableSnapshot) -> (u64, usize) {
+        let flushed = snapshot.segments.iter().map(|s| s.rows).sum();
+        let unflushed = snapshot.unflushed.iter().map(|b| b.num_rows()).sum();
+        (flushed, unflushed)
+    }
+
+    #[tokio::test]
+    async fn readers_see_every_acknowledged_row_once_before_and_after_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let spans = store.table(Signal::Spans);
+        spans.append(batch(1, 3)).await.unwrap();
+        assert_eq!(rows(&spans.snapshot()), (0, 3));
+        spans.flush().await.unwrap();
+        assert_eq!(rows(&spans.snapshot()), (3, 0));
+        spans.append(batch(10, 2)).await.unwrap();
+        assert_eq!(rows(&spans.snapshot()), (3, 2));
+        store.shutdown().await.unwrap();
+
+        // Reopened, the catalog has both flushes and the WAL nothing to replay.
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let snapshot = store.table(Signal::Spans).snapshot();
+        assert_eq!(rows(&snapshot), (5, 0));
+        assert_eq!(snapshot.segments.len(), 2);
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn appends_are_refused_while_too_much_waits_to_be_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_buffered_bytes: 1,
+            ..StoreConfig::new(dir.path())
+        };
+        let store = Store::open(config).unwrap();
+        let spans = store.table(Signal::Spans);
+        spans.append(batch(1, 1)).await.unwrap();
+        let refused = spans.append(batch(2, 1)).await.unwrap_err();
+        assert!(matches!(refused, StoreError::Overloaded(_)), "{refused}");
+        spans.flush().await.unwrap();
+        spans.append(batch(2, 1)).await.unwrap();
+        store.shutdown().await.unwrap();
+    }
+}

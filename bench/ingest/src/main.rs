@@ -9,6 +9,7 @@
 //! OTLP bytes sent. Everything runs on the same machine in the same run, so
 //! the ratios are meaningful even where absolute numbers are not.
 
+mod breakdown;
 mod workload;
 
 use std::io::{BufRead, BufReader};
@@ -52,6 +53,10 @@ struct Args {
     /// Distinct payloads generated (each send rewrites the ids).
     #[arg(long, default_value_t = 64)]
     payloads: usize,
+    /// Instead of the load test, time each stage of the write path on one
+    /// thread (decode, convert, WAL encode, sort, Parquet, index).
+    #[arg(long)]
+    breakdown: bool,
 }
 
 /// Sends pre-encoded protobuf bytes, ignores the response body.
@@ -97,6 +102,9 @@ fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!("generating {} payloads of {} spans…", args.payloads, args.spans_per_request);
     let (traces, logs) = workload::generate(args.payloads, args.spans_per_request, 42);
+    if args.breakdown {
+        return breakdown::run(&traces);
+    }
     let traces = Arc::new(traces);
     let logs = Arc::new(logs);
 

@@ -1,0 +1,64 @@
+//! Where the CPU time of ingest goes: each stage of the write path timed on
+//! one thread over the same spans, in µs per span.
+
+use std::time::Instant;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use weft_store::convert::spans_to_batch;
+use weft_store::{index, segment, wal, Signal};
+
+use crate::workload::Payload;
+
+pub fn run(payloads: &[Payload]) -> anyhow::Result<()> {
+    let spans: u64 = payloads.iter().map(|p| p.records).sum();
+    let per_span = |started: Instant| started.elapsed().as_secs_f64() * 1e6 / spans as f64;
+    let mut stages = Vec::new();
+
+    let started = Instant::now();
+    let requests: Vec<ExportTraceServiceRequest> = payloads
+        .iter()
+        .map(|p| ExportTraceServiceRequest::decode(p.bytes.as_slice()))
+        .collect::<Result<_, _>>()?;
+    stages.push(("protobuf decode (prost)", per_span(started)));
+
+    let started = Instant::now();
+    let batches: Vec<_> = requests.iter().map(|r| spans_to_batch(r).batch).collect();
+    stages.push(("OTLP → Arrow conversion", per_span(started)));
+    drop(requests);
+
+    let started = Instant::now();
+    let mut wal_bytes = 0;
+    for batch in &batches {
+        wal_bytes += wal::encode_batch(batch)?.len();
+    }
+    stages.push(("WAL record encoding (Arrow IPC)", per_span(started)));
+
+    let started = Instant::now();
+    let sorted = segment::sort_for_locality(Signal::Spans, &batches)?;
+    stages.push(("sort for locality (concat, row format, take)", per_span(started)));
+
+    let dir = tempfile::tempdir()?;
+    let started = Instant::now();
+    let written = segment::write_segment(Signal::Spans, &sorted, &dir.path().join("s.parquet"))?;
+    stages.push(("Parquet write (zstd, stats, bloom filters, fsync)", per_span(started)));
+
+    let started = Instant::now();
+    index::build_index(Signal::Spans, &sorted, &dir.path().join("index"))?;
+    stages.push(("full-text index (tantivy)", per_span(started)));
+
+    let total: f64 = stages.iter().map(|(_, us)| us).sum();
+    println!("| stage ({spans} spans, one thread) | µs/span | share |");
+    println!("|---|---|---|");
+    for (stage, us) in &stages {
+        println!("| {stage} | {us:.2} | {:.0}% |", us / total * 100.0);
+    }
+    println!("| **total** | **{total:.2}** | 100% |");
+    println!();
+    println!(
+        "WAL bytes per span: {:.0}; Parquet bytes per span: {:.1}",
+        wal_bytes as f64 / spans as f64,
+        written.bytes as f64 / spans as f64
+    );
+    Ok(())
+}
