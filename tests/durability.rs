@@ -151,8 +151,13 @@ async fn an_idle_client_connection_does_not_hold_shutdown_open() {
     let weft = Weft::start(dir.path(), &["--shutdown-grace", "1s"]);
     // A client that keeps its connection open and never goes away.
     let mut client = TraceServiceClient::connect(weft.grpc_url()).await.unwrap();
-    client.export(spans_request("crm-mobile", 0..10)).await.unwrap();
-    let stopped = tokio::task::spawn_blocking(move || weft.stop()).await.unwrap();
+    client
+        .export(spans_request("crm-mobile", 0..10))
+        .await
+        .unwrap();
+    let stopped = tokio::task::spawn_blocking(move || weft.stop())
+        .await
+        .unwrap();
     assert!(stopped.success());
     assert_eq!(stored_span_ids(dir.path()).len(), 10);
     drop(client);

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::record_batch::RecordBatch;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::sync::Semaphore;
 use weft_store::convert::{logs_to_batch, spans_to_batch, Converted};
 use weft_store::{Signal, Store, StoreError};
@@ -127,11 +128,7 @@ impl Ingest {
         decode: D,
     ) -> Result<Outcome, IngestError>
     where
-        D: FnOnce() -> Result<
-                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
-                IngestError,
-            > + Send
-            + 'static,
+        D: FnOnce() -> Result<ExportTraceServiceRequest, IngestError> + Send + 'static,
     {
         self.ingest(Signal::Spans, transport, request_bytes, move || {
             decode().map(|request| spans_to_batch(&request))
@@ -147,11 +144,7 @@ impl Ingest {
         decode: D,
     ) -> Result<Outcome, IngestError>
     where
-        D: FnOnce() -> Result<
-                opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
-                IngestError,
-            > + Send
-            + 'static,
+        D: FnOnce() -> Result<ExportLogsServiceRequest, IngestError> + Send + 'static,
     {
         self.ingest(Signal::Logs, transport, request_bytes, move || {
             decode().map(|request| logs_to_batch(&request))
@@ -209,21 +202,12 @@ impl Ingest {
             error_message,
         } = converted;
         let accepted = batch.num_rows() as u64;
-        self.store_batch(signal, batch).await?;
+        self.store.table(signal).append(batch).await?;
         Ok(Outcome {
             accepted,
             rejected,
             error_message,
         })
-    }
-
-    async fn store_batch(&self, signal: Signal, batch: RecordBatch) -> Result<(), IngestError> {
-        Ok(self.store.table(signal).append(batch).await?)
-    }
-
-    /// The store this ingest writes to.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 }
 

@@ -151,6 +151,8 @@ struct Shared {
     config: StoreConfig,
     state: RwLock<State>,
     flush_wanted: Notify,
+    /// Held for a whole flush, so two flushes never write the same frozen batches.
+    flushing: tokio::sync::Mutex<()>,
     closing: Notify,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -217,6 +219,7 @@ impl Table {
                 frozen: Vec::new(),
             }),
             flush_wanted: Notify::new(),
+            flushing: tokio::sync::Mutex::new(()),
             closing: Notify::new(),
             flusher: Mutex::new(None),
             writer: Mutex::new(None),
@@ -307,12 +310,26 @@ impl Table {
 
     /// Writes everything acknowledged so far into a segment now.
     pub async fn flush(&self) -> Result<()> {
+        let _flushing = self.shared.flushing.lock().await;
         let (done, frozen) = oneshot::channel();
-        self.commits
-            .send(Command::Freeze { done })
-            .map_err(|_| StoreError::Closed)?;
+        self.send_command(Command::Freeze { done }).await?;
         frozen.await.map_err(|_| StoreError::Closed)?;
         self.flush_frozen().await
+    }
+
+    /// Queues a command for the WAL thread, waiting (without blocking the
+    /// runtime) while the queue is full.
+    async fn send_command(&self, mut command: Command) -> Result<()> {
+        loop {
+            match self.commits.try_send(command) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    command = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+            }
+        }
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -322,7 +339,7 @@ impl Table {
             let _ = flusher.await;
         }
         let result = self.flush().await;
-        let _ = self.commits.send(Command::Stop);
+        let _ = self.send_command(Command::Stop).await;
         let writer = self.shared.writer.lock().take();
         if let Some(writer) = writer {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;

@@ -36,12 +36,18 @@ pub fn run(payloads: &[Payload]) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let sorted = segment::sort_for_locality(Signal::Spans, &batches)?;
-    stages.push(("sort for locality (concat, row format, take)", per_span(started)));
+    stages.push((
+        "sort for locality (concat, row format, take)",
+        per_span(started),
+    ));
 
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
     let written = segment::write_segment(Signal::Spans, &sorted, &dir.path().join("s.parquet"))?;
-    stages.push(("Parquet write (zstd, stats, bloom filters, fsync)", per_span(started)));
+    stages.push((
+        "Parquet write (zstd, stats, bloom filters, fsync)",
+        per_span(started),
+    ));
 
     let started = Instant::now();
     index::build_index(Signal::Spans, &sorted, &dir.path().join("index"))?;

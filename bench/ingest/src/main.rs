@@ -100,7 +100,10 @@ const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Expo
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!("generating {} payloads of {} spans…", args.payloads, args.spans_per_request);
+    eprintln!(
+        "generating {} payloads of {} spans…",
+        args.payloads, args.spans_per_request
+    );
     let (traces, logs) = workload::generate(args.payloads, args.spans_per_request, 42);
     if args.breakdown {
         return breakdown::run(&traces);
@@ -109,7 +112,10 @@ fn main() -> anyhow::Result<()> {
     let logs = Arc::new(logs);
 
     let decode = decode_only(&traces, &logs, cores, Duration::from_secs(5));
-    eprintln!("decode-only on {cores} threads: {:.0} spans/s, {:.0} logs/s", decode.0, decode.1);
+    eprintln!(
+        "decode-only on {cores} threads: {:.0} spans/s, {:.0} logs/s",
+        decode.0, decode.1
+    );
 
     let weft_binary = match &args.weft {
         Some(path) => path.clone(),
@@ -117,7 +123,9 @@ fn main() -> anyhow::Result<()> {
     };
     let data_dir = tempfile::tempdir()?;
     let mut weft = start_weft(&weft_binary, data_dir.path())?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let load = runtime.block_on(drive(&args, &weft.grpc, traces.clone(), logs.clone()))?;
     // Close the client connections, so weft's graceful shutdown has nothing to wait for.
     drop(runtime);
@@ -137,27 +145,71 @@ fn main() -> anyhow::Result<()> {
     let logs_per_s = load.logs as f64 / seconds;
     let mut latencies = load.latencies_us.clone();
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
 
     println!("| measure | value |");
     println!("|---|---|");
     println!("| machine | {cores} cores |");
-    println!("| load | {} clients, {} connections, {} spans/request, {} s after {} s warm-up |", args.clients, args.connections, args.spans_per_request, args.duration.as_secs(), args.warmup.as_secs());
+    println!(
+        "| load | {} clients, {} connections, {} spans/request, {} s after {} s warm-up |",
+        args.clients,
+        args.connections,
+        args.spans_per_request,
+        args.duration.as_secs(),
+        args.warmup.as_secs()
+    );
     println!("| spans/s acknowledged (durable) | {spans_per_s:.0} |");
     println!("| logs/s acknowledged (durable) | {logs_per_s:.0} |");
-    println!("| decode-only spans/s ({cores} threads, same payloads) | {:.0} |", decode.0);
-    println!("| weft / decode-only (spans) | {:.2} |", spans_per_s / decode.0);
-    println!("| ack latency p50 / p99 | {:.1} ms / {:.1} ms |", pct(0.50), pct(0.99));
+    println!(
+        "| decode-only spans/s ({cores} threads, same payloads) | {:.0} |",
+        decode.0
+    );
+    println!(
+        "| weft / decode-only (spans) | {:.2} |",
+        spans_per_s / decode.0
+    );
+    println!(
+        "| ack latency p50 / p99 | {:.1} ms / {:.1} ms |",
+        pct(0.50),
+        pct(0.99)
+    );
     println!("| refused (retryable) requests | {} |", load.refused);
-    println!("| spans: Parquet bytes / OTLP bytes | {:.3} (1/{:.1}) |", spans_disk as f64 / load.trace_bytes_total as f64, load.trace_bytes_total as f64 / spans_disk.max(1) as f64);
-    println!("| spans: Parquet + index bytes / OTLP bytes | {:.3} |", (spans_disk + spans_index) as f64 / load.trace_bytes_total as f64);
-    println!("| spans: bytes on disk per span (Parquet / +index) | {:.1} / {:.1} (OTLP: {:.1}) |", spans_disk as f64 / load.spans_total as f64, (spans_disk + spans_index) as f64 / load.spans_total as f64, load.trace_bytes_total as f64 / load.spans_total as f64);
-    println!("| logs: Parquet bytes / OTLP bytes | {:.3} (+index: {:.3}) |", logs_disk as f64 / load.log_bytes_total.max(1) as f64, (logs_disk + logs_index) as f64 / load.log_bytes_total.max(1) as f64);
+    println!(
+        "| spans: Parquet bytes / OTLP bytes | {:.3} (1/{:.1}) |",
+        spans_disk as f64 / load.trace_bytes_total as f64,
+        load.trace_bytes_total as f64 / spans_disk.max(1) as f64
+    );
+    println!(
+        "| spans: Parquet + index bytes / OTLP bytes | {:.3} |",
+        (spans_disk + spans_index) as f64 / load.trace_bytes_total as f64
+    );
+    println!(
+        "| spans: bytes on disk per span (Parquet / +index) | {:.1} / {:.1} (OTLP: {:.1}) |",
+        spans_disk as f64 / load.spans_total as f64,
+        (spans_disk + spans_index) as f64 / load.spans_total as f64,
+        load.trace_bytes_total as f64 / load.spans_total as f64
+    );
+    println!(
+        "| logs: Parquet bytes / OTLP bytes | {:.3} (+index: {:.3}) |",
+        logs_disk as f64 / load.log_bytes_total.max(1) as f64,
+        (logs_disk + logs_index) as f64 / load.log_bytes_total.max(1) as f64
+    );
     Ok(())
 }
 
 /// Decodes the payloads on `threads` threads for `duration`; returns spans/s and logs/s.
-fn decode_only(traces: &Arc<Vec<Payload>>, logs: &Arc<Vec<Payload>>, threads: usize, duration: Duration) -> (f64, f64) {
+fn decode_only(
+    traces: &Arc<Vec<Payload>>,
+    logs: &Arc<Vec<Payload>>,
+    threads: usize,
+    duration: Duration,
+) -> (f64, f64) {
     let spans = Arc::new(AtomicU64::new(0));
     let log_records = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -168,11 +220,13 @@ fn decode_only(traces: &Arc<Vec<Payload>>, logs: &Arc<Vec<Payload>>, threads: us
                 let mut i = t;
                 while started.elapsed() < duration {
                     let trace = &traces[i % traces.len()];
-                    let decoded = ExportTraceServiceRequest::decode(trace.bytes.as_slice()).expect("valid payload");
+                    let decoded = ExportTraceServiceRequest::decode(trace.bytes.as_slice())
+                        .expect("valid payload");
                     std::hint::black_box(&decoded);
                     spans.fetch_add(trace.records, Ordering::Relaxed);
                     let log = &logs[i % logs.len()];
-                    let decoded = ExportLogsServiceRequest::decode(log.bytes.as_slice()).expect("valid payload");
+                    let decoded = ExportLogsServiceRequest::decode(log.bytes.as_slice())
+                        .expect("valid payload");
                     std::hint::black_box(&decoded);
                     log_records.fetch_add(log.records, Ordering::Relaxed);
                     i += threads;
@@ -181,7 +235,10 @@ fn decode_only(traces: &Arc<Vec<Payload>>, logs: &Arc<Vec<Payload>>, threads: us
         }
     });
     let seconds = started.elapsed().as_secs_f64();
-    (spans.load(Ordering::Relaxed) as f64 / seconds, log_records.load(Ordering::Relaxed) as f64 / seconds)
+    (
+        spans.load(Ordering::Relaxed) as f64 / seconds,
+        log_records.load(Ordering::Relaxed) as f64 / seconds,
+    )
 }
 
 struct RunningWeft {
@@ -191,7 +248,15 @@ struct RunningWeft {
 
 fn start_weft(binary: &Path, data_dir: &Path) -> anyhow::Result<RunningWeft> {
     let mut child = Command::new(binary)
-        .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .env("WEFT_LOG", "warn,weft=info")
@@ -210,12 +275,17 @@ fn start_weft(binary: &Path, data_dir: &Path) -> anyhow::Result<RunningWeft> {
             eprintln!("[weft] {line}");
         }
     });
-    let line = rx.recv_timeout(Duration::from_secs(30)).context("weft did not start")?;
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("weft did not start")?;
     let grpc = line
         .split_whitespace()
         .find_map(|f| f.strip_prefix("otlp_grpc="))
         .context("no otlp_grpc address logged")?;
-    Ok(RunningWeft { child, grpc: format!("http://{grpc}") })
+    Ok(RunningWeft {
+        child,
+        grpc: format!("http://{grpc}"),
+    })
 }
 
 #[derive(Default)]
@@ -229,10 +299,19 @@ struct Load {
     latencies_us: Vec<u32>,
 }
 
-async fn drive(args: &Args, url: &str, traces: Arc<Vec<Payload>>, logs: Arc<Vec<Payload>>) -> anyhow::Result<Load> {
+async fn drive(
+    args: &Args,
+    url: &str,
+    traces: Arc<Vec<Payload>>,
+    logs: Arc<Vec<Payload>>,
+) -> anyhow::Result<Load> {
     let mut channels = Vec::new();
     for _ in 0..args.connections {
-        channels.push(tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?);
+        channels.push(
+            tonic::transport::Endpoint::from_shared(url.to_string())?
+                .connect()
+                .await?,
+        );
     }
     let load = Arc::new(Mutex::new(Load::default()));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -241,7 +320,14 @@ async fn drive(args: &Args, url: &str, traces: Arc<Vec<Payload>>, logs: Arc<Vec<
     let mut tasks = Vec::new();
     for client in 0..args.clients {
         let mut grpc = tonic::client::Grpc::new(channels[client % channels.len()].clone());
-        let (traces, logs, load, measuring, stop, sends) = (traces.clone(), logs.clone(), load.clone(), measuring.clone(), stop.clone(), sends.clone());
+        let (traces, logs, load, measuring, stop, sends) = (
+            traces.clone(),
+            logs.clone(),
+            load.clone(),
+            measuring.clone(),
+            stop.clone(),
+            sends.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let send = sends.fetch_add(1, Ordering::Relaxed);
@@ -257,7 +343,11 @@ async fn drive(args: &Args, url: &str, traces: Arc<Vec<Payload>>, logs: Arc<Vec<
                 grpc.ready().await?;
                 let started = Instant::now();
                 let result = grpc
-                    .unary(tonic::Request::new(body), http::uri::PathAndQuery::from_static(path), RawCodec)
+                    .unary(
+                        tonic::Request::new(body),
+                        http::uri::PathAndQuery::from_static(path),
+                        RawCodec,
+                    )
                     .await;
                 let elapsed = started.elapsed();
                 let refused = {
@@ -311,7 +401,11 @@ fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let meta = entry.metadata()?;
-        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
     }
     Ok(total)
 }

@@ -8,10 +8,14 @@
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{
+    any_value::Value, AnyValue, InstrumentationScope, KeyValue,
+};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use prost::Message;
 
 /// One encoded request and where its ids sit in the bytes.
@@ -30,7 +34,11 @@ impl Payload {
             .collect();
         id_offsets.sort_unstable();
         id_offsets.dedup();
-        Self { bytes, id_offsets, records }
+        Self {
+            bytes,
+            id_offsets,
+            records,
+        }
     }
 
     /// A copy with every id made unique to `send`.
@@ -71,12 +79,29 @@ fn resource(service: &str) -> Resource {
     }
 }
 
-const SERVICES: [&str; 4] = ["crm-mobile", "crm-conductor", "crm-salesforce", "crm-database"];
+const SERVICES: [&str; 4] = [
+    "crm-mobile",
+    "crm-conductor",
+    "crm-salesforce",
+    "crm-database",
+];
 const TIERS: [&str; 3] = ["gold", "silver", "bronze"];
-const ROUTES: [&str; 4] = ["/api/accounts/{id}", "/api/contacts", "/api/opportunities/{id}", "/api/accounts/{id}/contacts"];
+const ROUTES: [&str; 4] = [
+    "/api/accounts/{id}",
+    "/api/contacts",
+    "/api/opportunities/{id}",
+    "/api/accounts/{id}/contacts",
+];
 
 /// A span as the given service would emit it for one CRM request.
-fn crm_span(rng: &mut fastrand::Rng, service: usize, trace_id: &[u8], span_id: &[u8], parent: &[u8], start: u64) -> Span {
+fn crm_span(
+    rng: &mut fastrand::Rng,
+    service: usize,
+    trace_id: &[u8],
+    span_id: &[u8],
+    parent: &[u8],
+    start: u64,
+) -> Span {
     let duration = match service {
         0 => rng.u64(20_000_000..120_000_000),
         1 => rng.u64(10_000_000..80_000_000),
@@ -96,8 +121,14 @@ fn crm_span(rng: &mut fastrand::Rng, service: usize, trace_id: &[u8], span_id: &
             attributes.extend([
                 kv("http.request.method", s("GET")),
                 kv("http.route", s(route)),
-                kv("url.path", s(&route.replace("{id}", &rng.u32(1..100_000).to_string()))),
-                kv("http.response.status_code", Value::IntValue(if error { 500 } else { 200 })),
+                kv(
+                    "url.path",
+                    s(&route.replace("{id}", &rng.u32(1..100_000).to_string())),
+                ),
+                kv(
+                    "http.response.status_code",
+                    Value::IntValue(if error { 500 } else { 200 }),
+                ),
                 kv("server.address", s("api.crm.example.com")),
                 kv("user_agent.original", s("CRM-Mobile/5.2.1 (iOS 18.1)")),
                 kv("network.protocol.version", s("2")),
@@ -110,25 +141,37 @@ fn crm_span(rng: &mut fastrand::Rng, service: usize, trace_id: &[u8], span_id: &
                 kv("crm.records.transformed", Value::IntValue(rng.i64(1..500))),
                 kv("crm.mapping.version", s("v7")),
             ]);
-            ("transform salesforce→crm".to_string(), span::SpanKind::Internal)
+            (
+                "transform salesforce→crm".to_string(),
+                span::SpanKind::Internal,
+            )
         }
         2 => {
             attributes.extend([
                 kv("http.request.method", s("POST")),
                 kv("server.address", s("eu12.salesforce.example.com")),
-                kv("http.response.status_code", Value::IntValue(if error { 503 } else { 200 })),
+                kv(
+                    "http.response.status_code",
+                    Value::IntValue(if error { 503 } else { 200 }),
+                ),
                 kv("peer.service", s("salesforce")),
                 kv("rpc.method", s("query")),
                 kv("sf.api.version", s("v61.0")),
             ]);
-            ("POST /services/data/v61.0/query".to_string(), span::SpanKind::Client)
+            (
+                "POST /services/data/v61.0/query".to_string(),
+                span::SpanKind::Client,
+            )
         }
         _ => {
             attributes.extend([
                 kv("db.system", s("sqlite")),
                 kv("db.namespace", s("crm")),
                 kv("db.operation.name", s("SELECT")),
-                kv("db.query.text", s("SELECT id, name, owner, tier FROM accounts WHERE id = ?1")),
+                kv(
+                    "db.query.text",
+                    s("SELECT id, name, owner, tier FROM accounts WHERE id = ?1"),
+                ),
                 kv("db.response.returned_rows", Value::IntValue(rng.i64(0..50))),
             ]);
             ("SELECT crm.accounts".to_string(), span::SpanKind::Client)
@@ -137,7 +180,11 @@ fn crm_span(rng: &mut fastrand::Rng, service: usize, trace_id: &[u8], span_id: &
     let events = (0..rng.usize(1..=3))
         .map(|i| span::Event {
             time_unix_nano: start + duration / 4 * (i as u64 + 1),
-            name: if error && i == 0 { "exception".into() } else { "retry.scheduled".into() },
+            name: if error && i == 0 {
+                "exception".into()
+            } else {
+                "retry.scheduled".into()
+            },
             attributes: vec![
                 kv("exception.type", s("UpstreamTimeout")),
                 kv("exception.message", s("deadline exceeded after 300ms")),
@@ -156,8 +203,16 @@ fn crm_span(rng: &mut fastrand::Rng, service: usize, trace_id: &[u8], span_id: &
         attributes,
         events,
         status: Some(Status {
-            code: if error { status::StatusCode::Error } else { status::StatusCode::Unset } as i32,
-            message: if error { "upstream failed".into() } else { String::new() },
+            code: if error {
+                status::StatusCode::Error
+            } else {
+                status::StatusCode::Unset
+            } as i32,
+            message: if error {
+                "upstream failed".into()
+            } else {
+                String::new()
+            },
         }),
         ..Default::default()
     }
@@ -181,15 +236,28 @@ pub fn generate(count: usize, spans_per_request: usize, seed: u64) -> (Vec<Paylo
         for _ in 0..spans_per_request {
             let trace_id: Vec<u8> = (0..16).map(|_| rng.u8(..)).collect();
             let span_id: Vec<u8> = (0..8).map(|_| rng.u8(..)).collect();
-            let parent: Vec<u8> = if service == 0 { vec![] } else { (0..8).map(|_| rng.u8(..)).collect() };
+            let parent: Vec<u8> = if service == 0 {
+                vec![]
+            } else {
+                (0..8).map(|_| rng.u8(..)).collect()
+            };
             let start = now - rng.u64(0..60_000_000_000);
             let span = crm_span(&mut rng, service, &trace_id, &span_id, &parent, start);
             if rng.bool() {
                 records.push(LogRecord {
                     time_unix_nano: start + 1_000_000,
                     observed_time_unix_nano: start + 1_100_000,
-                    severity_number: if span.status.as_ref().is_some_and(|s| s.code == 2) { 17 } else { 9 },
-                    severity_text: if span.status.as_ref().is_some_and(|s| s.code == 2) { "ERROR" } else { "INFO" }.into(),
+                    severity_number: if span.status.as_ref().is_some_and(|s| s.code == 2) {
+                        17
+                    } else {
+                        9
+                    },
+                    severity_text: if span.status.as_ref().is_some_and(|s| s.code == 2) {
+                        "ERROR"
+                    } else {
+                        "INFO"
+                    }
+                    .into(),
                     body: Some(AnyValue {
                         value: Some(s(&format!(
                             "{} handled {} for customer acc-{} in {}ms",
@@ -199,7 +267,10 @@ pub fn generate(count: usize, spans_per_request: usize, seed: u64) -> (Vec<Paylo
                             (span.end_time_unix_nano - span.start_time_unix_nano) / 1_000_000
                         ))),
                     }),
-                    attributes: vec![kv("log.logger", s("crm.handler")), kv("thread.name", s("tokio-runtime-worker"))],
+                    attributes: vec![
+                        kv("log.logger", s("crm.handler")),
+                        kv("thread.name", s("tokio-runtime-worker")),
+                    ],
                     trace_id: trace_id.clone(),
                     span_id: span_id.clone(),
                     ..Default::default()
@@ -220,7 +291,11 @@ pub fn generate(count: usize, spans_per_request: usize, seed: u64) -> (Vec<Paylo
         let trace_request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(resource(SERVICES[service])),
-                scope_spans: vec![ScopeSpans { scope: scope.clone(), spans, ..Default::default() }],
+                scope_spans: vec![ScopeSpans {
+                    scope: scope.clone(),
+                    spans,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         };
@@ -228,11 +303,19 @@ pub fn generate(count: usize, spans_per_request: usize, seed: u64) -> (Vec<Paylo
         let logs_request = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 resource: Some(resource(SERVICES[service])),
-                scope_logs: vec![ScopeLogs { scope, log_records: records, ..Default::default() }],
+                scope_logs: vec![ScopeLogs {
+                    scope,
+                    log_records: records,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         };
-        traces.push(Payload::new(trace_request.encode_to_vec(), &ids, spans_per_request as u64));
+        traces.push(Payload::new(
+            trace_request.encode_to_vec(),
+            &ids,
+            spans_per_request as u64,
+        ));
         logs.push(Payload::new(logs_request.encode_to_vec(), &ids, log_count));
     }
     (traces, logs)
