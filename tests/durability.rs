@@ -162,3 +162,28 @@ async fn an_idle_client_connection_does_not_hold_shutdown_open() {
     assert_eq!(stored_span_ids(dir.path()).len(), 10);
     drop(client);
 }
+
+#[test]
+fn a_second_weft_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(dir.path(), &[]);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "serve",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another weft process"),
+        "{stderr}"
+    );
+    assert!(weft.stop().success());
+}

@@ -20,6 +20,9 @@ pub enum StoreError {
     /// Too much data is waiting to be flushed; the caller should retry later.
     #[error("store is overloaded: {0}")]
     Overloaded(String),
+    /// Another process has the data directory open.
+    #[error("data directory {0} is in use by another weft process")]
+    Locked(PathBuf),
     /// The store is shutting down or its writer has stopped.
     #[error("store is closed")]
     Closed,

@@ -110,6 +110,9 @@ pub struct TableSnapshot {
 pub struct Store {
     spans: Table,
     logs: Table,
+    /// An exclusive lock on `LOCK` in the data directory, held while the
+    /// store is open: two processes appending to one WAL would corrupt it.
+    _lock: fs::File,
 }
 
 impl Store {
@@ -117,9 +120,18 @@ impl Store {
     /// table's WAL. Must be called inside a Tokio runtime: each table starts
     /// its flusher task.
     pub fn open(config: StoreConfig) -> Result<Self> {
+        fs::create_dir_all(&config.data_dir).at(&config.data_dir)?;
+        let lock_path = config.data_dir.join("LOCK");
+        let lock = fs::File::create(&lock_path).at(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(config.data_dir)),
+            Err(fs::TryLockError::Error(e)) => return Err(e).at(&lock_path),
+        }
         Ok(Self {
             spans: Table::open(Signal::Spans, &config)?,
             logs: Table::open(Signal::Logs, &config)?,
+            _lock: lock,
         })
     }
 
@@ -712,6 +724,7 @@ mod tests {
         spans.append(batch(10, 2)).await.unwrap();
         assert_eq!(rows(&spans.snapshot()), (3, 2));
         store.shutdown().await.unwrap();
+        drop(store);
 
         // Reopened, the catalog has both flushes and the WAL nothing to replay.
         let store = Store::open(StoreConfig::new(dir.path())).unwrap();
@@ -719,6 +732,17 @@ mod tests {
         assert_eq!(rows(&snapshot), (5, 0));
         assert_eq!(snapshot.segments.len(), 2);
         store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_is_opened_by_one_store_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let second = Store::open(StoreConfig::new(dir.path()));
+        assert!(matches!(second, Err(StoreError::Locked(_))));
+        store.shutdown().await.unwrap();
+        drop(store);
+        Store::open(StoreConfig::new(dir.path())).unwrap();
     }
 
     #[tokio::test]
