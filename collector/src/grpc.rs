@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -23,16 +23,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::ingest::{
-    count_data_points, Ingest, IngestError, Outcome, Transport, METRICS_NOT_STORED,
-};
+use crate::ingest::{count_data_points, Ingest, IngestError, Transport, METRICS_NOT_STORED};
 
 /// The OTLP gRPC services, ready to add to a tonic server.
 pub fn routes(ingest: Arc<Ingest>) -> tonic::service::Routes {
@@ -81,15 +79,6 @@ impl Receiver {
     }
 }
 
-fn partial(outcome: &Outcome) -> Option<(i64, String)> {
-    (outcome.rejected > 0).then(|| {
-        (
-            outcome.rejected as i64,
-            outcome.error_message.clone().unwrap_or_default(),
-        )
-    })
-}
-
 #[tonic::async_trait]
 impl TraceService for Receiver {
     async fn export(
@@ -103,14 +92,7 @@ impl TraceService for Receiver {
             .traces(Transport::Grpc, len, move || Ok(request))
             .await
             .map_err(|e| self.status(e))?;
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: partial(&outcome).map(|(rejected_spans, error_message)| {
-                ExportTracePartialSuccess {
-                    rejected_spans,
-                    error_message,
-                }
-            }),
-        }))
+        Ok(Response::new(outcome.trace_response()))
     }
 }
 
@@ -127,14 +109,7 @@ impl LogsService for Receiver {
             .logs(Transport::Grpc, len, move || Ok(request))
             .await
             .map_err(|e| self.status(e))?;
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: partial(&outcome).map(|(rejected_log_records, error_message)| {
-                ExportLogsPartialSuccess {
-                    rejected_log_records,
-                    error_message,
-                }
-            }),
-        }))
+        Ok(Response::new(outcome.logs_response()))
     }
 }
 

@@ -14,22 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::json;
 use weft_store::Signal;
 
-use crate::ingest::{
-    count_data_points, Ingest, IngestError, Outcome, Transport, METRICS_NOT_STORED,
-};
+use crate::ingest::{count_data_points, Ingest, IngestError, Transport, METRICS_NOT_STORED};
 use crate::metrics::MetricsEndpoint;
 use crate::payload::{self, Compression, Encoding};
 
@@ -121,20 +115,11 @@ async fn export_traces(
         .await;
     match result {
         Ok(outcome) => {
-            let partial = partial(&outcome).map(|(rejected, message)| ExportTracePartialSuccess {
-                rejected_spans: rejected,
-                error_message: message,
-            });
-            let json = partial.as_ref().map(|p| {
+            let response = outcome.trace_response();
+            let json = response.partial_success.as_ref().map(|p| {
                 json!({"partialSuccess": {"rejectedSpans": p.rejected_spans.to_string(), "errorMessage": p.error_message}})
             });
-            success(
-                encoding,
-                ExportTraceServiceResponse {
-                    partial_success: partial,
-                },
-                json,
-            )
+            success(encoding, response, json)
         }
         Err(e) => error_response(&ingest, encoding, e),
     }
@@ -163,20 +148,11 @@ async fn export_logs(
         .await;
     match result {
         Ok(outcome) => {
-            let partial = partial(&outcome).map(|(rejected, message)| ExportLogsPartialSuccess {
-                rejected_log_records: rejected,
-                error_message: message,
-            });
-            let json = partial.as_ref().map(|p| {
+            let response = outcome.logs_response();
+            let json = response.partial_success.as_ref().map(|p| {
                 json!({"partialSuccess": {"rejectedLogRecords": p.rejected_log_records.to_string(), "errorMessage": p.error_message}})
             });
-            success(
-                encoding,
-                ExportLogsServiceResponse {
-                    partial_success: partial,
-                },
-                json,
-            )
+            success(encoding, response, json)
         }
         Err(e) => error_response(&ingest, encoding, e),
     }
@@ -217,15 +193,6 @@ async fn export_metrics(
         }
         Err(e) => error_response(&ingest, encoding, e),
     }
-}
-
-fn partial(outcome: &Outcome) -> Option<(i64, String)> {
-    (outcome.rejected > 0).then(|| {
-        (
-            outcome.rejected as i64,
-            outcome.error_message.clone().unwrap_or_default(),
-        )
-    })
 }
 
 fn success<M: Message>(

@@ -4,8 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use tokio::sync::Semaphore;
 use weft_store::convert::{logs_to_batch, spans_to_batch, Converted};
 use weft_store::{Signal, Store, StoreError};
@@ -77,6 +81,32 @@ pub struct Outcome {
     pub accepted: u64,
     pub rejected: u64,
     pub error_message: Option<String>,
+}
+
+impl Outcome {
+    fn error_message(&self) -> String {
+        self.error_message.clone().unwrap_or_default()
+    }
+
+    /// The OTLP response to a trace export with this outcome.
+    pub fn trace_response(&self) -> ExportTraceServiceResponse {
+        ExportTraceServiceResponse {
+            partial_success: (self.rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: self.rejected as i64,
+                error_message: self.error_message(),
+            }),
+        }
+    }
+
+    /// The OTLP response to a logs export with this outcome.
+    pub fn logs_response(&self) -> ExportLogsServiceResponse {
+        ExportLogsServiceResponse {
+            partial_success: (self.rejected > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: self.rejected as i64,
+                error_message: self.error_message(),
+            }),
+        }
+    }
 }
 
 /// The transports requests arrive by, for metrics.
