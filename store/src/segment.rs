@@ -101,6 +101,10 @@ fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> Write
     for id in ["trace_id", "span_id"] {
         builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(id), true);
     }
+    // Span ids are unique per row: a dictionary would only cost time.
+    for unique in ["span_id", "parent_span_id"] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(unique), false);
+    }
     builder.build()
 }
 

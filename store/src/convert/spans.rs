@@ -42,6 +42,10 @@ fn validate(span: &Span) -> Result<(), String> {
     check_id("trace_id", &span.trace_id, 16, false)?;
     check_id("span_id", &span.span_id, 8, false)?;
     check_id("parent_span_id", &span.parent_span_id, 8, true)?;
+    for (l, link) in span.links.iter().enumerate() {
+        check_id(&format!("links[{l}].trace_id"), &link.trace_id, 16, false)?;
+        check_id(&format!("links[{l}].span_id"), &link.span_id, 8, false)?;
+    }
     if span.end_time_unix_nano < span.start_time_unix_nano {
         return Err(format!(
             "end_time_unix_nano {} is before start_time_unix_nano {}",
@@ -216,4 +220,142 @@ fn find_first<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<&'a AnyVa
             .find(|kv| kv.key == *key)
             .and_then(|kv| kv.value.as_ref())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::trace::v1::{
+        span::Event, span::Link, ResourceSpans, ScopeSpans,
+    };
+    use proptest::prelude::*;
+
+    fn any_value() -> impl Strategy<Value = Option<AnyValue>> {
+        let leaf = prop_oneof![
+            Just(None),
+            ".{0,12}".prop_map(|s| Some(Value::StringValue(s))),
+            any::<bool>().prop_map(|b| Some(Value::BoolValue(b))),
+            any::<i64>().prop_map(|i| Some(Value::IntValue(i))),
+            any::<f64>().prop_map(|d| Some(Value::DoubleValue(d))),
+            prop::collection::vec(any::<u8>(), 0..8).prop_map(|b| Some(Value::BytesValue(b))),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|values| {
+                    Some(Value::ArrayValue(ArrayValue {
+                        values: values.into_iter().map(|value| AnyValue { value }).collect(),
+                    }))
+                }),
+                prop::collection::vec(("[a-z.]{1,6}", inner), 0..4).prop_map(|pairs| {
+                    Some(Value::KvlistValue(KeyValueList {
+                        values: pairs
+                            .into_iter()
+                            .map(|(key, value)| KeyValue {
+                                key,
+                                value: Some(AnyValue { value }),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }))
+                }),
+            ]
+        })
+        .prop_map(|value| Some(AnyValue { value }))
+    }
+
+    fn attributes() -> impl Strategy<Value = Vec<KeyValue>> {
+        prop::collection::vec(
+            (
+                prop::sample::select(vec!["http.status_code", "http.route", "k", "db.system"]),
+                any_value(),
+            ),
+            0..5,
+        )
+        .prop_map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(key, value)| KeyValue {
+                    key: key.to_string(),
+                    value,
+                    ..Default::default()
+                })
+                .collect()
+        })
+    }
+
+    /// Mostly ids of the valid length, sometimes any length up to two past it.
+    fn id(len: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => prop::collection::vec(1..=u8::MAX, len),
+            1 => prop::collection::vec(any::<u8>(), 0..=len + 2),
+        ]
+    }
+
+    fn span() -> impl Strategy<Value = Span> {
+        (
+            (id(16), id(8), id(8)),
+            (
+                any::<u64>(),
+                prop_oneof![3 => 0..1_000_000u64, 1 => any::<u64>()],
+                any::<i32>(),
+            ),
+            attributes(),
+            prop::collection::vec((any::<u64>(), attributes()), 0..3),
+            prop::collection::vec((id(16), id(8), attributes()), 0..2),
+        )
+            .prop_map(
+                |(
+                    (trace_id, span_id, parent_span_id),
+                    (start, end, kind),
+                    attributes,
+                    events,
+                    links,
+                )| Span {
+                    trace_id,
+                    span_id,
+                    parent_span_id,
+                    kind,
+                    start_time_unix_nano: start,
+                    end_time_unix_nano: end,
+                    attributes,
+                    events: events
+                        .into_iter()
+                        .map(|(time_unix_nano, attributes)| Event {
+                            time_unix_nano,
+                            attributes,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    links: links
+                        .into_iter()
+                        .map(|(trace_id, span_id, attributes)| Link {
+                            trace_id,
+                            span_id,
+                            attributes,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            )
+    }
+
+    proptest! {
+        /// Whatever a decoded request holds, conversion does not panic, and
+        /// every span is either a row or counted as rejected.
+        #[test]
+        fn every_span_is_stored_or_rejected(spans in prop::collection::vec(span(), 0..8)) {
+            let total = spans.len() as u64;
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                    ..Default::default()
+                }],
+            };
+            let converted = spans_to_batch(&request);
+            prop_assert_eq!(converted.batch.num_rows() as u64 + converted.rejected, total);
+            prop_assert_eq!(converted.rejected > 0, converted.error_message.is_some());
+        }
+    }
 }
