@@ -128,3 +128,67 @@ fn metrics_count_requests_records_and_wal_syncs() {
     }
     assert!(weft.stop().success());
 }
+
+#[test]
+fn request_memory_is_reserved_before_the_body_is_read() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one 200 KB request in flight (it reserves 4× its size), not two.
+    let weft = Weft::start(
+        dir.path(),
+        &[
+            "--max-request-bytes",
+            "262144",
+            "--max-inflight-bytes",
+            "1048576",
+        ],
+    );
+    // A client that declares a large body and is slow to send it.
+    let mut slow = std::net::TcpStream::connect(weft.otlp_http).unwrap();
+    write!(
+        slow,
+        "POST /v1/traces HTTP/1.1\r\nHost: weft\r\nContent-Type: application/x-protobuf\r\nContent-Length: 200000\r\n\r\n"
+    )
+    .unwrap();
+    slow.write_all(&[0x0a; 10]).unwrap();
+
+    let client = reqwest::blocking::Client::new();
+    let body = spans_request("crm-mobile", 0..2000).encode_to_vec();
+    assert!(body.len() > 131072 && body.len() < 262144, "{}", body.len());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        let response = client
+            .post(weft.http_url("/v1/traces"))
+            .header("Content-Type", "application/x-protobuf")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        if response.status() == 429 {
+            break response;
+        }
+        // The slow request may not have reached its handler yet.
+        assert_eq!(response.status(), 200);
+        assert!(std::time::Instant::now() < deadline, "never refused");
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    drop(slow);
+    // With the slow request gone, its reservation is released.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = client
+            .post(weft.http_url("/v1/traces"))
+            .header("Content-Type", "application/x-protobuf")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reservation was never released"
+        );
+    }
+    assert!(weft.stop().success());
+}

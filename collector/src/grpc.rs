@@ -30,7 +30,11 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::ingest::{count_data_points, Ingest, IngestError, Transport, METRICS_NOT_STORED};
+use weft_store::Signal;
+
+use crate::ingest::{
+    count_data_points, Admission, Ingest, IngestError, Transport, METRICS_NOT_STORED,
+};
 
 /// The OTLP gRPC services, ready to add to a tonic server.
 pub fn routes(ingest: Arc<Ingest>) -> tonic::service::Routes {
@@ -62,6 +66,17 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// tonic has already read and decoded the message: this bounds the
+    /// memory of converting it.
+    fn admit(&self, signal: Signal, len: usize) -> Result<Admission, Status> {
+        self.ingest.admit(len).map_err(|e| {
+            self.ingest
+                .metrics()
+                .record_refused(signal, Transport::Grpc, &e);
+            self.status(e)
+        })
+    }
+
     fn status(&self, error: IngestError) -> Status {
         let message = error.to_string();
         match error {
@@ -87,9 +102,10 @@ impl TraceService for Receiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let request = request.into_inner();
         let len = request.encoded_len();
+        let admission = self.admit(Signal::Spans, len)?;
         let outcome = self
             .ingest
-            .traces(Transport::Grpc, len, move || Ok(request))
+            .traces(admission, Transport::Grpc, len, move || Ok(request))
             .await
             .map_err(|e| self.status(e))?;
         Ok(Response::new(outcome.trace_response()))
@@ -104,9 +120,10 @@ impl LogsService for Receiver {
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let request = request.into_inner();
         let len = request.encoded_len();
+        let admission = self.admit(Signal::Logs, len)?;
         let outcome = self
             .ingest
-            .logs(Transport::Grpc, len, move || Ok(request))
+            .logs(admission, Transport::Grpc, len, move || Ok(request))
             .await
             .map_err(|e| self.status(e))?;
         Ok(Response::new(outcome.logs_response()))

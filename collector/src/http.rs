@@ -23,7 +23,9 @@ use prost::Message;
 use serde_json::json;
 use weft_store::Signal;
 
-use crate::ingest::{count_data_points, Ingest, IngestError, Transport, METRICS_NOT_STORED};
+use crate::ingest::{
+    count_data_points, Admission, Ingest, IngestError, Transport, METRICS_NOT_STORED,
+};
 use crate::metrics::MetricsEndpoint;
 use crate::payload::{self, Compression, Encoding};
 
@@ -37,10 +39,12 @@ pub fn router(ingest: Arc<Ingest>, metrics: MetricsEndpoint) -> Router {
         .merge(metrics.router())
 }
 
-/// A request's body, read within the size limit and decompressed.
+/// A request's body, read within the size limit and decompressed, and the
+/// memory reserved for it.
 struct Payload {
     encoding: Encoding,
     body: Bytes,
+    admission: Admission,
 }
 
 async fn read_payload(
@@ -60,6 +64,10 @@ async fn read_payload(
             limit,
         });
     }
+    // Reserve memory before reading, so many large uploads at once are
+    // refused instead of buffered: the declared size, or the limit when the
+    // client did not declare one.
+    let mut admission = ingest.admit(declared.unwrap_or(limit))?;
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
         if is_length_limit(&e) {
             IngestError::TooLarge {
@@ -78,7 +86,12 @@ async fn read_payload(
             .await
             .map_err(|e| IngestError::Internal(e.to_string()))??
     };
-    Ok(Payload { encoding, body })
+    ingest.grow(&mut admission, body.len())?;
+    Ok(Payload {
+        encoding,
+        body,
+        admission,
+    })
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {
@@ -106,10 +119,14 @@ async fn export_traces(
             return error_response(&ingest, encoding_or_json(&headers), e);
         }
     };
-    let Payload { encoding, body } = payload;
+    let Payload {
+        encoding,
+        body,
+        admission,
+    } = payload;
     let len = body.len();
     let result = ingest
-        .traces(Transport::Http, len, move || {
+        .traces(admission, Transport::Http, len, move || {
             payload::decode::<ExportTraceServiceRequest>(encoding, &body, payload::normalize_traces)
         })
         .await;
@@ -139,10 +156,14 @@ async fn export_logs(
             return error_response(&ingest, encoding_or_json(&headers), e);
         }
     };
-    let Payload { encoding, body } = payload;
+    let Payload {
+        encoding,
+        body,
+        admission,
+    } = payload;
     let len = body.len();
     let result = ingest
-        .logs(Transport::Http, len, move || {
+        .logs(admission, Transport::Http, len, move || {
             payload::decode::<ExportLogsServiceRequest>(encoding, &body, payload::normalize_logs)
         })
         .await;
@@ -165,7 +186,11 @@ async fn export_metrics(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Payload { encoding, body } = match read_payload(&ingest, &headers, body).await {
+    let Payload {
+        encoding,
+        body,
+        admission,
+    } = match read_payload(&ingest, &headers, body).await {
         Ok(p) => p,
         Err(e) => return error_response(&ingest, encoding_or_json(&headers), e),
     };
@@ -176,6 +201,7 @@ async fn export_metrics(
     .await
     .map_err(|e| IngestError::Internal(e.to_string()))
     .and_then(|r| r);
+    drop(admission);
     match decoded {
         Ok(points) => {
             let partial = ExportMetricsPartialSuccess {

@@ -148,74 +148,32 @@ impl Ingest {
         &self.metrics
     }
 
-    /// Stores a trace export request. `decode` produces the request; it runs,
-    /// with the conversion to Arrow, on a blocking thread. `request_bytes` is
-    /// the payload size the request holds memory for.
-    pub async fn traces<D>(
-        &self,
-        transport: Transport,
-        request_bytes: usize,
-        decode: D,
-    ) -> Result<Outcome, IngestError>
-    where
-        D: FnOnce() -> Result<ExportTraceServiceRequest, IngestError> + Send + 'static,
-    {
-        self.ingest(Signal::Spans, transport, request_bytes, move || {
-            decode().map(|request| spans_to_batch(&request))
-        })
-        .await
+    /// Reserves memory for a request of `request_bytes` before it is read or
+    /// decoded, or refuses it (retryably) when too much is in flight already.
+    pub fn admit(&self, request_bytes: usize) -> Result<Admission, IngestError> {
+        let mut admission = Admission {
+            permit: None,
+            kib: 0,
+        };
+        self.grow(&mut admission, request_bytes)?;
+        Ok(admission)
     }
 
-    /// Stores a logs export request; see [`Ingest::traces`].
-    pub async fn logs<D>(
-        &self,
-        transport: Transport,
-        request_bytes: usize,
-        decode: D,
-    ) -> Result<Outcome, IngestError>
-    where
-        D: FnOnce() -> Result<ExportLogsServiceRequest, IngestError> + Send + 'static,
-    {
-        self.ingest(Signal::Logs, transport, request_bytes, move || {
-            decode().map(|request| logs_to_batch(&request))
-        })
-        .await
-    }
-
-    async fn ingest<C>(
-        &self,
-        signal: Signal,
-        transport: Transport,
-        request_bytes: usize,
-        convert: C,
-    ) -> Result<Outcome, IngestError>
-    where
-        C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
-    {
-        let result = self.admit_and_store(signal, request_bytes, convert).await;
-        self.metrics
-            .record(signal, transport, request_bytes, &result);
-        result
-    }
-
-    async fn admit_and_store<C>(
-        &self,
-        signal: Signal,
-        request_bytes: usize,
-        convert: C,
-    ) -> Result<Outcome, IngestError>
-    where
-        C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
-    {
+    /// Extends `admission` to cover `request_bytes`, e.g. once a compressed
+    /// body turns out larger than its wire size.
+    pub fn grow(&self, admission: &mut Admission, request_bytes: usize) -> Result<(), IngestError> {
         // Decoded OTLP takes a few times its wire size in memory.
-        let cost_kib = (request_bytes.saturating_mul(4) / 1024).max(1);
-        let cost_kib = u32::try_from(cost_kib)
+        let wanted = u32::try_from((request_bytes.saturating_mul(4) / 1024).max(1))
             .unwrap_or(u32::MAX)
             .min(self.inflight_kib_total);
-        let _permit = self
+        let more = wanted.saturating_sub(admission.kib);
+        if more == 0 {
+            return Ok(());
+        }
+        let permit = self
             .inflight_kib
             .clone()
-            .try_acquire_many_owned(cost_kib)
+            .try_acquire_many_owned(more)
             .map_err(|_| {
                 IngestError::Busy(format!(
                     "{} KiB of requests are being processed (limit {} KiB)",
@@ -223,6 +181,81 @@ impl Ingest {
                     self.inflight_kib_total
                 ))
             })?;
+        match &mut admission.permit {
+            Some(held) => held.merge(permit),
+            None => admission.permit = Some(permit),
+        }
+        admission.kib = wanted;
+        Ok(())
+    }
+
+    /// Stores a trace export request. `decode` produces the request; it runs,
+    /// with the conversion to Arrow, on a blocking thread. `request_bytes` is
+    /// the payload size, for metrics; `admission` holds its memory until the
+    /// data is stored.
+    pub async fn traces<D>(
+        &self,
+        admission: Admission,
+        transport: Transport,
+        request_bytes: usize,
+        decode: D,
+    ) -> Result<Outcome, IngestError>
+    where
+        D: FnOnce() -> Result<ExportTraceServiceRequest, IngestError> + Send + 'static,
+    {
+        self.ingest(
+            Signal::Spans,
+            admission,
+            transport,
+            request_bytes,
+            move || decode().map(|request| spans_to_batch(&request)),
+        )
+        .await
+    }
+
+    /// Stores a logs export request; see [`Ingest::traces`].
+    pub async fn logs<D>(
+        &self,
+        admission: Admission,
+        transport: Transport,
+        request_bytes: usize,
+        decode: D,
+    ) -> Result<Outcome, IngestError>
+    where
+        D: FnOnce() -> Result<ExportLogsServiceRequest, IngestError> + Send + 'static,
+    {
+        self.ingest(
+            Signal::Logs,
+            admission,
+            transport,
+            request_bytes,
+            move || decode().map(|request| logs_to_batch(&request)),
+        )
+        .await
+    }
+
+    async fn ingest<C>(
+        &self,
+        signal: Signal,
+        admission: Admission,
+        transport: Transport,
+        request_bytes: usize,
+        convert: C,
+    ) -> Result<Outcome, IngestError>
+    where
+        C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
+    {
+        let result = self.convert_and_store(signal, convert).await;
+        drop(admission);
+        self.metrics
+            .record(signal, transport, request_bytes, &result);
+        result
+    }
+
+    async fn convert_and_store<C>(&self, signal: Signal, convert: C) -> Result<Outcome, IngestError>
+    where
+        C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
+    {
         let converted = tokio::task::spawn_blocking(convert)
             .await
             .map_err(|e| IngestError::Internal(format!("decoder task failed: {e}")))??;
@@ -239,6 +272,12 @@ impl Ingest {
             error_message,
         })
     }
+}
+
+/// Memory reserved for one request in the in-flight budget, released on drop.
+pub struct Admission {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    kib: u32,
 }
 
 /// Counts the data points of a metrics request, which weft does not store.

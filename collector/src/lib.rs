@@ -16,5 +16,5 @@ mod ingest;
 pub mod metrics;
 pub mod payload;
 
-pub use ingest::{Ingest, IngestError, IngestLimits, Outcome, Transport};
+pub use ingest::{Admission, Ingest, IngestError, IngestLimits, Outcome, Transport};
 pub use metrics::{IngestMetrics, MetricsEndpoint, StoreCollector};
