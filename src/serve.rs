@@ -24,6 +24,7 @@ pub enum Role {
 }
 
 pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install()?;
     let store = Arc::new(Store::open(config.store_config()).with_context(|| {
         format!(
             "cannot open the data directory {}",
@@ -63,9 +64,11 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let mut servers = tokio::task::JoinSet::new();
     {
         let routes = grpc::routes(ingest.clone());
+        let max_requests = grpc::max_concurrent_requests(ingest.limits());
         let shutdown = until_stopped();
         servers.spawn(async move {
             tonic::transport::Server::builder()
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_requests))
                 .layer(tower::util::MapResponseLayer::new(
                     grpc::otlp_status_codes::<tonic::body::Body>,
                 ))
@@ -101,7 +104,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     );
 
     let failure = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = signals.recv() => {
             tracing::info!(signal, "shutting down: finishing in-flight requests, then flushing to Parquet");
             None
         }
@@ -149,11 +152,26 @@ async fn serve_http(
         .with_context(|| format!("{what} server failed"))
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
+/// SIGTERM and SIGINT, listened for from start-up on, so a signal that
+/// arrives while weft is still starting is not the default "terminate now".
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
     }
 }

@@ -33,7 +33,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use weft_store::Signal;
 
 use crate::ingest::{
-    count_data_points, Admission, Ingest, IngestError, Transport, METRICS_NOT_STORED,
+    count_data_points, Admission, Ingest, IngestError, IngestLimits, Transport, METRICS_NOT_STORED,
 };
 
 /// The OTLP gRPC services, ready to add to a tonic server.
@@ -58,6 +58,17 @@ pub fn routes(ingest: Arc<Ingest>) -> tonic::service::Routes {
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(limit),
     )
+}
+
+/// How many gRPC exports may be read and processed at once.
+///
+/// tonic reads a whole message before the service sees it, so the in-flight
+/// byte budget cannot refuse a gRPC request before its memory is spent.
+/// Instead, requests past this many wait before they are read, their bodies
+/// held back by HTTP/2 flow control: `max_inflight_bytes` worth of
+/// largest-size requests, and at least a few.
+pub fn max_concurrent_requests(limits: &IngestLimits) -> usize {
+    (limits.max_inflight_bytes / limits.max_request_bytes.max(1)).max(4)
 }
 
 #[derive(Clone)]
