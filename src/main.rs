@@ -9,12 +9,6 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ServerArgs};
 
-/// Ingest allocates and frees many small buffers per request (decoded OTLP,
-/// Arrow builders); mimalloc handles that pattern with less contention and
-/// fragmentation than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// weft: traces and logs in over OTLP, stored as Parquet with full-text indexes.
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about, propagate_version = true)]

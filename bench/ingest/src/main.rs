@@ -29,10 +29,6 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::workload::Payload;
 
-/// The same allocator as the `weft` binary, so `--breakdown` times what weft runs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(about = "OTLP ingest benchmark for weft: durable-ack throughput vs decode-only")]
 struct Args {
