@@ -102,6 +102,7 @@ pub fn build_index(signal: Signal, batch: &RecordBatch, dir: &Path) -> Result<()
             (field, source)
         })
         .collect();
+    let mut joined = String::new();
     for row in 0..batch.num_rows() {
         let mut doc = TantivyDocument::default();
         doc.add_u64(row_field, row as u64);
@@ -113,12 +114,20 @@ pub fn build_index(signal: Signal, batch: &RecordBatch, dir: &Path) -> Result<()
                     }
                 }
                 Source::Map(map) => {
+                    // One text of all the row's values: the field has no
+                    // positions, so this matches exactly what one value per
+                    // call would, with one token stream instead of one per value.
                     let values = map.values().as_string::<i32>();
                     let offsets = map.value_offsets();
+                    joined.clear();
                     for i in offsets[row] as usize..offsets[row + 1] as usize {
                         if values.is_valid(i) {
-                            doc.add_text(*field, values.value(i));
+                            joined.push_str(values.value(i));
+                            joined.push('\n');
                         }
+                    }
+                    if !joined.is_empty() {
+                        doc.add_text(*field, &joined);
                     }
                 }
             }
