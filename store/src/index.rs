@@ -161,6 +161,86 @@ mod tests {
     use tantivy::collector::TopDocs;
     use tantivy::query::QueryParser;
 
+    fn search_rows(dir: &Path, field: &str, query: &str) -> Vec<u64> {
+        let index = Index::open_in_dir(dir).unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let field = index.schema().get_field(field).unwrap();
+        let query = QueryParser::for_index(&index, vec![field])
+            .parse_query(query)
+            .unwrap();
+        let hits = searcher
+            .search(&query, &TopDocs::with_limit(10).order_by_score())
+            .unwrap();
+        let mut rows: Vec<u64> = hits
+            .iter()
+            .map(|(_, address)| {
+                searcher
+                    .segment_reader(address.segment_ord)
+                    .fast_fields()
+                    .u64(ROW_FIELD)
+                    .unwrap()
+                    .first(address.doc_id)
+                    .unwrap()
+            })
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+
+    #[test]
+    fn attribute_values_are_searchable_each_on_its_own() {
+        use opentelemetry_proto::tonic::common::v1::KeyValue;
+        let attribute = |key: &str, value: &str| KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        };
+        let records = vec![
+            vec![
+                attribute("customer.tier", "gold"),
+                attribute("region", "eu-west"),
+            ],
+            vec![
+                attribute("customer.tier", "silver"),
+                attribute("region", "gold-coast"),
+            ],
+            vec![attribute("customer.tier", "bronze")],
+        ];
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: records
+                        .into_iter()
+                        .map(|attributes| LogRecord {
+                            time_unix_nano: 1,
+                            attributes,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let batch = logs_to_batch(&request).batch;
+        let dir = tempfile::tempdir().unwrap();
+        let index_dir = dir.path().join("seg");
+        build_index(Signal::Logs, &batch, &index_dir).unwrap();
+        assert_eq!(search_rows(&index_dir, "attributes", "gold"), vec![0, 1]);
+        assert_eq!(
+            search_rows(&index_dir, "attributes", "silver AND coast"),
+            vec![1]
+        );
+        // Values of one row are separate: "west" and "silver" are in different rows.
+        assert_eq!(
+            search_rows(&index_dir, "attributes", "west AND silver"),
+            Vec::<u64>::new()
+        );
+        assert_eq!(search_rows(&index_dir, "attributes", "bronze"), vec![2]);
+    }
+
     #[test]
     fn a_search_hit_leads_to_its_row() {
         let bodies = [
@@ -190,25 +270,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index_dir = dir.path().join("seg");
         build_index(Signal::Logs, &batch, &index_dir).unwrap();
-
         let index = Index::open_in_dir(&index_dir).unwrap();
         assert_eq!(index.searchable_segment_ids().unwrap().len(), 1);
-        let searcher = index.reader().unwrap().searcher();
-        let schema = index.schema();
-        let body = schema.get_field("body").unwrap();
-        let query = QueryParser::for_index(&index, vec![body])
-            .parse_query("timeout AND conductor")
-            .unwrap();
-        let hits = searcher
-            .search(&query, &TopDocs::with_limit(10).order_by_score())
-            .unwrap();
-        assert_eq!(hits.len(), 1);
-        let (_, address) = hits[0];
-        let rows = searcher
-            .segment_reader(address.segment_ord)
-            .fast_fields()
-            .u64(ROW_FIELD)
-            .unwrap();
-        assert_eq!(rows.first(address.doc_id), Some(1));
+        assert_eq!(
+            search_rows(&index_dir, "body", "timeout AND conductor"),
+            vec![1]
+        );
     }
 }
