@@ -1,5 +1,7 @@
 //! Where the CPU time of ingest goes: each stage of the write path timed on
-//! one thread over the same spans, in µs per span.
+//! one thread over the same spans, in µs per span. The whole pipeline runs
+//! several times and each stage reports its fastest run, the one least
+//! disturbed by whatever else shares the machine.
 
 use std::time::Instant;
 
@@ -10,8 +12,43 @@ use weft_store::{index, segment, wal, Signal};
 
 use crate::workload::Payload;
 
+const RUNS: usize = 3;
+
 pub fn run(payloads: &[Payload]) -> anyhow::Result<()> {
     let spans: u64 = payloads.iter().map(|p| p.records).sum();
+    let mut fastest: Vec<(&'static str, f64)> = Vec::new();
+    let mut sizes = (0, 0);
+    for _ in 0..RUNS {
+        let (stages, wal_bytes, parquet_bytes) = time_stages(payloads, spans)?;
+        sizes = (wal_bytes, parquet_bytes);
+        if fastest.is_empty() {
+            fastest = stages;
+        } else {
+            for ((_, best), (_, us)) in fastest.iter_mut().zip(stages) {
+                *best = best.min(us);
+            }
+        }
+    }
+    let total: f64 = fastest.iter().map(|(_, us)| us).sum();
+    println!("| stage ({spans} spans, one thread, fastest of {RUNS}) | µs/span | share |");
+    println!("|---|---|---|");
+    for (stage, us) in &fastest {
+        println!("| {stage} | {us:.2} | {:.0}% |", us / total * 100.0);
+    }
+    println!("| **total** | **{total:.2}** | 100% |");
+    println!();
+    println!(
+        "WAL bytes per span: {:.0}; Parquet bytes per span: {:.1}",
+        sizes.0 as f64 / spans as f64,
+        sizes.1 as f64 / spans as f64
+    );
+    Ok(())
+}
+
+type Stages = Vec<(&'static str, f64)>;
+
+/// Runs the write path once; returns µs/span per stage, WAL bytes and Parquet bytes.
+fn time_stages(payloads: &[Payload], spans: u64) -> anyhow::Result<(Stages, usize, u64)> {
     let per_span = |started: Instant| started.elapsed().as_secs_f64() * 1e6 / spans as f64;
     let mut stages = Vec::new();
 
@@ -53,18 +90,5 @@ pub fn run(payloads: &[Payload]) -> anyhow::Result<()> {
     index::build_index(Signal::Spans, &sorted, &dir.path().join("index"))?;
     stages.push(("full-text index (tantivy)", per_span(started)));
 
-    let total: f64 = stages.iter().map(|(_, us)| us).sum();
-    println!("| stage ({spans} spans, one thread) | µs/span | share |");
-    println!("|---|---|---|");
-    for (stage, us) in &stages {
-        println!("| {stage} | {us:.2} | {:.0}% |", us / total * 100.0);
-    }
-    println!("| **total** | **{total:.2}** | 100% |");
-    println!();
-    println!(
-        "WAL bytes per span: {:.0}; Parquet bytes per span: {:.1}",
-        wal_bytes as f64 / spans as f64,
-        written.bytes as f64 / spans as f64
-    );
-    Ok(())
+    Ok((stages, wal_bytes, written.bytes))
 }
