@@ -540,13 +540,16 @@ impl Group {
                     state.active_bytes += batch.get_array_memory_size();
                     state.active.push(batch.clone());
                 }
+                // The first unflushed batch starts the flush interval: wake the
+                // flusher so it sleeps until then rather than a whole interval.
+                let first = state.active_since.is_none();
                 state.active_since.get_or_insert_with(Instant::now);
-                let flush_due = state.active_bytes >= shared.config.flush_bytes;
+                let wake_flusher = first || state.active_bytes >= shared.config.flush_bytes;
                 drop(state);
                 for (_, done) in self.batches.drain(..) {
                     let _ = done.send(Ok(()));
                 }
-                if flush_due {
+                if wake_flusher {
                     shared.flush_wanted.notify_one();
                 }
             }
