@@ -30,6 +30,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use weft_store::convert::{logs_to_batch, spans_to_batch};
 use weft_store::Signal;
 
 use crate::ingest::{
@@ -116,7 +117,9 @@ impl TraceService for Receiver {
         let admission = self.admit(Signal::Spans, len)?;
         let outcome = self
             .ingest
-            .traces(admission, Transport::Grpc, len, move || Ok(request))
+            .store(Signal::Spans, admission, Transport::Grpc, len, move || {
+                Ok(spans_to_batch(&request))
+            })
             .await
             .map_err(|e| self.status(e))?;
         Ok(Response::new(outcome.trace_response()))
@@ -134,7 +137,9 @@ impl LogsService for Receiver {
         let admission = self.admit(Signal::Logs, len)?;
         let outcome = self
             .ingest
-            .logs(admission, Transport::Grpc, len, move || Ok(request))
+            .store(Signal::Logs, admission, Transport::Grpc, len, move || {
+                Ok(logs_to_batch(&request))
+            })
             .await
             .map_err(|e| self.status(e))?;
         Ok(Response::new(outcome.logs_response()))

@@ -14,17 +14,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use serde_json::json;
+use weft_store::convert::{logs_to_batch, spans_to_batch, Converted};
 use weft_store::Signal;
 
 use crate::ingest::{
-    count_data_points, Admission, Ingest, IngestError, Transport, METRICS_NOT_STORED,
+    count_data_points, Admission, Ingest, IngestError, Outcome, Transport, METRICS_NOT_STORED,
 };
 use crate::metrics::MetricsEndpoint;
 use crate::payload::{self, Compression, Encoding};
@@ -32,8 +37,8 @@ use crate::payload::{self, Compression, Encoding};
 /// The OTLP/HTTP receiver's routes, plus `/metrics`.
 pub fn router(ingest: Arc<Ingest>, metrics: MetricsEndpoint) -> Router {
     Router::new()
-        .route("/v1/traces", post(export_traces))
-        .route("/v1/logs", post(export_logs))
+        .route("/v1/traces", post(export::<Traces>))
+        .route("/v1/logs", post(export::<Logs>))
         .route("/v1/metrics", post(export_metrics))
         .with_state(ingest)
         .merge(metrics.router())
@@ -105,74 +110,87 @@ fn is_length_limit(error: &axum::Error) -> bool {
     false
 }
 
-async fn export_traces(
-    State(ingest): State<Arc<Ingest>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let payload = match read_payload(&ingest, &headers, body).await {
-        Ok(p) => p,
-        Err(e) => {
-            ingest
-                .metrics()
-                .record_refused(Signal::Spans, Transport::Http, &e);
-            return error_response(&ingest, encoding_or_json(&headers), e);
-        }
-    };
-    let Payload {
-        encoding,
-        body,
-        admission,
-    } = payload;
-    let len = body.len();
-    let result = ingest
-        .traces(admission, Transport::Http, len, move || {
-            payload::decode::<ExportTraceServiceRequest>(encoding, &body, payload::normalize_traces)
-        })
-        .await;
-    match result {
-        Ok(outcome) => {
-            let response = outcome.trace_response();
-            let json = response.partial_success.as_ref().map(|p| {
-                json!({"partialSuccess": {"rejectedSpans": p.rejected_spans.to_string(), "errorMessage": p.error_message}})
-            });
-            success(encoding, response, json)
-        }
-        Err(e) => error_response(&ingest, encoding, e),
+/// What differs between the traces and the logs endpoints.
+trait Endpoint {
+    const SIGNAL: Signal;
+    type Request: Message + Default + serde::de::DeserializeOwned + 'static;
+    type Response: Message;
+    /// Rewrites OTLP/JSON enum names to numbers.
+    fn normalize(tree: &mut serde_json::Value) -> Result<(), String>;
+    fn convert(request: &Self::Request) -> Converted;
+    /// The response, and its OTLP/JSON form when it is not empty.
+    fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>);
+}
+
+struct Traces;
+
+impl Endpoint for Traces {
+    const SIGNAL: Signal = Signal::Spans;
+    type Request = ExportTraceServiceRequest;
+    type Response = ExportTraceServiceResponse;
+    fn normalize(tree: &mut serde_json::Value) -> Result<(), String> {
+        payload::normalize_traces(tree)
+    }
+    fn convert(request: &Self::Request) -> Converted {
+        spans_to_batch(request)
+    }
+    fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>) {
+        let response = outcome.trace_response();
+        let json = response.partial_success.as_ref().map(|p| {
+            json!({"partialSuccess": {"rejectedSpans": p.rejected_spans.to_string(), "errorMessage": p.error_message}})
+        });
+        (response, json)
     }
 }
 
-async fn export_logs(
+struct Logs;
+
+impl Endpoint for Logs {
+    const SIGNAL: Signal = Signal::Logs;
+    type Request = ExportLogsServiceRequest;
+    type Response = ExportLogsServiceResponse;
+    fn normalize(tree: &mut serde_json::Value) -> Result<(), String> {
+        payload::normalize_logs(tree)
+    }
+    fn convert(request: &Self::Request) -> Converted {
+        logs_to_batch(request)
+    }
+    fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>) {
+        let response = outcome.logs_response();
+        let json = response.partial_success.as_ref().map(|p| {
+            json!({"partialSuccess": {"rejectedLogRecords": p.rejected_log_records.to_string(), "errorMessage": p.error_message}})
+        });
+        (response, json)
+    }
+}
+
+async fn export<E: Endpoint>(
     State(ingest): State<Arc<Ingest>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let payload = match read_payload(&ingest, &headers, body).await {
-        Ok(p) => p,
-        Err(e) => {
-            ingest
-                .metrics()
-                .record_refused(Signal::Logs, Transport::Http, &e);
-            return error_response(&ingest, encoding_or_json(&headers), e);
-        }
-    };
     let Payload {
         encoding,
         body,
         admission,
-    } = payload;
+    } = match read_payload(&ingest, &headers, body).await {
+        Ok(p) => p,
+        Err(e) => {
+            ingest
+                .metrics()
+                .record_refused(E::SIGNAL, Transport::Http, &e);
+            return error_response(&ingest, encoding_or_json(&headers), e);
+        }
+    };
     let len = body.len();
     let result = ingest
-        .logs(admission, Transport::Http, len, move || {
-            payload::decode::<ExportLogsServiceRequest>(encoding, &body, payload::normalize_logs)
+        .store(E::SIGNAL, admission, Transport::Http, len, move || {
+            payload::decode::<E::Request>(encoding, &body, E::normalize).map(|r| E::convert(&r))
         })
         .await;
     match result {
         Ok(outcome) => {
-            let response = outcome.logs_response();
-            let json = response.partial_success.as_ref().map(|p| {
-                json!({"partialSuccess": {"rejectedLogRecords": p.rejected_log_records.to_string(), "errorMessage": p.error_message}})
-            });
+            let (response, json) = E::respond(&outcome);
             success(encoding, response, json)
         }
         Err(e) => error_response(&ingest, encoding, e),

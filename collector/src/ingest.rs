@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use tokio::sync::Semaphore;
-use weft_store::convert::{logs_to_batch, spans_to_batch, Converted};
+use weft_store::convert::Converted;
 use weft_store::{Signal, Store, StoreError};
 
 use crate::metrics::IngestMetrics;
@@ -189,52 +189,11 @@ impl Ingest {
         Ok(())
     }
 
-    /// Stores a trace export request. `decode` produces the request; it runs,
-    /// with the conversion to Arrow, on a blocking thread. `request_bytes` is
-    /// the payload size, for metrics; `admission` holds its memory until the
-    /// data is stored.
-    pub async fn traces<D>(
-        &self,
-        admission: Admission,
-        transport: Transport,
-        request_bytes: usize,
-        decode: D,
-    ) -> Result<Outcome, IngestError>
-    where
-        D: FnOnce() -> Result<ExportTraceServiceRequest, IngestError> + Send + 'static,
-    {
-        self.ingest(
-            Signal::Spans,
-            admission,
-            transport,
-            request_bytes,
-            move || decode().map(|request| spans_to_batch(&request)),
-        )
-        .await
-    }
-
-    /// Stores a logs export request; see [`Ingest::traces`].
-    pub async fn logs<D>(
-        &self,
-        admission: Admission,
-        transport: Transport,
-        request_bytes: usize,
-        decode: D,
-    ) -> Result<Outcome, IngestError>
-    where
-        D: FnOnce() -> Result<ExportLogsServiceRequest, IngestError> + Send + 'static,
-    {
-        self.ingest(
-            Signal::Logs,
-            admission,
-            transport,
-            request_bytes,
-            move || decode().map(|request| logs_to_batch(&request)),
-        )
-        .await
-    }
-
-    async fn ingest<C>(
+    /// Stores one export request of `signal`. `convert` decodes it (if it
+    /// is not decoded yet) and converts it to Arrow; it runs on a blocking
+    /// thread. `request_bytes` is the payload size, for metrics; `admission`
+    /// holds its memory until the data is stored.
+    pub async fn store<C>(
         &self,
         signal: Signal,
         admission: Admission,
