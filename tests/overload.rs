@@ -117,9 +117,9 @@ fn metrics_count_requests_records_and_wal_syncs() {
         let text = response.text().unwrap();
         for expected in [
             r#"weft_ingest_requests_total{signal="spans",transport="http",outcome="ok"} 1"#,
-            r#"weft_ingest_records_total{signal="spans",outcome="accepted"} 10"#,
-            r#"weft_store_rows_appended_total{table="spans"} 10"#,
-            r#"weft_store_wal_fsyncs_total{table="spans"} 1"#,
+            "weft_ingest_records_total{signal=\"spans\",outcome=\"accepted\"} 10\n",
+            "weft_store_rows_appended_total{table=\"spans\"} 10\n",
+            "weft_store_wal_fsyncs_total{table=\"spans\"} 1\n",
             r#"weft_store_buffered_bytes{table="spans"}"#,
             "# TYPE weft_store_wal_fsync_seconds counter",
         ] {

@@ -5,7 +5,7 @@
 //! labels only from small fixed sets (`signal`, `transport`, `outcome`,
 //! `table`) — never from request data.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -13,6 +13,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use weft_store::{Signal, Store};
 
@@ -156,49 +157,76 @@ struct TableLabels {
     table: &'static str,
 }
 
+/// One store statistic, as Prometheus shows it.
+enum Reading {
+    Count(u64),
+    Seconds(f64),
+}
+
+fn count(counter: &AtomicU64) -> Reading {
+    Reading::Count(counter.load(Ordering::Relaxed))
+}
+
+fn seconds(nanos: &AtomicU64) -> Reading {
+    Reading::Seconds(nanos.load(Ordering::Relaxed) as f64 / 1e9)
+}
+
+type Read = fn(&weft_store::Table) -> Reading;
+
+const STORE_COUNTERS: [(&str, &str, Read); 8] = [
+    ("weft_store_rows_appended", "Rows made durable in the WAL", |t| count(&t.stats().rows_appended)),
+    ("weft_store_wal_bytes", "Bytes written to the WAL", |t| count(&t.stats().wal_bytes)),
+    ("weft_store_wal_fsyncs", "WAL group commits (one fdatasync each)", |t| count(&t.stats().wal_syncs)),
+    (
+        "weft_store_wal_fsync_seconds",
+        "Time spent writing and syncing WAL groups; divide by weft_store_wal_fsyncs_total for the mean latency",
+        |t| seconds(&t.stats().wal_sync_nanos),
+    ),
+    ("weft_store_segments_written", "Parquet segments written by flushes", |t| count(&t.stats().segments_written)),
+    ("weft_store_segment_bytes", "Bytes of Parquet written by flushes", |t| count(&t.stats().segment_bytes)),
+    (
+        "weft_store_flush_seconds",
+        "Time spent flushing (sort, Parquet, index, catalog)",
+        |t| seconds(&t.stats().flush_nanos),
+    ),
+    ("weft_store_flush_errors", "Flushes that failed and will be retried", |t| count(&t.stats().flush_errors)),
+];
+
+const STORE_GAUGES: [(&str, &str, Read); 2] = [
+    (
+        "weft_store_buffered_bytes",
+        "Acknowledged bytes waiting to be flushed to a segment (the ingest queue depth)",
+        |t| Reading::Count(t.buffered_bytes() as u64),
+    ),
+    ("weft_store_segments", "Segments in the catalog", |t| {
+        Reading::Count(t.segment_count() as u64)
+    }),
+];
+
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        type Read = fn(&weft_store::Table) -> f64;
-        let counters: [(&str, &str, Read); 8] = [
-            ("weft_store_rows_appended", "Rows made durable in the WAL", |t| t.stats().rows_appended.load(Ordering::Relaxed) as f64),
-            ("weft_store_wal_bytes", "Bytes written to the WAL", |t| t.stats().wal_bytes.load(Ordering::Relaxed) as f64),
-            ("weft_store_wal_fsyncs", "WAL group commits (one fdatasync each)", |t| t.stats().wal_syncs.load(Ordering::Relaxed) as f64),
-            ("weft_store_wal_fsync_seconds", "Time spent writing and syncing WAL groups; divide by weft_store_wal_fsyncs_total for the mean latency", |t| t.stats().wal_sync_nanos.load(Ordering::Relaxed) as f64 / 1e9),
-            ("weft_store_segments_written", "Parquet segments written by flushes", |t| t.stats().segments_written.load(Ordering::Relaxed) as f64),
-            ("weft_store_segment_bytes", "Bytes of Parquet written by flushes", |t| t.stats().segment_bytes.load(Ordering::Relaxed) as f64),
-            ("weft_store_flush_seconds", "Time spent flushing (sort, Parquet, index, catalog)", |t| t.stats().flush_nanos.load(Ordering::Relaxed) as f64 / 1e9),
-            ("weft_store_flush_errors", "Flushes that failed and will be retried", |t| t.stats().flush_errors.load(Ordering::Relaxed) as f64),
-        ];
-        for (name, help, read) in counters {
-            let counter_type = ConstCounter::new(0.0).metric_type();
-            let mut family = encoder.encode_descriptor(name, help, None, counter_type)?;
-            for signal in Signal::ALL {
-                let labels = TableLabels {
-                    table: signal.table_name(),
-                };
-                ConstCounter::new(read(self.store.table(signal)))
-                    .encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let gauges: [(&str, &str, Read); 2] = [
-            (
-                "weft_store_buffered_bytes",
-                "Acknowledged bytes waiting to be flushed to a segment (the ingest queue depth)",
-                |t| t.buffered_bytes() as f64,
-            ),
-            ("weft_store_segments", "Segments in the catalog", |t| {
-                t.segment_count() as f64
-            }),
-        ];
-        for (name, help, read) in gauges {
-            let gauge_type = ConstGauge::new(0.0).metric_type();
-            let mut family = encoder.encode_descriptor(name, help, None, gauge_type)?;
-            for signal in Signal::ALL {
-                let labels = TableLabels {
-                    table: signal.table_name(),
-                };
-                ConstGauge::new(read(self.store.table(signal)))
-                    .encode(family.encode_family(&labels)?)?;
+        for (readings, metric_type) in [
+            (STORE_COUNTERS.as_slice(), MetricType::Counter),
+            (STORE_GAUGES.as_slice(), MetricType::Gauge),
+        ] {
+            for (name, help, read) in readings {
+                let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+                for signal in Signal::ALL {
+                    let labels = TableLabels {
+                        table: signal.table_name(),
+                    };
+                    let metric = family.encode_family(&labels)?;
+                    match (read(self.store.table(signal)), metric_type) {
+                        (Reading::Count(n), MetricType::Counter) => {
+                            ConstCounter::new(n).encode(metric)?
+                        }
+                        (Reading::Seconds(s), MetricType::Counter) => {
+                            ConstCounter::new(s).encode(metric)?
+                        }
+                        (Reading::Count(n), _) => ConstGauge::new(n as i64).encode(metric)?,
+                        (Reading::Seconds(s), _) => ConstGauge::new(s).encode(metric)?,
+                    }
+                }
             }
         }
         Ok(())
