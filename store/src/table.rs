@@ -252,10 +252,6 @@ impl Table {
         Ok(table)
     }
 
-    pub fn signal(&self) -> Signal {
-        self.shared.signal
-    }
-
     /// Makes `batch` durable: returns once it is in the WAL and fsync'd, and
     /// from then on visible in [`Table::snapshot`].
     ///
