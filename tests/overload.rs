@@ -9,6 +9,20 @@ use prost::Message;
 use support::*;
 use tonic_types::StatusExt;
 
+/// POSTs an OTLP/HTTP protobuf trace export.
+fn post_spans(
+    client: &reqwest::blocking::Client,
+    weft: &Weft,
+    body: Vec<u8>,
+) -> reqwest::blocking::Response {
+    client
+        .post(weft.http_url("/v1/traces"))
+        .header("Content-Type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .unwrap()
+}
+
 /// Buffers one flush's worth and no more: while a flush runs, appends are refused.
 const TIGHT: &[&str] = &[
     "--flush-bytes",
@@ -78,12 +92,7 @@ fn a_full_buffer_answers_503_with_retry_after_over_http() {
     let mut refused = None;
     for r in 0..5_000u64 {
         let body = spans_request("crm-mobile", r * 200..(r + 1) * 200).encode_to_vec();
-        let response = client
-            .post(weft.http_url("/v1/traces"))
-            .header("Content-Type", "application/x-protobuf")
-            .body(body)
-            .send()
-            .unwrap();
+        let response = post_spans(&client, &weft, body);
         if response.status() != 200 {
             refused = Some(response);
             break;
@@ -101,12 +110,7 @@ fn metrics_count_requests_records_and_wal_syncs() {
     let weft = Weft::start(dir.path(), &[]);
     let client = reqwest::blocking::Client::new();
     let body = spans_request("crm-mobile", 0..10).encode_to_vec();
-    let response = client
-        .post(weft.http_url("/v1/traces"))
-        .header("Content-Type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .unwrap();
+    let response = post_spans(&client, &weft, body);
     assert_eq!(response.status(), 200);
     for url in [
         weft.http_url("/metrics"),
@@ -157,12 +161,7 @@ fn request_memory_is_reserved_before_the_body_is_read() {
     assert!(body.len() > 131072 && body.len() < 262144, "{}", body.len());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let refused = loop {
-        let response = client
-            .post(weft.http_url("/v1/traces"))
-            .header("Content-Type", "application/x-protobuf")
-            .body(body.clone())
-            .send()
-            .unwrap();
+        let response = post_spans(&client, &weft, body.clone());
         if response.status() == 429 {
             break response;
         }
@@ -175,12 +174,7 @@ fn request_memory_is_reserved_before_the_body_is_read() {
     // With the slow request gone, its reservation is released.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let response = client
-            .post(weft.http_url("/v1/traces"))
-            .header("Content-Type", "application/x-protobuf")
-            .body(body.clone())
-            .send()
-            .unwrap();
+        let response = post_spans(&client, &weft, body.clone());
         if response.status() == 200 {
             break;
         }
