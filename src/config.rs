@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-/// The configuration of `weft serve` and `weft collector`.
+/// The configuration of `weft serve`, `weft collector` and `weft query`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -19,6 +19,7 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub http: HttpConfig,
     pub store: StoreSettings,
+    pub query: QuerySettings,
     /// How long shutdown waits for in-flight requests and open connections
     /// before closing them and flushing.
     #[serde(with = "humantime_serde")]
@@ -66,6 +67,30 @@ pub struct StoreSettings {
     pub max_buffered_bytes: usize,
 }
 
+/// Limits on SQL and search queries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerySettings {
+    /// A query still running after this long is cancelled (400 with the reason).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Rows one query returns at most; the answer says when it was cut.
+    pub max_rows: usize,
+    /// Memory all queries together may use for sorts, joins and aggregations.
+    pub memory_limit_bytes: usize,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        let query = weft_query::QueryConfig::default();
+        Self {
+            timeout: query.timeout,
+            max_rows: query.max_rows,
+            memory_limit_bytes: query.memory_limit_bytes,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -73,6 +98,7 @@ impl Default for Config {
             otlp: OtlpConfig::default(),
             http: HttpConfig::default(),
             store: StoreSettings::default(),
+            query: QuerySettings::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -146,6 +172,15 @@ pub struct ServerArgs {
     /// Refuse data with 503 while this many bytes of a table are unflushed [default: 1073741824]
     #[arg(long, env = "WEFT_MAX_BUFFERED_BYTES", value_name = "BYTES")]
     pub max_buffered_bytes: Option<usize>,
+    /// Cancel a query running longer than this, e.g. 30s [default: 30s]
+    #[arg(long, env = "WEFT_QUERY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub query_timeout: Option<Duration>,
+    /// Rows one query returns at most [default: 10000]
+    #[arg(long, env = "WEFT_QUERY_MAX_ROWS", value_name = "ROWS")]
+    pub query_max_rows: Option<usize>,
+    /// Memory all queries together may use for sorts, joins and aggregations [default: 2147483648]
+    #[arg(long, env = "WEFT_QUERY_MEMORY_LIMIT_BYTES", value_name = "BYTES")]
+    pub query_memory_limit_bytes: Option<usize>,
     /// On SIGTERM, wait this long for in-flight requests before closing connections [default: 10s]
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -186,6 +221,12 @@ impl Config {
         set(&mut self.store.flush_interval, &args.flush_interval);
         set(&mut self.store.flush_bytes, &args.flush_bytes);
         set(&mut self.store.max_buffered_bytes, &args.max_buffered_bytes);
+        set(&mut self.query.timeout, &args.query_timeout);
+        set(&mut self.query.max_rows, &args.query_max_rows);
+        set(
+            &mut self.query.memory_limit_bytes,
+            &args.query_memory_limit_bytes,
+        );
         set(&mut self.shutdown_grace, &args.shutdown_grace);
     }
 
@@ -210,7 +251,18 @@ impl Config {
                 self.store.max_buffered_bytes
             );
         }
+        if self.query.timeout.is_zero() || self.query.max_rows == 0 {
+            bail!("query.timeout and query.max_rows must be greater than 0");
+        }
         Ok(())
+    }
+
+    pub fn query_config(&self) -> weft_query::QueryConfig {
+        weft_query::QueryConfig {
+            timeout: self.query.timeout,
+            max_rows: self.query.max_rows,
+            memory_limit_bytes: self.query.memory_limit_bytes,
+        }
     }
 
     pub fn store_config(&self) -> weft_store::StoreConfig {

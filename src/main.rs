@@ -2,6 +2,7 @@
 
 mod config;
 mod serve;
+mod sql;
 
 use std::io::IsTerminal;
 
@@ -23,6 +24,10 @@ enum Command {
     Serve(ServerArgs),
     /// Run only the OTLP collector (receivers and store writer; `/metrics` on the OTLP/HTTP port).
     Collector(ServerArgs),
+    /// Run only the query API over a data directory a separate `weft collector` writes.
+    Query(ServerArgs),
+    /// Run one SQL query against a running weft (`--server`) or a data directory, and print the rows.
+    Sql(sql::SqlArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Collector(args) => {
             runtime.block_on(serve::run(Config::resolve(&args)?, serve::Role::Collector))
         }
+        Command::Query(args) => runtime.block_on(serve::run_query(Config::resolve(&args)?)),
+        Command::Sql(args) => runtime.block_on(sql::run(args)),
     }
 }

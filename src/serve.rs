@@ -1,6 +1,6 @@
-//! `weft serve` and `weft collector`: bind the listeners, run until SIGTERM or
-//! SIGINT, then stop accepting, finish in-flight requests, flush everything to
-//! Parquet and return.
+//! `weft serve`, `weft collector` and `weft query`: bind the listeners, run
+//! until SIGTERM or SIGINT, then stop accepting, finish in-flight requests,
+//! flush everything to Parquet (roles that write) and return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,16 +11,58 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_collector::{grpc, http, Ingest, IngestMetrics, MetricsEndpoint, StoreCollector};
-use weft_store::Store;
+use weft_query::{QueryEngine, SnapshotSource};
+use weft_store::{Store, StoreReader};
 
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Collector plus the API port.
+    /// Collector plus the query API port.
     Serve,
     /// Only the OTLP receivers.
     Collector,
+}
+
+fn query_engine(
+    config: &Config,
+    source: Arc<dyn SnapshotSource>,
+) -> anyhow::Result<Arc<QueryEngine>> {
+    Ok(Arc::new(
+        QueryEngine::new(source, config.query_config()).context("cannot start the query engine")?,
+    ))
+}
+
+/// `weft query`: the query API alone, over a data directory that a separate
+/// `weft collector` writes. It never takes the directory's lock.
+pub async fn run_query(config: Config) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install()?;
+    let engine = query_engine(&config, Arc::new(StoreReader::new(&config.data_dir)))?;
+    let listener = bind(config.http.addr, "HTTP API").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let mut server = tokio::spawn(serve_http(
+        listener,
+        weft_query::api::router(engine),
+        async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+        "HTTP API",
+    ));
+    tracing::info!(http = %addr, data_dir = %config.data_dir.display(), "weft query listening");
+    tokio::select! {
+        signal = signals.recv() => tracing::info!(signal, "shutting down"),
+        result = &mut server => return result.context("server task panicked")?,
+    }
+    let _ = stop.send(true);
+    if tokio::time::timeout(config.shutdown_grace, &mut server)
+        .await
+        .is_err()
+    {
+        server.abort();
+    }
+    Ok(())
 }
 
 pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
@@ -88,12 +130,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         "OTLP/HTTP",
     ));
     if let Some(listener) = api_listener {
-        servers.spawn(serve_http(
-            listener,
-            metrics.router(),
-            until_stopped(),
-            "HTTP API",
-        ));
+        let source: Arc<dyn SnapshotSource> = store.clone();
+        let api = weft_query::api::router(query_engine(&config, source)?).merge(metrics.router());
+        servers.spawn(serve_http(listener, api, until_stopped(), "HTTP API"));
     }
     tracing::info!(
         otlp_grpc = %grpc_addr,

@@ -4,8 +4,8 @@
 //! the fast field `row`, so a search hit leads straight to a Parquet row. The
 //! index of segment `X` lives in `index/X/` and is created and deleted with
 //! `segments/X.parquet`. Spans index `name` and attribute values; logs index
-//! `body` and attribute values; both index `trace_id` and `service_name` as
-//! exact keywords.
+//! `body` and attribute values. Exact lookups (trace id, service) are left to
+//! the catalog, Parquet statistics and bloom filters.
 
 use std::fs;
 use std::path::Path;
@@ -46,6 +46,16 @@ fn indexed_columns(signal: Signal) -> &'static [(&'static str, FieldKind)] {
             ("attributes", FieldKind::MapValues),
         ],
     }
+}
+
+/// Whether `column` of the table is in its index, and if so whether the index
+/// records positions (phrase queries) for it: `None` for a column the index
+/// does not cover.
+pub fn indexed_with_positions(signal: Signal, column: &str) -> Option<bool> {
+    indexed_columns(signal)
+        .iter()
+        .find(|(name, _)| *name == column)
+        .map(|(_, kind)| matches!(kind, FieldKind::Text))
 }
 
 /// The name of the fast field holding a document's row in its segment.

@@ -11,16 +11,20 @@
 //!
 //! This crate is not a query engine: it hands readers a consistent
 //! [`TableSnapshot`] (flushed segments plus not-yet-flushed batches) and leaves
-//! SQL to `query/`. Receivers, protocol details and HTTP live in `collector/`.
+//! SQL to `query/`. A [`StoreReader`] gives the same snapshots of a data
+//! directory that another process writes. Receivers, protocol details and
+//! HTTP live in `collector/`.
 
 pub mod catalog;
 pub mod convert;
 mod error;
 pub mod index;
+mod reader;
 pub mod schema;
 pub mod segment;
 mod table;
 pub mod wal;
 
 pub use error::{Result, StoreError};
+pub use reader::StoreReader;
 pub use table::{Signal, Store, StoreConfig, Table, TableSnapshot, TableStats};

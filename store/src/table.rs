@@ -106,6 +106,26 @@ pub struct TableSnapshot {
     pub unflushed: Vec<RecordBatch>,
 }
 
+impl TableSnapshot {
+    /// The Parquet file of segment `id`.
+    pub fn segment_path(&self, id: &str) -> PathBuf {
+        segment_path(&self.dir, id)
+    }
+
+    /// The full-text index directory of segment `id`.
+    pub fn index_dir(&self, id: &str) -> PathBuf {
+        index_dir(&self.dir, id)
+    }
+}
+
+fn segment_path(table_dir: &Path, id: &str) -> PathBuf {
+    table_dir.join("segments").join(format!("{id}.parquet"))
+}
+
+fn index_dir(table_dir: &Path, id: &str) -> PathBuf {
+    table_dir.join("index").join(id)
+}
+
 /// Both tables of a data directory.
 pub struct Store {
     spans: Table,
@@ -419,10 +439,10 @@ fn write_frozen(shared: &Shared, frozen: Frozen) -> Result<()> {
         let sorted = segment::sort_for_locality(signal, &frozen.batches)?;
         let sorted_at = Instant::now();
         let id = uuid::Uuid::now_v7().simple().to_string();
-        let parquet = shared.dir.join("segments").join(format!("{id}.parquet"));
+        let parquet = segment_path(&shared.dir, &id);
         let written = segment::write_segment(signal, &sorted, &parquet)?;
         let written_at = Instant::now();
-        index::build_index(signal, &sorted, &shared.dir.join("index").join(&id))?;
+        index::build_index(signal, &sorted, &index_dir(&shared.dir, &id))?;
         let stats = &shared.stats;
         stats.segments_written.fetch_add(1, Ordering::Relaxed);
         stats

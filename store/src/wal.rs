@@ -86,9 +86,22 @@ pub struct FileContents {
 
 /// Reads every intact record of one WAL file.
 pub fn read_file(path: &Path) -> Result<FileContents> {
+    read_file_from(path, 0)
+}
+
+/// Reads the intact records of one WAL file that start at or after byte
+/// `offset`, which must be a record boundary (0, or where an earlier read
+/// ended). A reader following a WAL that is still being written calls this
+/// again from the end of what it read: a record cut short by a concurrent
+/// write looks like a torn tail now and is read in full next time.
+pub fn read_file_from(path: &Path, offset: u64) -> Result<FileContents> {
+    use std::io::{Seek, SeekFrom};
     let mut bytes = Vec::new();
     File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            f.read_to_end(&mut bytes)
+        })
         .at(path)?;
     let mut payloads = Vec::new();
     let mut pos = 0usize;
@@ -97,7 +110,7 @@ pub fn read_file(path: &Path) -> Result<FileContents> {
             break None;
         }
         let Some(header) = bytes.get(pos..pos + HEADER_LEN) else {
-            break Some(pos as u64);
+            break Some(offset + pos as u64);
         };
         let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
@@ -112,13 +125,13 @@ pub fn read_file(path: &Path) -> Result<FileContents> {
                 payloads.push(payload.to_vec());
                 pos = start + len as usize;
             }
-            _ => break Some(pos as u64),
+            _ => break Some(offset + pos as u64),
         }
     };
     Ok(FileContents {
         payloads,
         torn_at,
-        len: bytes.len() as u64,
+        len: offset + bytes.len() as u64,
     })
 }
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-/// A running `weft serve` on ephemeral ports, with its stderr collected.
+/// A running weft (`serve` unless started as another role) on ephemeral
+/// ports, with its stderr collected.
 pub struct Weft {
     child: Child,
     pub data_dir: PathBuf,
@@ -23,10 +24,15 @@ pub struct Weft {
 }
 
 impl Weft {
-    /// Starts weft on `data_dir` with flushes only at shutdown, unless `args` say otherwise.
+    /// Starts `weft serve` on `data_dir` with flushes only at shutdown, unless `args` say otherwise.
     pub fn start(data_dir: &Path, args: &[&str]) -> Self {
+        Self::start_role("serve", data_dir, args)
+    }
+
+    /// Starts `weft <role>` (`serve`, `collector` or `query`) like [`Weft::start`].
+    pub fn start_role(role: &str, data_dir: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .arg("serve")
+            .arg(role)
             .arg("--data-dir")
             .arg(data_dir)
             .args([
@@ -35,7 +41,12 @@ impl Weft {
                 "--otlp-http-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--http-addr", "127.0.0.1:0", "--flush-interval", "1h"])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(if args.contains(&"--flush-interval") {
+                &[][..]
+            } else {
+                &["--flush-interval", "1h"][..]
+            })
             .args(args)
             .env("WEFT_LOG", "info")
             .stdin(Stdio::null())
@@ -52,7 +63,7 @@ impl Weft {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     eprintln!("[weft] {line}");
-                    if line.contains("weft listening") {
+                    if line.contains("listening") {
                         let _ = ready_tx.send(line.clone());
                     }
                     let mut log = log.lock().unwrap();
@@ -64,11 +75,12 @@ impl Weft {
         let line = ready_rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("weft did not start; its log:\n{}", log.lock().unwrap()));
+        // A role without a listener logs no address for it (or `-`).
         let addr = |key: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|field| field.strip_prefix(&format!("{key}=")))
                 .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} address in {line:?}"))
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
         };
         Self {
             otlp_grpc: addr("otlp_grpc"),
@@ -86,6 +98,61 @@ impl Weft {
 
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.otlp_http)
+    }
+
+    /// A URL on the query API port.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// `GET` on the query API: the status and the JSON body.
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::blocking::get(self.api_url(path)).expect("query API answers");
+        let status = response.status().as_u16();
+        let text = response.text().expect("body");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}: not JSON: {text}"));
+        (status, json)
+    }
+
+    /// `POST /api/v1/sql`: the status and the JSON body.
+    pub fn sql(&self, sql: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::blocking::Client::new()
+            .post(self.api_url("/api/v1/sql"))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .expect("query API answers");
+        let status = response.status().as_u16();
+        (status, response.json().expect("JSON body"))
+    }
+
+    /// The rows of a query that must succeed.
+    pub fn sql_rows(&self, sql: &str) -> Vec<Vec<serde_json::Value>> {
+        let (status, body) = self.sql(sql);
+        assert_eq!(status, 200, "{sql}: {body}");
+        serde_json::from_value(body["rows"].clone()).expect("rows")
+    }
+
+    /// Posts an OTLP/JSON file from `tests/fixtures` to `/v1/traces` or `/v1/logs`.
+    pub fn post_fixture(&self, path: &str, fixture: &str) {
+        let body = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(fixture),
+        )
+        .expect("fixture exists");
+        let response = reqwest::blocking::Client::new()
+            .post(self.http_url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("OTLP/HTTP answers");
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "{fixture}: {:?}",
+            response.text()
+        );
     }
 
     /// Everything weft has logged so far.

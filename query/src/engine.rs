@@ -1,0 +1,181 @@
+//! The SQL engine: one DataFusion session over the store, read-only and
+//! bounded in time, memory and result size.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use weft_store::Signal;
+
+use crate::provider::{IndexCache, SnapshotSource, StoreTable};
+use crate::text_match::TextMatchUdf;
+
+/// Limits every query runs under.
+#[derive(Clone, Debug)]
+pub struct QueryConfig {
+    /// A query still running after this long is cancelled.
+    pub timeout: Duration,
+    /// At most this many rows are returned; the result says when more existed.
+    pub max_rows: usize,
+    /// Memory all running queries may use for sorts, joins and aggregations
+    /// together; beyond it they spill to disk or fail.
+    pub memory_limit_bytes: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            max_rows: 10_000,
+            memory_limit_bytes: 2 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// The answer to one query.
+#[derive(Debug)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    /// The query had more rows than [`QueryConfig::max_rows`]; the rest were not read.
+    pub truncated: bool,
+}
+
+impl QueryResult {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The query is wrong: bad SQL, unknown column, a write, a type error.
+    #[error("{0}")]
+    Invalid(String),
+    /// The query ran past [`QueryConfig::timeout`].
+    #[error("query cancelled after the time limit of {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The query needed more memory than it may use.
+    #[error("query needs more memory than the limit allows: {0}")]
+    TooBig(String),
+    /// The store could not be read.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(error: DataFusionError) -> Self {
+        match error.find_root() {
+            DataFusionError::ResourcesExhausted(message) => QueryError::TooBig(message.clone()),
+            DataFusionError::External(_) | DataFusionError::IoError(_) => {
+                QueryError::Internal(error.to_string())
+            }
+            DataFusionError::ObjectStore(_) | DataFusionError::ParquetError(_) => {
+                QueryError::Internal(error.to_string())
+            }
+            DataFusionError::Internal(_) => QueryError::Internal(error.to_string()),
+            _ => QueryError::Invalid(error.to_string()),
+        }
+    }
+}
+
+/// SQL over the store's `spans` and `logs` tables.
+pub struct QueryEngine {
+    ctx: SessionContext,
+    config: QueryConfig,
+}
+
+impl QueryEngine {
+    pub fn new(source: Arc<dyn SnapshotSource>, config: QueryConfig) -> Result<Self, QueryError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_limit_bytes, 1.0)
+            .build_arc()?;
+        let session = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            );
+        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let indexes = Arc::new(IndexCache::default());
+        for signal in Signal::ALL {
+            ctx.register_table(
+                signal.table_name(),
+                Arc::new(StoreTable::new(signal, source.clone(), indexes.clone())),
+            )?;
+        }
+        ctx.register_udf(TextMatchUdf::udf());
+        Ok(Self { ctx, config })
+    }
+
+    pub fn config(&self) -> &QueryConfig {
+        &self.config
+    }
+
+    /// Runs one read-only SQL statement and collects its rows, up to the
+    /// row limit.
+    pub async fn sql(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        self.sql_with_limit(sql, self.config.max_rows).await
+    }
+
+    /// Like [`QueryEngine::sql`] with a row limit below the configured one.
+    pub async fn sql_with_limit(
+        &self,
+        sql: &str,
+        max_rows: usize,
+    ) -> Result<QueryResult, QueryError> {
+        let max_rows = max_rows.min(self.config.max_rows);
+        let run = async {
+            let stream = self.stream(sql).await?;
+            collect_limited(stream, max_rows).await
+        };
+        tokio::time::timeout(self.config.timeout, run)
+            .await
+            .map_err(|_| QueryError::Timeout(self.config.timeout))?
+    }
+
+    /// Plans one read-only SQL statement and starts it. DDL (`CREATE`,
+    /// `DROP`), DML (`INSERT`, `COPY`) and statements that change the
+    /// session (`SET`) are refused.
+    async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let frame = self.ctx.sql_with_options(sql, options).await?;
+        Ok(frame.execute_stream().await?)
+    }
+}
+
+async fn collect_limited(
+    mut stream: SendableRecordBatchStream,
+    max_rows: usize,
+) -> Result<QueryResult, QueryError> {
+    let schema = stream.schema();
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    let mut truncated = false;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if rows + batch.num_rows() > max_rows {
+            batches.push(batch.slice(0, max_rows - rows));
+            truncated = true;
+            break;
+        }
+        rows += batch.num_rows();
+        batches.push(batch);
+    }
+    Ok(QueryResult {
+        schema,
+        batches,
+        truncated,
+    })
+}

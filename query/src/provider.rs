@@ -1,0 +1,479 @@
+//! The `spans` and `logs` tables: DataFusion table providers over the store.
+//!
+//! A scan takes a [`TableSnapshot`] — the catalog's segments plus the
+//! acknowledged batches not yet flushed, taken under one lock, so a flush
+//! running beside the query neither hides nor doubles a row — and plans:
+//!
+//! ```text
+//!            UnionExec
+//!           /         \
+//!  DataSourceExec    DataSourceExec
+//!  (Parquet: the     (memory: the unflushed tail)
+//!   segments left
+//!   after pruning)
+//! ```
+//!
+//! Filters are used three ways before a row is decoded: the catalog's time
+//! range and service set of each segment prune whole segments (a
+//! `PruningPredicate` over [`SegmentStatistics`]); `text_match` on an
+//! indexed column is answered by the segment's tantivy index, whose hits
+//! become a Parquet row selection (segments without hits are skipped); and
+//! the rest goes to the Parquet reader as a predicate (row-group and page
+//! statistics, bloom filters on ids, late materialization). Every filter is
+//! declared `Inexact`, so DataFusion still applies it exactly above the scan.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampNanosecondArray, UInt64Array};
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, Result as DfResult, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::{
+    CachedParquetFileReaderFactory, ParquetRowSelection,
+};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::TableType;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::ExecutionPlan;
+use parking_lot::Mutex;
+use parquet::arrow::arrow_reader::RowSelection;
+use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::columnar::Column as FastColumn;
+use tantivy::query::{BooleanQuery, Occur, Query};
+use tantivy::{DocId, Index, IndexReader, ReloadPolicy, Score, SegmentOrdinal, SegmentReader};
+use weft_store::catalog::SegmentEntry;
+use weft_store::{index, segment, Signal, Store, StoreError, StoreReader, TableSnapshot};
+
+use crate::text_match::TextMatchFilter;
+
+/// Where a table's snapshots come from: the store this process writes, or a
+/// data directory another process writes.
+pub trait SnapshotSource: Send + Sync + 'static {
+    fn snapshot(&self, signal: Signal) -> Result<TableSnapshot, StoreError>;
+}
+
+impl SnapshotSource for Store {
+    fn snapshot(&self, signal: Signal) -> Result<TableSnapshot, StoreError> {
+        Ok(self.table(signal).snapshot())
+    }
+}
+
+impl SnapshotSource for StoreReader {
+    fn snapshot(&self, signal: Signal) -> Result<TableSnapshot, StoreError> {
+        StoreReader::snapshot(self, signal)
+    }
+}
+
+/// Open full-text indexes kept between queries. Segments never change once
+/// written, so an open reader stays valid until its segment is deleted.
+#[derive(Default)]
+pub(crate) struct IndexCache {
+    readers: Mutex<HashMap<PathBuf, IndexReader>>,
+}
+
+/// More open indexes than this and the cache starts over; each holds a few
+/// file handles and memory maps.
+const MAX_OPEN_INDEXES: usize = 4096;
+
+impl IndexCache {
+    fn reader(&self, dir: &Path) -> tantivy::Result<IndexReader> {
+        if let Some(reader) = self.readers.lock().get(dir) {
+            return Ok(reader.clone());
+        }
+        let reader = Index::open_in_dir(dir)?
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let mut readers = self.readers.lock();
+        if readers.len() >= MAX_OPEN_INDEXES {
+            readers.clear();
+        }
+        readers.insert(dir.to_path_buf(), reader.clone());
+        Ok(reader)
+    }
+}
+
+/// One table of the store, as DataFusion sees it.
+pub struct StoreTable {
+    signal: Signal,
+    schema: SchemaRef,
+    source: Arc<dyn SnapshotSource>,
+    indexes: Arc<IndexCache>,
+}
+
+impl std::fmt::Debug for StoreTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreTable")
+            .field("table", &self.signal.table_name())
+            .finish()
+    }
+}
+
+impl StoreTable {
+    pub(crate) fn new(
+        signal: Signal,
+        source: Arc<dyn SnapshotSource>,
+        indexes: Arc<IndexCache>,
+    ) -> Self {
+        Self {
+            signal,
+            schema: signal.schema(),
+            source,
+            indexes,
+        }
+    }
+
+    /// The segments the filters leave, each with the rows the full-text
+    /// index selects (`None`: every row).
+    fn select_segments(
+        &self,
+        snapshot: &TableSnapshot,
+        predicate: Option<&Arc<dyn PhysicalExpr>>,
+        text_filters: &[TextMatchFilter],
+    ) -> DfResult<Vec<(SegmentEntry, Option<RowSelection>)>> {
+        let pruning = predicate.and_then(|predicate| {
+            PruningPredicateBuilder::new()
+                .with_file_schema(self.schema.clone())
+                .build(predicate.clone())
+        });
+        let keep = match pruning {
+            Some(pruning) => pruning.prune(&SegmentStatistics {
+                signal: self.signal,
+                segments: &snapshot.segments,
+            })?,
+            None => vec![true; snapshot.segments.len()],
+        };
+        let mut selected = Vec::new();
+        for (entry, keep) in snapshot.segments.iter().zip(keep) {
+            if !keep {
+                continue;
+            }
+            let rows = if text_filters.is_empty() {
+                None
+            } else {
+                let dir = snapshot.index_dir(&entry.id);
+                let hits = self.search_index(&dir, text_filters).map_err(|e| {
+                    datafusion::error::DataFusionError::External(
+                        format!("full-text index {}: {e}", dir.display()).into(),
+                    )
+                })?;
+                if hits.is_empty() {
+                    continue;
+                }
+                Some(row_selection(&hits, entry.rows as usize))
+            };
+            selected.push((entry.clone(), rows));
+        }
+        Ok(selected)
+    }
+
+    /// The rows of one segment matching every indexed `text_match` filter.
+    fn search_index(&self, dir: &Path, filters: &[TextMatchFilter]) -> tantivy::Result<Vec<u64>> {
+        let reader = self.indexes.reader(dir)?;
+        let searcher = reader.searcher();
+        let schema = searcher.schema();
+        let clauses: Vec<(Occur, Box<dyn Query>)> = filters
+            .iter()
+            .filter_map(|filter| {
+                let positions = index::indexed_with_positions(self.signal, &filter.column)?;
+                let field = schema.get_field(&filter.column).ok()?;
+                Some((Occur::Must, filter.query.to_tantivy(field, positions)))
+            })
+            .collect();
+        let mut rows = searcher.search(&BooleanQuery::new(clauses), &RowCollector)?;
+        rows.sort_unstable();
+        rows.dedup();
+        Ok(rows)
+    }
+}
+
+/// A Parquet row selection of exactly `rows` (sorted) out of `total`.
+fn row_selection(rows: &[u64], total: usize) -> RowSelection {
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    for &row in rows {
+        let row = row as usize;
+        if row >= total {
+            break;
+        }
+        match ranges.last_mut() {
+            Some(last) if last.end == row => last.end = row + 1,
+            _ => ranges.push(row..row + 1),
+        }
+    }
+    RowSelection::from_consecutive_ranges(ranges.into_iter(), total)
+}
+
+#[async_trait]
+impl TableProvider for StoreTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let source = self.source.clone();
+        let signal = self.signal;
+        // Reading a separate process's WAL tail is file I/O.
+        let snapshot = tokio::task::spawn_blocking(move || source.snapshot(signal))
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?
+            .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+
+        let mut text_filters = Vec::new();
+        let mut other_filters = Vec::new();
+        for filter in filters {
+            match TextMatchFilter::from_expr(filter) {
+                Some(parsed) => text_filters.push(
+                    parsed.map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?,
+                ),
+                None => other_filters.push(filter.clone()),
+            }
+        }
+        let df_schema = DFSchema::try_from(self.schema.clone())?;
+        let predicate = conjunction(other_filters)
+            .map(|expr| state.create_physical_expr(expr, &df_schema))
+            .transpose()?;
+        text_filters.retain(|f| index::indexed_with_positions(self.signal, &f.column).is_some());
+
+        let segments = self.select_segments(&snapshot, predicate.as_ref(), &text_filters)?;
+        let projection = projection.cloned();
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !segments.is_empty() {
+            let partitions = state.config().target_partitions().clamp(1, segments.len());
+            let mut groups = vec![Vec::new(); partitions];
+            for (i, (entry, rows)) in segments.into_iter().enumerate() {
+                let path = snapshot.segment_path(&entry.id);
+                let mut file =
+                    PartitionedFile::new(path.to_string_lossy().into_owned(), entry.bytes);
+                if let Some(rows) = rows {
+                    file = file.with_extension(ParquetRowSelection::new(rows));
+                }
+                groups[i % partitions].push(file);
+            }
+            let url = ObjectStoreUrl::local_filesystem();
+            let store = state.runtime_env().object_store(&url)?;
+            let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+            let mut parquet = ParquetSource::new(self.schema.clone())
+                .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                    store,
+                    metadata_cache,
+                )))
+                .with_pushdown_filters(true)
+                .with_reorder_filters(true)
+                .with_enable_page_index(true)
+                .with_bloom_filter_on_read(true);
+            if let Some(predicate) = &predicate {
+                parquet = parquet.with_predicate(predicate.clone());
+            }
+            let config = FileScanConfigBuilder::new(url, Arc::new(parquet))
+                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.clone())?
+                .with_limit(limit)
+                .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+        if !snapshot.unflushed.is_empty() {
+            inputs.push(MemorySourceConfig::try_new_exec(
+                &[snapshot.unflushed],
+                self.schema.clone(),
+                projection.clone(),
+            )?);
+        }
+        match inputs.len() {
+            0 => {
+                let schema = match &projection {
+                    Some(p) => Arc::new(self.schema.project(p)?),
+                    None => self.schema.clone(),
+                };
+                Ok(Arc::new(EmptyExec::new(schema)))
+            }
+            1 => Ok(inputs.pop().expect("one input")),
+            _ => UnionExec::try_new(inputs),
+        }
+    }
+}
+
+/// What the catalog knows of each segment, in the shape DataFusion's pruning
+/// asks for: one "container" per segment.
+struct SegmentStatistics<'a> {
+    signal: Signal,
+    segments: &'a [SegmentEntry],
+}
+
+impl SegmentStatistics<'_> {
+    fn is_time(&self, column: &Column) -> bool {
+        column.name == segment::time_column(self.signal)
+    }
+
+    fn is_service(column: &Column) -> bool {
+        column.name == "service_name"
+    }
+
+    fn times(&self, pick: fn(&SegmentEntry) -> i64) -> ArrayRef {
+        Arc::new(
+            TimestampNanosecondArray::from_iter_values(self.segments.iter().map(pick))
+                .with_timezone("UTC"),
+        )
+    }
+
+    fn services(&self, pick: fn(&[String]) -> Option<&String>) -> ArrayRef {
+        Arc::new(StringArray::from_iter(
+            self.segments.iter().map(|s| pick(&s.services)),
+        ))
+    }
+}
+
+impl PruningStatistics for SegmentStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        if self.is_time(column) {
+            Some(self.times(|s| s.min_time_ns))
+        } else if Self::is_service(column) {
+            Some(self.services(|s| s.first()))
+        } else {
+            None
+        }
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        if self.is_time(column) {
+            Some(self.times(|s| s.max_time_ns))
+        } else if Self::is_service(column) {
+            Some(self.services(|s| s.last()))
+        } else {
+            None
+        }
+    }
+
+    fn num_containers(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn null_counts(&self, _column: &Column) -> Option<ArrayRef> {
+        None
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        Some(Arc::new(UInt64Array::from_iter_values(
+            self.segments.iter().map(|s| s.rows),
+        )))
+    }
+
+    fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        if !Self::is_service(column) {
+            return None;
+        }
+        let wanted: HashSet<&str> = values
+            .iter()
+            .filter_map(|v| v.try_as_str().flatten())
+            .collect();
+        Some(BooleanArray::from_iter(self.segments.iter().map(|s| {
+            let present = s
+                .services
+                .iter()
+                .filter(|name| wanted.contains(name.as_str()));
+            match present.count() {
+                0 => Some(false),
+                n if n == s.services.len() => Some(true),
+                _ => None,
+            }
+        })))
+    }
+}
+
+/// Collects the `row` fast field of every matching document.
+struct RowCollector;
+
+struct SegmentRows {
+    rows: FastColumn<u64>,
+    hits: Vec<u64>,
+}
+
+impl Collector for RowCollector {
+    type Fruit = Vec<u64>;
+    type Child = SegmentRows;
+
+    fn for_segment(
+        &self,
+        _segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<SegmentRows> {
+        Ok(SegmentRows {
+            rows: reader.fast_fields().u64(index::ROW_FIELD)?,
+            hits: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<u64>>) -> tantivy::Result<Vec<u64>> {
+        Ok(fruits.concat())
+    }
+}
+
+impl SegmentCollector for SegmentRows {
+    type Fruit = Vec<u64>;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        if let Some(row) = self.rows.first(doc) {
+            self.hits.push(row);
+        }
+    }
+
+    fn harvest(self) -> Vec<u64> {
+        self.hits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_selection_selects_exactly_the_hits() {
+        use parquet::arrow::arrow_reader::RowSelector;
+        let selection = row_selection(&[0, 1, 2, 7, 9], 10);
+        let selectors: Vec<RowSelector> = selection.iter().copied().collect();
+        assert_eq!(
+            selectors,
+            vec![
+                RowSelector::select(3),
+                RowSelector::skip(4),
+                RowSelector::select(1),
+                RowSelector::skip(1),
+                RowSelector::select(1),
+            ]
+        );
+    }
+}

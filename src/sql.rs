@@ -1,0 +1,107 @@
+//! `weft sql "SELECT …"`: one query, printed as a table, CSV or JSON. With
+//! `--server` it goes to a running weft's `POST /api/v1/sql` (as an Arrow IPC
+//! stream, printed here); without, it runs in this process over the data
+//! directory, read-only, beside whatever weft writes it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use clap::{Args, ValueEnum};
+use weft_query::{format, QueryConfig, QueryEngine};
+use weft_store::StoreReader;
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The SQL query, over the tables `spans` and `logs`.
+    pub query: String,
+    /// Base URL of a running weft, e.g. http://127.0.0.1:16686; without it the
+    /// query runs on the data directory.
+    #[arg(long, env = "WEFT_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Data directory to query when no server is given.
+    #[arg(
+        long,
+        env = "WEFT_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./weft-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
+    let (schema, batches, truncated) = match &args.server {
+        Some(server) => remote(server, &args.query).await?,
+        None => {
+            if !args.data_dir.exists() {
+                bail!(
+                    "data directory {} does not exist (pass --data-dir, or --server to ask a running weft)",
+                    args.data_dir.display()
+                );
+            }
+            let engine = QueryEngine::new(
+                Arc::new(StoreReader::new(&args.data_dir)),
+                QueryConfig::default(),
+            )?;
+            let result = engine.sql(&args.query).await?;
+            (result.schema, result.batches, result.truncated)
+        }
+    };
+    let output = match args.format {
+        OutputFormat::Table => format::table(&schema, &batches)?.into_bytes(),
+        OutputFormat::Csv => format::csv(&schema, &batches)?,
+        OutputFormat::Json => serde_json::to_vec(&format::json_objects(&batches)?)?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&output)?;
+    if !output.ends_with(b"\n") {
+        stdout.write_all(b"\n")?;
+    }
+    if truncated {
+        eprintln!("weft: the result was cut at the row limit");
+    }
+    Ok(())
+}
+
+async fn remote(server: &str, query: &str) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>, bool)> {
+    let url = format!("{}/api/v1/sql", server.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header(reqwest::header::ACCEPT, format::ARROW_STREAM)
+        .json(&serde_json::json!({ "sql": query }))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let truncated = response
+        .headers()
+        .get("x-weft-truncated")
+        .is_some_and(|v| v == "true");
+    let body = response
+        .bytes()
+        .await
+        .with_context(|| format!("reading the answer of {url}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        bail!("{status}: {message}");
+    }
+    let (schema, batches) =
+        format::read_arrow_ipc(&body).context("the server's answer is not an Arrow IPC stream")?;
+    Ok((schema, batches, truncated))
+}
