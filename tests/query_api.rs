@@ -99,6 +99,52 @@ fn sql_answers_over_flushed_and_unflushed_data_with_joins_and_full_text_search()
     assert!(weft.stop().success());
 }
 
+/// The `DataSourceExec` line of an `EXPLAIN ANALYZE` over the spans segment.
+fn segment_scan(weft: &Weft, sql: &str) -> String {
+    let rows = weft.sql_rows(&format!("EXPLAIN ANALYZE {sql}"));
+    let plan = rows[0][1].as_str().unwrap().to_string();
+    plan.lines()
+        .find(|line| line.contains("DataSourceExec") && line.contains(".parquet"))
+        .unwrap_or_else(|| panic!("no Parquet scan in {plan}"))
+        .to_string()
+}
+
+#[test]
+fn the_index_answers_text_match_and_the_catalog_prunes_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = crm_weft(dir.path());
+    // Four of the segment's eight spans match: only those four rows reach the
+    // Parquet reader's filter — the index chose them, nothing was scanned.
+    let scan = segment_scan(
+        &weft,
+        "SELECT name FROM spans WHERE text_match(name, 'contacts')",
+    );
+    assert!(scan.contains("output_rows=4,"), "{scan}");
+    assert!(
+        scan.contains("pushdown_rows_matched=4,") && scan.contains("pushdown_rows_pruned=0,"),
+        "{scan}"
+    );
+    // The same filter as a scan (not on an indexed column) reads all eight.
+    let scan = segment_scan(&weft, "SELECT name FROM spans WHERE name LIKE '%contacts%'");
+    assert!(
+        scan.contains("pushdown_rows_matched=4,") && scan.contains("pushdown_rows_pruned=4,"),
+        "{scan}"
+    );
+
+    // A time range or service the catalog says a segment lacks skips the file.
+    for sql in [
+        "SELECT count(*) FROM spans WHERE start_time > '2030-01-01T00:00:00Z'",
+        "SELECT count(*) FROM spans WHERE service_name = 'crm-billing'",
+        "SELECT count(*) FROM spans WHERE text_match(name, 'nowhere')",
+    ] {
+        let rows = weft.sql_rows(&format!("EXPLAIN {sql}"));
+        let plan: String = rows.iter().map(|r| r[1].as_str().unwrap()).collect();
+        assert!(!plan.contains(".parquet"), "{sql}: {plan}");
+        assert_eq!(weft.sql_rows(sql), vec![vec![json!(0)]]);
+    }
+    assert!(weft.stop().success());
+}
+
 #[test]
 fn sql_results_come_as_csv_or_arrow_and_bad_or_writing_queries_get_400() {
     let dir = tempfile::tempdir().unwrap();
@@ -406,5 +452,40 @@ fn the_jaeger_api_answers_in_the_shapes_grafana_reads() {
             {"parent": "crm-mobile", "child": "crm-conductor", "callCount": 2},
         ])
     );
+    assert!(weft.stop().success());
+}
+
+#[test]
+fn queries_are_cut_at_the_row_limit_and_cancelled_at_the_time_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(
+        dir.path(),
+        &["--query-max-rows", "3", "--query-timeout", "300ms"],
+    );
+    weft.post_fixture("/v1/traces", "crm_traces.json");
+
+    let (status, body) = weft.sql("SELECT span_id FROM spans");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(body["truncated"], true);
+    let (_, body) = weft.sql("SELECT count(*) FROM spans");
+    assert_eq!(
+        (body["rows"][0][0].as_i64(), body["truncated"].as_bool()),
+        (Some(8), Some(false))
+    );
+
+    let started = std::time::Instant::now();
+    let (status, body) = weft.sql("SELECT count(*) FROM generate_series(1, 10000000000)");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("time limit of 300ms"),
+        "{body}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The server is fine afterwards.
+    assert_eq!(weft.sql("SELECT 1").0, 200);
     assert!(weft.stop().success());
 }

@@ -122,7 +122,12 @@ fn weft_query_beside_weft_collector_sees_acknowledged_data_once_before_and_after
 }
 
 fn weft_sql(args: &[&str]) -> (bool, String, String) {
+    weft_sql_in(std::path::Path::new("."), args)
+}
+
+fn weft_sql_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .current_dir(cwd)
         .arg("sql")
         .args(args)
         .output()
@@ -172,7 +177,9 @@ fn weft_sql_prints_a_table_csv_or_json_from_a_server_or_a_data_directory() {
     assert!(ok, "{err}");
     assert_eq!(running, csv);
     assert!(weft.stop().success());
-    let (ok, json_out, err) = weft_sql(&["--data-dir", data_dir, "--format", "json", query]);
+    // A relative data directory, as the default `./weft-data` is.
+    let (ok, json_out, err) =
+        weft_sql_in(dir.path(), &["--data-dir", ".", "--format", "json", query]);
     assert!(ok, "{err}");
     let rows: serde_json::Value = serde_json::from_str(&json_out).unwrap();
     assert_eq!(

@@ -272,7 +272,9 @@ impl TableProvider for StoreTable {
             let partitions = state.config().target_partitions().clamp(1, segments.len());
             let mut groups = vec![Vec::new(); partitions];
             for (i, (entry, rows)) in segments.into_iter().enumerate() {
-                let path = snapshot.segment_path(&entry.id);
+                // Object store paths are absolute; the data directory may be relative.
+                let path = std::path::absolute(snapshot.segment_path(&entry.id))
+                    .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
                 let mut file =
                     PartitionedFile::new(path.to_string_lossy().into_owned(), entry.bytes);
                 if let Some(rows) = rows {

@@ -1,0 +1,376 @@
+//! The query benchmark.
+//!
+//! 1. Load (unless the data directory is already loaded): start `weft serve`,
+//!    send CRM traces and logs (`workload.rs`) over OTLP/gRPC until the target
+//!    count is acknowledged, stop weft so everything is in segments.
+//! 2. Measure over `weft query` on that directory: trace by id (`GET
+//!    /api/v1/traces/{id}`) and full-text log search (`GET /api/v1/logs?q=`)
+//!    latency percentiles, and each query of `queries.json` through
+//!    `POST /api/v1/sql`.
+//! 3. Run the same suite in DuckDB and chDB over the very same Parquet files
+//!    (`compare.py`), in the same run, and print the ratios.
+
+mod workload;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Where the loaded data lives; reused by later runs.
+    #[arg(long, default_value = "target/bench-query-data")]
+    data_dir: PathBuf,
+    /// Spans to load (about as many log records come with them).
+    #[arg(long, default_value_t = 10_000_000)]
+    spans: u64,
+    /// The weft binary [default: `weft` beside this benchmark's binary]
+    #[arg(long)]
+    weft: Option<PathBuf>,
+    /// Trace-by-id lookups to time.
+    #[arg(long, default_value_t = 300)]
+    lookups: usize,
+    /// Runs of each SQL query (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Skip DuckDB and chDB.
+    #[arg(long)]
+    weft_only: bool,
+}
+
+/// One query of the SQL suite, in each engine's dialect.
+#[derive(Debug, Deserialize)]
+struct SuiteQuery {
+    name: String,
+    weft: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let weft = match &args.weft {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("weft"),
+    };
+    std::fs::create_dir_all(&args.data_dir)?;
+    let samples_path = args.data_dir.join("bench-trace-ids.json");
+    if !samples_path.exists() {
+        let samples = load(&weft, &args.data_dir, args.spans)?;
+        std::fs::write(&samples_path, serde_json::to_vec(&samples)?)?;
+    }
+    let samples: Vec<String> = serde_json::from_slice(&std::fs::read(&samples_path)?)?;
+
+    let server = Server::start(
+        &weft,
+        &["query", "--data-dir"],
+        &args.data_dir,
+        "weft query listening",
+    )?;
+    let base = format!("http://{}", server.http);
+    let client = reqwest::blocking::Client::new();
+    let counts = sql(
+        &client,
+        &base,
+        "SELECT (SELECT count(*) FROM spans) AS spans, (SELECT count(*) FROM logs) AS logs",
+    )?;
+    println!(
+        "# data: {} spans, {} log records",
+        counts[0][0], counts[0][1]
+    );
+
+    let mut rng = fastrand::Rng::with_seed(7);
+    let trace_latencies = time_each(args.lookups, 20, |_| {
+        let id = &samples[rng.usize(0..samples.len())];
+        let response = client.get(format!("{base}/api/v1/traces/{id}")).send()?;
+        if !response.status().is_success() {
+            bail!("trace {id}: {}", response.status());
+        }
+        let body: Value = response.json()?;
+        if body["spans"].as_array().map_or(0, Vec::len) == 0 {
+            bail!("trace {id} has no spans");
+        }
+        Ok(())
+    })?;
+    let searches = [
+        "timeout AND database",
+        "slow AND salesforce",
+        "\"customer acc-4242\"",
+        "orchestrate AND opportunities AND slow",
+        "handled AND contacts AND acc-777",
+        "error OR timeout",
+    ];
+    let search_latencies = time_each(searches.len() * 20, searches.len(), |i| {
+        let q = searches[i % searches.len()];
+        let response = client
+            .get(format!("{base}/api/v1/logs"))
+            .query(&[("q", q), ("limit", "20")])
+            .send()?;
+        if !response.status().is_success() {
+            bail!("search {q}: {}", response.text()?);
+        }
+        Ok(())
+    })?;
+    println!("\n## Lookups over HTTP\n");
+    println!("| what | runs | p50 | p99 |\n|---|---|---|---|");
+    for (what, latencies) in [
+        (
+            "trace by id (`GET /api/v1/traces/{id}`, spans + logs)",
+            &trace_latencies,
+        ),
+        (
+            "full-text log search (`GET /api/v1/logs?q=…&limit=20`)",
+            &search_latencies,
+        ),
+    ] {
+        println!(
+            "| {what} | {} | {:.1} ms | {:.1} ms |",
+            latencies.len(),
+            percentile(latencies, 0.50),
+            percentile(latencies, 0.99)
+        );
+    }
+
+    let suite_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries.json");
+    let suite: Vec<SuiteQuery> = serde_json::from_slice(&std::fs::read(&suite_path)?)?;
+    let mut weft_ms = Vec::new();
+    for query in &suite {
+        let times = time_each(args.runs, 1, |_| sql(&client, &base, &query.weft).map(drop))
+            .with_context(|| format!("query {}", query.name))?;
+        weft_ms.push(percentile(&times, 0.5));
+    }
+    drop(server);
+
+    let others: Value = if args.weft_only {
+        json!({})
+    } else {
+        let output = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("compare.py"))
+            .arg(&args.data_dir)
+            .arg(&suite_path)
+            .arg(args.runs.to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("cannot run python3 compare.py")?;
+        if !output.status.success() {
+            bail!("compare.py failed (pip install duckdb chdb)");
+        }
+        serde_json::from_slice(&output.stdout)?
+    };
+    println!(
+        "\n## SQL suite (median of {} runs, ms; weft through POST /api/v1/sql)\n",
+        args.runs
+    );
+    println!(
+        "| query | weft | DuckDB | chDB | weft / DuckDB | weft / chDB |\n|---|---|---|---|---|---|"
+    );
+    for (query, weft) in suite.iter().zip(&weft_ms) {
+        let other = |engine: &str| others[&query.name][engine].as_f64();
+        let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
+        let ratio = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2}", weft / v));
+        println!(
+            "| {} | {weft:.1} | {} | {} | {} | {} |",
+            query.name,
+            cell(other("duckdb")),
+            cell(other("chdb")),
+            ratio(other("duckdb")),
+            ratio(other("chdb")),
+        );
+    }
+    Ok(())
+}
+
+fn sql(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    query: &str,
+) -> anyhow::Result<Vec<Vec<Value>>> {
+    let response = client
+        .post(format!("{base}/api/v1/sql"))
+        .json(&json!({ "sql": query }))
+        .send()?;
+    let status = response.status();
+    let body: Value = response.json()?;
+    if !status.is_success() {
+        bail!("{status}: {}", body["error"]);
+    }
+    Ok(serde_json::from_value(body["rows"].clone())?)
+}
+
+/// Runs `f` `warmup` times untimed, then `runs` times; milliseconds each.
+fn time_each(
+    runs: usize,
+    warmup: usize,
+    mut f: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    for i in 0..warmup {
+        f(i)?;
+    }
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let started = Instant::now();
+        f(i)?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(times)
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A weft process, stopped with SIGTERM when dropped.
+struct Server {
+    child: Child,
+    http: String,
+    grpc: String,
+}
+
+impl Server {
+    fn start(weft: &Path, role: &[&str], data_dir: &Path, ready: &str) -> anyhow::Result<Self> {
+        let mut child = Command::new(weft)
+            .args(role)
+            .arg(data_dir)
+            .args([
+                "--otlp-grpc-addr",
+                "127.0.0.1:0",
+                "--otlp-http-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .env("WEFT_LOG", "warn,weft=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", weft.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ready = ready.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(&ready) {
+                    let _ = tx.send(line.clone());
+                }
+                eprintln!("[weft] {line}");
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("weft did not start")?;
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(key))
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok(Self {
+            child,
+            http: field("http="),
+            grpc: format!("http://{}", field("otlp_grpc=")),
+        })
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child's pid, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("weft exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: as in `stop`; a no-op if it already exited.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Loads `spans` spans (and their logs) through `weft serve`, then stops it
+/// so everything is flushed. Returns a sample of trace ids.
+fn load(weft: &Path, data_dir: &Path, spans: u64) -> anyhow::Result<Vec<String>> {
+    let server = Server::start(weft, &["serve", "--data-dir"], data_dir, "weft listening")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let samples = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(server.grpc.clone())?
+            .connect()
+            .await?;
+        let mut tasks = Vec::new();
+        for worker in 0..4u64 {
+            let channel = channel.clone();
+            let sent = sent.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut traces =
+                    TraceServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+                let mut logs = LogsServiceClient::new(channel);
+                let mut rng = fastrand::Rng::with_seed(worker);
+                let mut samples = Vec::new();
+                while sent.load(Ordering::Relaxed) < spans {
+                    let batch = workload::batch(&mut rng, 100);
+                    loop {
+                        match traces.export(batch.traces.clone()).await {
+                            Ok(_) => break,
+                            Err(status) if retryable(&status) => {
+                                tokio::time::sleep(Duration::from_millis(200)).await
+                            }
+                            Err(status) => anyhow::bail!("trace export: {status}"),
+                        }
+                    }
+                    loop {
+                        match logs.export(batch.logs.clone()).await {
+                            Ok(_) => break,
+                            Err(status) if retryable(&status) => {
+                                tokio::time::sleep(Duration::from_millis(200)).await
+                            }
+                            Err(status) => anyhow::bail!("log export: {status}"),
+                        }
+                    }
+                    let total = sent.fetch_add(batch.spans, Ordering::Relaxed) + batch.spans;
+                    samples.extend(batch.sample_trace_ids);
+                    if total / 1_000_000 != (total - batch.spans) / 1_000_000 {
+                        eprintln!("# loaded {total} spans");
+                    }
+                }
+                anyhow::Ok(samples)
+            }));
+        }
+        let mut samples = Vec::new();
+        for task in tasks {
+            samples.extend(task.await??);
+        }
+        anyhow::Ok(samples)
+    })?;
+    server.stop()?;
+    eprintln!(
+        "# loaded {} spans (and as many log records) in {:.0?}",
+        sent.load(Ordering::Relaxed),
+        started.elapsed()
+    );
+    Ok(samples)
+}
+
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+    )
+}
