@@ -13,7 +13,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use weft_store::Signal;
 
-use crate::provider::{IndexCache, SnapshotSource, StoreTable};
+use crate::provider::{SegmentCache, SnapshotSource, StoreTable};
 use crate::text_match::TextMatchUdf;
 
 /// Limits every query runs under.
@@ -105,11 +105,11 @@ impl QueryEngine {
                     .unwrap_or(1),
             );
         let ctx = SessionContext::new_with_config_rt(session, runtime);
-        let indexes = Arc::new(IndexCache::default());
+        let cache = Arc::new(SegmentCache::default());
         for signal in Signal::ALL {
             ctx.register_table(
                 signal.table_name(),
-                Arc::new(StoreTable::new(signal, source.clone(), indexes.clone())),
+                Arc::new(StoreTable::new(signal, source.clone(), cache.clone())),
             )?;
         }
         ctx.register_udf(TextMatchUdf::udf());

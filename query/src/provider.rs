@@ -13,9 +13,11 @@
 //!   after pruning)
 //! ```
 //!
-//! Filters are used three ways before a row is decoded: the catalog's time
+//! Filters are used four ways before a row is decoded: the catalog's time
 //! range and service set of each segment prune whole segments (a
-//! `PruningPredicate` over [`SegmentStatistics`]); `text_match` on an
+//! `PruningPredicate` over [`SegmentStatistics`]); `trace_id = …` or
+//! `trace_id IN (…)` skips segments whose trace-id filter rules the ids out;
+//! `text_match` on an
 //! indexed column is answered by the segment's tantivy index, whose hits
 //! become a Parquet row selection (segments without hits are skipped); and
 //! the rest goes to the Parquet reader as a predicate (row-group and page
@@ -56,6 +58,7 @@ use tantivy::columnar::Column as FastColumn;
 use tantivy::query::{BooleanQuery, Occur, Query};
 use tantivy::{DocId, Index, IndexReader, ReloadPolicy, Score, SegmentOrdinal, SegmentReader};
 use weft_store::catalog::SegmentEntry;
+use weft_store::trace_filter::TraceFilter;
 use weft_store::{index, segment, Signal, Store, StoreError, StoreReader, TableSnapshot};
 
 use crate::text_match::TextMatchFilter;
@@ -78,32 +81,100 @@ impl SnapshotSource for StoreReader {
     }
 }
 
-/// Open full-text indexes kept between queries. Segments never change once
-/// written, so an open reader stays valid until its segment is deleted.
+/// What queries keep open of each segment between them: its full-text index
+/// reader and its trace-id filter. Segments never change once written, so
+/// both stay valid until the segment is deleted.
 #[derive(Default)]
-pub(crate) struct IndexCache {
-    readers: Mutex<HashMap<PathBuf, IndexReader>>,
+pub(crate) struct SegmentCache {
+    indexes: Mutex<HashMap<PathBuf, IndexReader>>,
+    trace_filters: Mutex<HashMap<PathBuf, Arc<Option<TraceFilter>>>>,
 }
 
-/// More open indexes than this and the cache starts over; each holds a few
-/// file handles and memory maps.
-const MAX_OPEN_INDEXES: usize = 4096;
+/// More entries than this and a cache starts over; an index reader holds a
+/// few file handles and memory maps, a trace filter ~1.2 bytes per trace.
+const MAX_CACHED_SEGMENTS: usize = 4096;
 
-impl IndexCache {
-    fn reader(&self, dir: &Path) -> tantivy::Result<IndexReader> {
-        if let Some(reader) = self.readers.lock().get(dir) {
-            return Ok(reader.clone());
+fn cached<T: Clone>(
+    map: &Mutex<HashMap<PathBuf, T>>,
+    key: &Path,
+    load: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    if let Some(value) = map.lock().get(key) {
+        return Ok(value.clone());
+    }
+    let value = load()?;
+    let mut map = map.lock();
+    if map.len() >= MAX_CACHED_SEGMENTS {
+        map.clear();
+    }
+    map.insert(key.to_path_buf(), value.clone());
+    Ok(value)
+}
+
+impl SegmentCache {
+    fn index(&self, dir: &Path) -> Result<IndexReader, String> {
+        cached(&self.indexes, dir, || {
+            Index::open_in_dir(dir)
+                .and_then(|index| {
+                    index
+                        .reader_builder()
+                        .reload_policy(ReloadPolicy::Manual)
+                        .try_into()
+                })
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn trace_filter(&self, index_dir: &Path) -> Result<Arc<Option<TraceFilter>>, String> {
+        cached(&self.trace_filters, index_dir, || {
+            TraceFilter::read(index_dir)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The trace ids a filter pins the scan to: `trace_id = '…'`,
+/// `trace_id IN ('…', …)`, or equalities joined by `OR` (which is what
+/// DataFusion makes of a short `IN` list).
+fn wanted_trace_ids(filters: &[Expr]) -> Option<Vec<String>> {
+    filters.iter().find_map(trace_ids_of)
+}
+
+fn trace_ids_of(expr: &Expr) -> Option<Vec<String>> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let literal = |expr: &Expr| match expr {
+        Expr::Literal(value, _) => value.try_as_str().flatten().map(str::to_string),
+        _ => None,
+    };
+    let is_trace_id = |expr: &Expr| matches!(expr, Expr::Column(c) if c.name == "trace_id");
+    match expr {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => {
+            if is_trace_id(left) {
+                literal(right).map(|id| vec![id])
+            } else if is_trace_id(right) {
+                literal(left).map(|id| vec![id])
+            } else {
+                None
+            }
         }
-        let reader = Index::open_in_dir(dir)?
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
-        let mut readers = self.readers.lock();
-        if readers.len() >= MAX_OPEN_INDEXES {
-            readers.clear();
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut ids = trace_ids_of(left)?;
+            ids.extend(trace_ids_of(right)?);
+            Some(ids)
         }
-        readers.insert(dir.to_path_buf(), reader.clone());
-        Ok(reader)
+        Expr::InList(list) if !list.negated && is_trace_id(&list.expr) => {
+            list.list.iter().map(literal).collect()
+        }
+        _ => None,
     }
 }
 
@@ -112,7 +183,7 @@ pub struct StoreTable {
     signal: Signal,
     schema: SchemaRef,
     source: Arc<dyn SnapshotSource>,
-    indexes: Arc<IndexCache>,
+    cache: Arc<SegmentCache>,
 }
 
 impl std::fmt::Debug for StoreTable {
@@ -127,13 +198,13 @@ impl StoreTable {
     pub(crate) fn new(
         signal: Signal,
         source: Arc<dyn SnapshotSource>,
-        indexes: Arc<IndexCache>,
+        cache: Arc<SegmentCache>,
     ) -> Self {
         Self {
             signal,
             schema: signal.schema(),
             source,
-            indexes,
+            cache,
         }
     }
 
@@ -143,8 +214,14 @@ impl StoreTable {
         &self,
         snapshot: &TableSnapshot,
         predicate: Option<&Arc<dyn PhysicalExpr>>,
+        trace_ids: Option<&[String]>,
         text_filters: &[TextMatchFilter],
     ) -> DfResult<Vec<(SegmentEntry, Option<RowSelection>)>> {
+        let external = |what: &str, dir: &Path, e: String| {
+            datafusion::error::DataFusionError::External(
+                format!("{what} {}: {e}", dir.display()).into(),
+            )
+        };
         let pruning = predicate.and_then(|predicate| {
             PruningPredicateBuilder::new()
                 .with_file_schema(self.schema.clone())
@@ -161,6 +238,18 @@ impl StoreTable {
         for (entry, keep) in snapshot.segments.iter().zip(keep) {
             if !keep {
                 continue;
+            }
+            if let Some(trace_ids) = trace_ids {
+                let dir = snapshot.index_dir(&entry.id);
+                let filter = self
+                    .cache
+                    .trace_filter(&dir)
+                    .map_err(|e| external("trace-id filter", &dir, e))?;
+                if let Some(filter) = filter.as_ref() {
+                    if !trace_ids.iter().any(|id| filter.may_contain(id)) {
+                        continue;
+                    }
+                }
             }
             let rows = if text_filters.is_empty() {
                 None
@@ -182,8 +271,8 @@ impl StoreTable {
     }
 
     /// The rows of one segment matching every indexed `text_match` filter.
-    fn search_index(&self, dir: &Path, filters: &[TextMatchFilter]) -> tantivy::Result<Vec<u64>> {
-        let reader = self.indexes.reader(dir)?;
+    fn search_index(&self, dir: &Path, filters: &[TextMatchFilter]) -> Result<Vec<u64>, String> {
+        let reader = self.cache.index(dir)?;
         let searcher = reader.searcher();
         let schema = searcher.schema();
         let clauses: Vec<(Occur, Box<dyn Query>)> = filters
@@ -194,7 +283,9 @@ impl StoreTable {
                 Some((Occur::Must, filter.query.to_tantivy(field, positions)))
             })
             .collect();
-        let mut rows = searcher.search(&BooleanQuery::new(clauses), &RowCollector)?;
+        let mut rows = searcher
+            .search(&BooleanQuery::new(clauses), &RowCollector)
+            .map_err(|e| e.to_string())?;
         rows.sort_unstable();
         rows.dedup();
         Ok(rows)
@@ -265,7 +356,13 @@ impl TableProvider for StoreTable {
             .transpose()?;
         text_filters.retain(|f| index::indexed_with_positions(self.signal, &f.column).is_some());
 
-        let segments = self.select_segments(&snapshot, predicate.as_ref(), &text_filters)?;
+        let trace_ids = wanted_trace_ids(filters);
+        let segments = self.select_segments(
+            &snapshot,
+            predicate.as_ref(),
+            trace_ids.as_deref(),
+            &text_filters,
+        )?;
         let projection = projection.cloned();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !segments.is_empty() {

@@ -4,8 +4,9 @@
 //! the fast field `row`, so a search hit leads straight to a Parquet row. The
 //! index of segment `X` lives in `index/X/` and is created and deleted with
 //! `segments/X.parquet`. Spans index `name` and attribute values; logs index
-//! `body` and attribute values. Exact lookups (trace id, service) are left to
-//! the catalog, Parquet statistics and bloom filters.
+//! `body` and attribute values. Exact lookups are left to the catalog
+//! (service, time), the segment's trace-id filter written beside the index
+//! ([`crate::trace_filter`]) and Parquet statistics and bloom filters.
 
 use std::fs;
 use std::path::Path;
@@ -18,6 +19,7 @@ use tantivy::{Index, IndexWriter, TantivyDocument};
 
 use crate::error::{IoContext, Result};
 use crate::table::Signal;
+use crate::trace_filter::TraceFilter;
 
 /// Memory tantivy may use while building one segment's index.
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
@@ -154,6 +156,7 @@ pub fn build_index(signal: Signal, batch: &RecordBatch, dir: &Path) -> Result<()
     let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY_BYTES)?;
     writer.garbage_collect_files().wait()?;
     drop(writer);
+    TraceFilter::of_batch(batch)?.write(&tmp)?;
     fs::rename(&tmp, dir).at(dir)?;
     if let Some(parent) = dir.parent() {
         crate::wal::sync_dir(parent)?;

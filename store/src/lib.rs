@@ -23,6 +23,7 @@ mod reader;
 pub mod schema;
 pub mod segment;
 mod table;
+pub mod trace_filter;
 pub mod wal;
 
 pub use error::{Result, StoreError};
