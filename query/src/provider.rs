@@ -255,11 +255,9 @@ impl StoreTable {
                 None
             } else {
                 let dir = snapshot.index_dir(&entry.id);
-                let hits = self.search_index(&dir, text_filters).map_err(|e| {
-                    datafusion::error::DataFusionError::External(
-                        format!("full-text index {}: {e}", dir.display()).into(),
-                    )
-                })?;
+                let hits = self
+                    .search_index(&dir, text_filters)
+                    .map_err(|e| external("full-text index", &dir, e))?;
                 if hits.is_empty() {
                     continue;
                 }
