@@ -132,34 +132,13 @@ impl TableReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::spans_to_batch;
+    use crate::convert::test_spans;
     use crate::table::{Store, StoreConfig};
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn rows(snapshot: &TableSnapshot) -> (u64, usize) {
         let segment_rows = snapshot.segments.iter().map(|s| s.rows).sum();
         let tail_rows = snapshot.unflushed.iter().map(RecordBatch::num_rows).sum();
         (segment_rows, tail_rows)
-    }
-
-    fn span_batch(first_id: u8, spans: u8) -> RecordBatch {
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: (first_id..first_id + spans)
-                        .map(|id| Span {
-                            trace_id: vec![id; 16],
-                            span_id: vec![id; 8],
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        spans_to_batch(&request).batch
     }
 
     #[tokio::test]
@@ -171,14 +150,14 @@ mod tests {
 
         let store = Store::open(StoreConfig::new(dir.path())).unwrap();
         let spans = store.table(Signal::Spans);
-        spans.append(span_batch(1, 3)).await.unwrap();
+        spans.append(test_spans(1, 3)).await.unwrap();
         assert_eq!(snapshot(), (0, 3));
-        spans.append(span_batch(10, 2)).await.unwrap();
+        spans.append(test_spans(10, 2)).await.unwrap();
         assert_eq!(snapshot(), (0, 5));
 
         spans.flush().await.unwrap();
         assert_eq!(snapshot(), (5, 0));
-        spans.append(span_batch(20, 1)).await.unwrap();
+        spans.append(test_spans(20, 1)).await.unwrap();
         assert_eq!(snapshot(), (5, 1));
         store.shutdown().await.unwrap();
         assert_eq!(snapshot(), (6, 0));

@@ -702,28 +702,7 @@ fn remove_orphans(dir: &Path, catalog: &Catalog) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::spans_to_batch;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-
-    fn batch(first_id: u8, spans: u8) -> RecordBatch {
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: (first_id..first_id + spans)
-                        .map(|id| Span {
-                            trace_id: vec![id; 16],
-                            span_id: vec![id; 8],
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        spans_to_batch(&request).batch
-    }
+    use crate::convert::test_spans;
 
     fn rows(snapshot: &TableSnapshot) -> (u64, usize) {
         let flushed = snapshot.segments.iter().map(|s| s.rows).sum();
@@ -736,11 +715,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(StoreConfig::new(dir.path())).unwrap();
         let spans = store.table(Signal::Spans);
-        spans.append(batch(1, 3)).await.unwrap();
+        spans.append(test_spans(1, 3)).await.unwrap();
         assert_eq!(rows(&spans.snapshot()), (0, 3));
         spans.flush().await.unwrap();
         assert_eq!(rows(&spans.snapshot()), (3, 0));
-        spans.append(batch(10, 2)).await.unwrap();
+        spans.append(test_spans(10, 2)).await.unwrap();
         assert_eq!(rows(&spans.snapshot()), (3, 2));
         store.shutdown().await.unwrap();
         drop(store);
@@ -773,11 +752,11 @@ mod tests {
         };
         let store = Store::open(config).unwrap();
         let spans = store.table(Signal::Spans);
-        spans.append(batch(1, 1)).await.unwrap();
-        let refused = spans.append(batch(2, 1)).await.unwrap_err();
+        spans.append(test_spans(1, 1)).await.unwrap();
+        let refused = spans.append(test_spans(2, 1)).await.unwrap_err();
         assert!(matches!(refused, StoreError::Overloaded(_)), "{refused}");
         spans.flush().await.unwrap();
-        spans.append(batch(2, 1)).await.unwrap();
+        spans.append(test_spans(2, 1)).await.unwrap();
         store.shutdown().await.unwrap();
     }
 }

@@ -24,6 +24,15 @@ use super::search::{
 use super::{ApiError, ApiResult};
 use crate::engine::QueryEngine;
 
+/// The first non-empty value of query parameter `key`.
+fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
 fn envelope(data: Value) -> Response {
     let total = data.as_array().map_or(0, Vec::len);
     Json(json!({ "data": data, "total": total, "limit": 0, "offset": 0, "errors": null }))
@@ -74,15 +83,8 @@ pub(super) async fn operations(
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let pairs = form_pairs(raw.as_deref());
-    let get = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
-    let service = get("service")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("service is required"))?;
+    let get = |key: &str| param(&pairs, key);
+    let service = get("service").ok_or_else(|| ApiError::bad_request("service is required"))?;
     let operations = super::search::service_operations(&engine, service, get("spanKind")).await?;
     let data = operations
         .into_iter()
@@ -102,13 +104,7 @@ pub(super) async fn find_traces(
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let pairs = form_pairs(raw.as_deref());
-    let get = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+    let get = |key: &str| param(&pairs, key);
     // Jaeger's UI asks for explicit trace ids this way.
     let trace_ids: Vec<String> = pairs
         .iter()
@@ -219,10 +215,8 @@ pub(super) async fn dependencies(
 ) -> ApiResult {
     let pairs = form_pairs(raw.as_deref());
     let millis = |key: &str| -> ApiResult<Option<i64>> {
-        pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| {
+        param(&pairs, key)
+            .map(|v| {
                 v.parse::<i64>()
                     .map(|ms| ms.saturating_mul(1_000_000))
                     .map_err(|_| ApiError::bad_request(format!("{key}={v:?} is not milliseconds")))

@@ -103,3 +103,27 @@ pub(crate) fn check_id(
     }
     Ok(())
 }
+
+/// A spans batch of `spans` spans whose trace and span ids are all bytes
+/// `first_id`, `first_id + 1`, …: distinct rows for the store's own tests.
+#[cfg(test)]
+pub(crate) fn test_spans(first_id: u8, spans: u8) -> arrow::record_batch::RecordBatch {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: (first_id..first_id + spans)
+                    .map(|id| Span {
+                        trace_id: vec![id; 16],
+                        span_id: vec![id; 8],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    spans_to_batch(&request).batch
+}
