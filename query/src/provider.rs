@@ -178,7 +178,8 @@ fn trace_ids_of(expr: &Expr) -> Option<Vec<String>> {
     }
 }
 
-/// One table of the store, as DataFusion sees it.
+/// One table of the store, as DataFusion sees it. Cheap to clone.
+#[derive(Clone)]
 pub struct StoreTable {
     signal: Signal,
     schema: SchemaRef,
@@ -330,14 +331,6 @@ impl TableProvider for StoreTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let source = self.source.clone();
-        let signal = self.signal;
-        // Reading a separate process's WAL tail is file I/O.
-        let snapshot = tokio::task::spawn_blocking(move || source.snapshot(signal))
-            .await
-            .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?
-            .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
-
         let mut text_filters = Vec::new();
         let mut other_filters = Vec::new();
         for filter in filters {
@@ -353,14 +346,29 @@ impl TableProvider for StoreTable {
             .map(|expr| state.create_physical_expr(expr, &df_schema))
             .transpose()?;
         text_filters.retain(|f| index::indexed_with_positions(self.signal, &f.column).is_some());
-
         let trace_ids = wanted_trace_ids(filters);
-        let segments = self.select_segments(
-            &snapshot,
-            predicate.as_ref(),
-            trace_ids.as_deref(),
-            &text_filters,
-        )?;
+
+        // File I/O: a separate process's WAL tail, index searches, trace
+        // filters read for the first time. Off the runtime's threads.
+        let table = self.clone();
+        let (snapshot, segments) = {
+            let predicate = predicate.clone();
+            tokio::task::spawn_blocking(move || {
+                let snapshot = table
+                    .source
+                    .snapshot(table.signal)
+                    .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+                let segments = table.select_segments(
+                    &snapshot,
+                    predicate.as_ref(),
+                    trace_ids.as_deref(),
+                    &text_filters,
+                )?;
+                Ok::<_, datafusion::error::DataFusionError>((snapshot, segments))
+            })
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(e.into()))??
+        };
         let projection = projection.cloned();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !segments.is_empty() {
