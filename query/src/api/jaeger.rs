@@ -18,8 +18,8 @@ use serde_json::{json, Map, Value};
 
 use super::params::{now_nanos, parse_duration, parse_trace_id, result_time_nanos};
 use super::search::{
-    dependency_edges, form_pairs, limit, objects, service_names, spans_and_logs, SpanSearch,
-    DEFAULT_LOOKBACK_NS,
+    dependency_edges, form_pairs, limit, objects, optional, service_names, spans_and_logs,
+    SpanSearch, DEFAULT_LOOKBACK_NS,
 };
 use super::{ApiError, ApiResult};
 use crate::engine::QueryEngine;
@@ -118,14 +118,8 @@ pub(super) async fn find_traces(
             service: get("service").map(str::to_string),
             operation: get("operation").filter(|o| *o != "all").map(str::to_string),
             span_kind: get("spanKind").map(str::to_string),
-            min_duration_ns: get("minDuration")
-                .map(|v| parse_duration("minDuration", v))
-                .transpose()
-                .map_err(ApiError::bad_request)?,
-            max_duration_ns: get("maxDuration")
-                .map(|v| parse_duration("maxDuration", v))
-                .transpose()
-                .map_err(ApiError::bad_request)?,
+            min_duration_ns: optional("minDuration", get("minDuration"), parse_duration)?,
+            max_duration_ns: optional("maxDuration", get("maxDuration"), parse_duration)?,
             limit: limit(
                 get("limit")
                     .map(|v| v.parse::<usize>())
@@ -146,11 +140,11 @@ pub(super) async fn find_traces(
                 .transpose()
         };
         let end = micros("end")?.unwrap_or_else(now_nanos);
-        let lookback = get("lookback")
-            .filter(|l| *l != "custom")
-            .map(|v| parse_duration("lookback", v))
-            .transpose()
-            .map_err(ApiError::bad_request)?;
+        let lookback = optional(
+            "lookback",
+            get("lookback").filter(|l| *l != "custom"),
+            parse_duration,
+        )?;
         search.end_ns = Some(end);
         search.start_ns = match (micros("start")?, lookback) {
             (Some(start), _) => Some(start),

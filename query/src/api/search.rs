@@ -129,7 +129,9 @@ pub(super) fn limit(value: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-fn optional<T>(
+/// A parameter that may be absent or empty, parsed when present; a bad value
+/// is a 400 naming it.
+pub(super) fn optional<T>(
     name: &str,
     value: Option<&str>,
     parse: fn(&str, &str) -> Result<T, String>,
