@@ -43,7 +43,7 @@ pub async fn run_query(config: Config) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let mut server = tokio::spawn(serve_http(
         listener,
-        weft_query::api::router(engine),
+        weft_query::api::router(engine).merge(weft_ui::router()),
         async move {
             let mut stopped = stopped;
             let _ = stopped.wait_for(|s| *s).await;
@@ -131,7 +131,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     ));
     if let Some(listener) = api_listener {
         let source: Arc<dyn SnapshotSource> = store.clone();
-        let api = weft_query::api::router(query_engine(&config, source)?).merge(metrics.router());
+        let api = weft_query::api::router(query_engine(&config, source)?)
+            .merge(weft_ui::router())
+            .merge(metrics.router());
         servers.spawn(serve_http(listener, api, until_stopped(), "HTTP API"));
     }
     tracing::info!(

@@ -349,12 +349,31 @@ pub(super) async fn service_operations(
     .await
 }
 
-/// `GET /api/v1/services/{service}/operations`
+/// `GET /api/v1/services/{service}/operations?start=&end=`: the service's
+/// operations (span name and kind) with their span count, error count and
+/// p50/p99 duration in the window (all data without one).
 pub(super) async fn operations(
     State(engine): State<Arc<QueryEngine>>,
     Path(service): Path<String>,
+    params: Result<Query<WindowParams>, QueryRejection>,
 ) -> ApiResult {
-    let operations = service_operations(&engine, &service, None).await?;
+    let Query(params) = params?;
+    let mut conditions = vec![format!("service_name = {}", sql_string(&service))];
+    if let Some(start) = optional("start", params.start.as_deref(), parse_time)? {
+        conditions.push(format!("start_time >= {}", sql_time(start)));
+    }
+    if let Some(end) = optional("end", params.end.as_deref(), parse_time)? {
+        conditions.push(format!("start_time <= {}", sql_time(end)));
+    }
+    let sql = format!(
+        "SELECT name, kind, count(*) AS span_count, \
+                sum(CASE WHEN status_code = 'ERROR' THEN 1 ELSE 0 END) AS error_count, \
+                CAST(approx_percentile_cont(duration_ns, 0.5) AS BIGINT) AS p50_ns, \
+                CAST(approx_percentile_cont(duration_ns, 0.99) AS BIGINT) AS p99_ns \
+         FROM spans {} GROUP BY name, kind ORDER BY name, kind",
+        where_clause(&conditions)
+    );
+    let operations = objects(&engine, &sql).await?;
     Ok(Json(json!({ "operations": operations })).into_response())
 }
 
