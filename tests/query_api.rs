@@ -497,3 +497,49 @@ fn queries_are_cut_at_the_row_limit_and_cancelled_at_the_time_limit() {
     assert_eq!(weft.sql("SELECT 1").0, 200);
     assert!(weft.stop().success());
 }
+
+/// A cross join emits batch after batch without reading its inputs; it must
+/// still give the time limit its chance, and its work must stop with it.
+#[test]
+fn a_join_cancelled_at_the_time_limit_stops_using_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(dir.path(), &["--query-timeout", "2s"]);
+    // One request, so one large in-memory batch: a join's output per input
+    // batch is then far larger than the runtime's cooperative budget.
+    let spans: Vec<_> = (0..6000)
+        .map(|i| {
+            json!({
+                "traceId": format!("{:032x}", 0xc0ffee0000u64 + i / 10),
+                "spanId": format!("{:016x}", 0xbeef0000u64 + i),
+                "name": "work",
+                "startTimeUnixNano": "1764064800000000000",
+                "endTimeUnixNano": "1764064800001000000",
+            })
+        })
+        .collect();
+    let response = reqwest::blocking::Client::new()
+        .post(weft.http_url("/v1/traces"))
+        .json(&json!({ "resourceSpans": [{ "scopeSpans": [{ "spans": spans }] }] }))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // A clean stop flushes them to a Parquet segment, where the scan runs.
+    assert!(weft.stop().success());
+    let weft = Weft::start(dir.path(), &["--query-timeout", "2s"]);
+    let started = std::time::Instant::now();
+    let (status, body) = weft.sql(
+        "SELECT max(a.duration_ns + b.duration_ns + c.duration_ns) FROM spans a, spans b, spans c",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // ... and the work stops with it: a runaway join would keep a core busy.
+    let before = weft.cpu_time();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let used = weft.cpu_time() - before;
+    assert!(
+        used < std::time::Duration::from_millis(1000),
+        "weft used {used:?} of CPU in the 2 s after the query was cancelled"
+    );
+    assert_eq!(weft.sql("SELECT 1").0, 200);
+    assert!(weft.stop().success());
+}

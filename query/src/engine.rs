@@ -6,9 +6,16 @@ use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use weft_store::Signal;
@@ -104,7 +111,13 @@ impl QueryEngine {
                     .map(|n| n.get())
                     .unwrap_or(1),
             );
-        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(session)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(YieldingJoins))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let cache = Arc::new(SegmentCache::default());
         for signal in Signal::ALL {
             ctx.register_table(
@@ -152,6 +165,45 @@ impl QueryEngine {
             .with_allow_statements(false);
         let frame = self.ctx.sql_with_options(sql, options).await?;
         Ok(frame.execute_stream().await?)
+    }
+}
+
+/// Makes joins give the runtime a chance to cancel them.
+///
+/// A join can emit many batches per input batch (a cross join emits one per
+/// row of its build side), and DataFusion only spends the task's cooperative
+/// budget at the leaves. Without this, `spans a CROSS JOIN spans b` never
+/// returns to the runtime: the query timeout cannot fire and the query holds
+/// a core until it ends on its own. Wrapping each join's output in
+/// [`CooperativeExec`] spends budget per emitted batch, so the task yields,
+/// the timeout fires and dropping the stream stops the work.
+#[derive(Debug)]
+struct YieldingJoins;
+
+impl PhysicalOptimizerRule for YieldingJoins {
+    fn name(&self) -> &str {
+        "weft_yielding_joins"
+    }
+
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            // Joins are the operators with two inputs; a union only forwards.
+            let is_join = node.children().len() == 2 && !node.is::<UnionExec>();
+            Ok(if is_join {
+                Transformed::yes(Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>)
+            } else {
+                Transformed::no(node)
+            })
+        })
+        .map(|transformed| transformed.data)
+    }
+
+    fn schema_check(&self) -> bool {
+        true
     }
 }
 
