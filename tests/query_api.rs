@@ -340,7 +340,19 @@ fn a_trace_comes_with_its_logs_and_search_finds_traces_logs_services_and_depende
     let (_, operations) = weft.get_json("/api/v1/services/crm-database/operations");
     assert_eq!(
         operations["operations"],
-        json!([{"name": "SELECT accounts", "kind": "SERVER"}, {"name": "SELECT contacts", "kind": "SERVER"}])
+        json!([
+            {"name": "SELECT accounts", "kind": "SERVER", "span_count": 1, "error_count": 1, "p50_ns": 280_000_000, "p99_ns": 280_000_000},
+            {"name": "SELECT contacts", "kind": "SERVER", "span_count": 1, "error_count": 0, "p50_ns": 18_000_000, "p99_ns": 18_000_000}
+        ])
+    );
+    // Over a window that holds only the healthy trace.
+    let (status, operations) = weft.get_json(
+        "/api/v1/services/crm-database/operations?start=2026-11-25T10:00:00.500Z&end=2026-11-25T11:00:00Z",
+    );
+    assert_eq!(status, 200, "{operations}");
+    assert_eq!(
+        operations["operations"],
+        json!([{"name": "SELECT contacts", "kind": "SERVER", "span_count": 1, "error_count": 0, "p50_ns": 18_000_000, "p99_ns": 18_000_000}])
     );
     let (status, deps) =
         weft.get_json("/api/v1/dependencies?start=2026-11-25T09:00:00Z&end=2026-11-25T11:00:00Z");
@@ -481,6 +493,16 @@ fn queries_are_cut_at_the_row_limit_and_cancelled_at_the_time_limit() {
         (body["rows"][0][0].as_i64(), body["truncated"].as_bool()),
         (Some(8), Some(false))
     );
+    // A trace bigger than the limit says so, in both APIs.
+    let (status, body) = weft.get_json("/api/v1/traces/a1000000000000000000000000000001");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["spans"].as_array().unwrap().len(), 3);
+    assert_eq!(body["truncated"], true);
+    let (_, body) = weft.get_json("/api/traces/a1000000000000000000000000000001");
+    assert!(body["data"][0]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("row limit"));
 
     let started = std::time::Instant::now();
     let (status, body) = weft.sql("SELECT count(*) FROM generate_series(1, 10000000000)");

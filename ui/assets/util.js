@@ -218,9 +218,24 @@ export function notice(kind, ...children) {
   return h('div', { class: `notice notice-${kind}`, role: kind === 'error' ? 'alert' : 'status' }, ...children);
 }
 
-/** A stable colour per service name, so a service looks the same on every page. */
+// Service colours. No reds (red marks errors) and no oranges (orange marks
+// the trace's critical path), each dark enough to stand out on white (WCAG 1.4.11).
+export const PALETTE = [
+  '#2563eb', '#0f766e', '#7c3aed', '#15803d', '#db2777', '#0891b2', '#4338ca',
+  '#4d7c0f', '#a21caf', '#475569', '#0369a1', '#047857', '#57534e', '#6d28d9',
+];
+
+/** The palette slot of a service: a hash of its name (FNV-1a), so it is the same on every page. */
+export function serviceSlot(name) {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) {
+    hash ^= name.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return (hash >>> 0) % PALETTE.length;
+}
+
+/** A service's colour outside a trace (inside one, the trace page avoids collisions). */
 export function serviceColor(name) {
-  let hash = 2166136261;
-  for (const ch of String(name)) hash = Math.imul(hash ^ ch.codePointAt(0), 16777619);
-  return `hsl(${(hash >>> 0) % 360}, 60%, 42%)`;
+  return PALETTE[serviceSlot(String(name ?? ''))];
 }

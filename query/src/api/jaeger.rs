@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use super::params::{now_nanos, parse_duration, parse_trace_id, result_time_nanos};
 use super::search::{
     dependency_edges, form_pairs, limit, objects, optional, service_names, spans_and_logs,
-    SpanSearch, DEFAULT_LOOKBACK_NS,
+    SpanSearch, TraceRecords, DEFAULT_LOOKBACK_NS,
 };
 use super::{ApiError, ApiResult};
 use crate::engine::QueryEngine;
@@ -176,10 +176,10 @@ pub(super) async fn find_traces(
     if ids.is_empty() {
         return Ok(envelope(json!([])));
     }
-    let (spans, logs) = spans_and_logs(&engine, &ids).await?;
+    let records = spans_and_logs(&engine, &ids).await?;
     let traces: Vec<Value> = ids
         .iter()
-        .filter_map(|id| jaeger_trace(id, &spans, &logs))
+        .filter_map(|id| jaeger_trace(id, &records))
         .collect();
     Ok(envelope(Value::Array(traces)))
 }
@@ -194,7 +194,7 @@ pub(super) async fn trace(
         Err(message) => return jaeger_error(StatusCode::BAD_REQUEST, &message),
     };
     match spans_and_logs(&engine, std::slice::from_ref(&trace_id)).await {
-        Ok((spans, logs)) => match jaeger_trace(&trace_id, &spans, &logs) {
+        Ok(records) => match jaeger_trace(&trace_id, &records) {
             Some(trace) => envelope(json!([trace])),
             None => jaeger_error(StatusCode::NOT_FOUND, "trace not found"),
         },
@@ -272,11 +272,12 @@ fn text<'a>(row: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
 /// One trace in Jaeger's shape, from weft's span and log rows (which may hold
 /// other traces too). Log records with a span id become that span's logs, so
 /// Grafana shows them inline; span events do too.
-fn jaeger_trace(
-    trace_id: &str,
-    spans: &[Map<String, Value>],
-    logs: &[Map<String, Value>],
-) -> Option<Value> {
+fn jaeger_trace(trace_id: &str, records: &TraceRecords) -> Option<Value> {
+    let TraceRecords {
+        spans,
+        logs,
+        truncated,
+    } = records;
     let spans: Vec<&Map<String, Value>> = spans
         .iter()
         .filter(|s| text(s, "trace_id") == Some(trace_id))
@@ -386,6 +387,8 @@ fn jaeger_trace(
         "traceID": trace_id,
         "spans": jaeger_spans,
         "processes": processes,
-        "warnings": null,
+        "warnings": truncated.then(|| json!([
+            "weft's query row limit cut this answer short: some spans or logs are missing (raise [query] max_rows)"
+        ])),
     }))
 }

@@ -24,8 +24,16 @@ pub(super) const MAX_LIMIT: usize = 1000;
 
 /// Runs `sql` and returns its rows as JSON objects.
 pub(super) async fn objects(engine: &QueryEngine, sql: &str) -> ApiResult<Vec<Map<String, Value>>> {
+    Ok(objects_or_truncated(engine, sql).await?.0)
+}
+
+/// Like [`objects`], and whether the row limit cut the answer short.
+async fn objects_or_truncated(
+    engine: &QueryEngine,
+    sql: &str,
+) -> ApiResult<(Vec<Map<String, Value>>, bool)> {
     let result = engine.sql(sql).await?;
-    Ok(format::json_objects(&result.batches)?)
+    Ok((format::json_objects(&result.batches)?, result.truncated))
 }
 
 /// A search for spans, and through them traces. Both APIs fill it from
@@ -142,31 +150,53 @@ pub(super) fn optional<T>(
         .transpose()
 }
 
+/// The spans and logs of some traces, in time order.
+pub(super) struct TraceRecords {
+    pub spans: Vec<Map<String, Value>>,
+    pub logs: Vec<Map<String, Value>>,
+    /// The query row limit (`[query] max_rows`) cut the spans or the logs short.
+    pub truncated: bool,
+}
+
 /// Spans and logs of the traces in `trace_ids`, in time order.
 pub(super) async fn spans_and_logs(
     engine: &QueryEngine,
     trace_ids: &[String],
-) -> ApiResult<(Vec<Map<String, Value>>, Vec<Map<String, Value>>)> {
+) -> ApiResult<TraceRecords> {
     let ids = in_list(trace_ids);
     let spans_sql =
         format!("SELECT * FROM spans WHERE trace_id IN ({ids}) ORDER BY start_time, span_id");
     let logs_sql = format!("SELECT * FROM logs WHERE trace_id IN ({ids}) ORDER BY time");
-    let (spans, logs) = tokio::try_join!(objects(engine, &spans_sql), objects(engine, &logs_sql))?;
-    Ok((spans, logs))
+    let ((spans, spans_cut), (logs, logs_cut)) = tokio::try_join!(
+        objects_or_truncated(engine, &spans_sql),
+        objects_or_truncated(engine, &logs_sql)
+    )?;
+    Ok(TraceRecords {
+        spans,
+        logs,
+        truncated: spans_cut || logs_cut,
+    })
 }
 
 /// `GET /api/v1/traces/{trace_id}`: every span of the trace and every log
-/// record carrying its trace id.
+/// record carrying its trace id, up to the query row limit each
+/// (`truncated` says when a trace is bigger).
 pub(super) async fn trace(
     State(engine): State<Arc<QueryEngine>>,
     Path(trace_id): Path<String>,
 ) -> ApiResult {
     let trace_id = parse_trace_id(&trace_id).map_err(ApiError::bad_request)?;
-    let (spans, logs) = spans_and_logs(&engine, std::slice::from_ref(&trace_id)).await?;
-    if spans.is_empty() && logs.is_empty() {
+    let trace = spans_and_logs(&engine, std::slice::from_ref(&trace_id)).await?;
+    if trace.spans.is_empty() && trace.logs.is_empty() {
         return Err(ApiError::not_found(format!("trace {trace_id} not found")));
     }
-    Ok(Json(json!({ "trace_id": trace_id, "spans": spans, "logs": logs })).into_response())
+    Ok(Json(json!({
+        "trace_id": trace_id,
+        "spans": trace.spans,
+        "logs": trace.logs,
+        "truncated": trace.truncated,
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/traces?service=&operation=&tags=k=v&min_duration=&max_duration=&start=&end=&limit=`:

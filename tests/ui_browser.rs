@@ -1,0 +1,85 @@
+//! The web explorer in a real browser: starts `weft serve`, then runs
+//! `tests/ui/explorer.test.mjs` (Playwright driving Debian's Chromium), which
+//! ingests a CRM workload over OTLP/HTTP and clicks through every page.
+//!
+//! Needs Node.js and Chromium. Without them the test says so and passes,
+//! unless `WEFT_UI_TESTS=required` (set by `.ci/run`), where it fails.
+//! Screenshots of each page land in `docs/screenshots/`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::Weft;
+
+fn chromium() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("WEFT_CHROMIUM") {
+        return Some(PathBuf::from(path));
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+}
+
+fn has_node() -> bool {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// `npm ci` once, from the committed lock file.
+fn install_playwright(dir: &Path) {
+    if dir.join("node_modules/playwright-core").exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .status()
+        .expect("npm runs");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
+}
+
+#[test]
+fn explorer_pages_in_chromium() {
+    let required = std::env::var("WEFT_UI_TESTS").is_ok_and(|v| v == "required");
+    let (Some(chromium), true) = (chromium(), has_node()) else {
+        assert!(
+            !required,
+            "WEFT_UI_TESTS=required but Chromium (/usr/bin/chromium or WEFT_CHROMIUM) or Node.js is missing"
+        );
+        eprintln!(
+            "SKIPPED: the browser tests need Node.js and Chromium (apt-get install chromium); \
+             .ci/run installs both and sets WEFT_UI_TESTS=required"
+        );
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tests = root.join("tests/ui");
+    install_playwright(&tests);
+
+    let data = tempfile::tempdir().unwrap();
+    // A short query limit ends the deliberately slow query of the cancel test.
+    let weft = Weft::start(data.path(), &["--query-timeout", "5s"]);
+    let output = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "--test-concurrency=1"])
+        .arg(tests.join("explorer.test.mjs"))
+        .current_dir(&tests)
+        .env("WEFT_URL", weft.api_url(""))
+        .env("WEFT_OTLP_HTTP", weft.http_url(""))
+        .env("WEFT_CHROMIUM", &chromium)
+        .env("WEFT_SCREENSHOTS", root.join("docs/screenshots"))
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "browser tests failed:\n{stdout}\n{stderr}\nweft's log:\n{}",
+        weft.log()
+    );
+}
