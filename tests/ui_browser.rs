@@ -4,7 +4,8 @@
 //!
 //! Needs Node.js and Chromium. Without them the test says so and passes,
 //! unless `WEFT_UI_TESTS=required` (set by `.ci/run`), where it fails.
-//! Screenshots of each page land in `docs/screenshots/`.
+//! Screenshots of each page land in `target/tmp/ui-screenshots/`, or in
+//! `docs/screenshots/` (the README's) with `WEFT_UPDATE_SCREENSHOTS=1`.
 
 mod support;
 
@@ -61,6 +62,12 @@ fn explorer_pages_in_chromium() {
     let tests = root.join("tests/ui");
     install_playwright(&tests);
 
+    // Into the README's folder only when asked, so a test run leaves the tree clean.
+    let screenshots = if std::env::var_os("WEFT_UPDATE_SCREENSHOTS").is_some() {
+        root.join("docs/screenshots")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots")
+    };
     let data = tempfile::tempdir().unwrap();
     // A short query limit ends the deliberately slow query of the cancel test.
     let weft = Weft::start(data.path(), &["--query-timeout", "5s"]);
@@ -71,7 +78,7 @@ fn explorer_pages_in_chromium() {
         .env("WEFT_URL", weft.api_url(""))
         .env("WEFT_OTLP_HTTP", weft.http_url(""))
         .env("WEFT_CHROMIUM", &chromium)
-        .env("WEFT_SCREENSHOTS", root.join("docs/screenshots"))
+        .env("WEFT_SCREENSHOTS", screenshots)
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
