@@ -155,6 +155,19 @@ impl QueryEngine {
             .map_err(|_| QueryError::Timeout(self.config.timeout))?
     }
 
+    /// Runs SQL that weft built itself with its own bound on the rows it
+    /// returns (the analyses sample traces), so the user-facing row limit
+    /// does not apply; the time limit does.
+    pub(crate) async fn sql_internal(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        let run = async {
+            let stream = self.stream(sql).await?;
+            collect_limited(stream, usize::MAX).await
+        };
+        tokio::time::timeout(self.config.timeout, run)
+            .await
+            .map_err(|_| QueryError::Timeout(self.config.timeout))?
+    }
+
     /// Plans one read-only SQL statement and starts it. DDL (`CREATE`,
     /// `DROP`), DML (`INSERT`, `COPY`) and statements that change the
     /// session (`SET`) are refused.

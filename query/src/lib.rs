@@ -14,6 +14,7 @@
 //! [`weft_store::Store`] of the same process or a [`weft_store::StoreReader`]
 //! over a directory another process writes.
 
+pub mod analysis;
 pub mod api;
 mod engine;
 pub mod format;

@@ -3,7 +3,7 @@
 //!
 //! The pages talk only to the public HTTP API (`/api/v1/*`); this crate
 //! serves files and nothing else. Page URLs (`/search`, `/trace/{id}`,
-//! `/logs`, `/map`, `/sql`) all answer with `index.html`, so a shared link
+//! `/logs`, `/map`, `/sql`, `/analysis`) all answer with `index.html`, so a shared link
 //! opens the page it names.
 
 use std::borrow::Cow;
@@ -90,6 +90,7 @@ pub fn router() -> Router {
         .route("/logs", get(page))
         .route("/map", get(page))
         .route("/sql", get(page))
+        .route("/analysis", get(page))
         .route("/ui/{*path}", get(asset))
         .with_state(source)
 }
@@ -160,7 +161,15 @@ mod tests {
 
     #[tokio::test]
     async fn page_urls_serve_the_application() {
-        for path in ["/", "/search", "/trace/abc", "/logs", "/map", "/sql"] {
+        for path in [
+            "/",
+            "/search",
+            "/trace/abc",
+            "/logs",
+            "/map",
+            "/sql",
+            "/analysis",
+        ] {
             let response = get(path, None).await;
             assert_eq!(response.status(), StatusCode::OK, "{path}");
             assert_eq!(response.headers()[header::CONTENT_TYPE], "text/html");

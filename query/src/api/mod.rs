@@ -7,9 +7,12 @@
 //! invalid parameter) and 5xx only when weft itself failed.
 
 mod jaeger;
+mod latency;
 pub mod params;
+mod rca;
 mod search;
 mod sql;
+mod trends;
 
 use std::sync::Arc;
 
@@ -35,6 +38,9 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
             get(search::operations),
         )
         .route("/api/v1/dependencies", get(search::dependencies))
+        .route("/api/v1/analysis/rca", get(rca::rca))
+        .route("/api/v1/analysis/latency", get(latency::latency))
+        .route("/api/v1/analysis/trends", get(trends::trends))
         .route("/api/services", get(jaeger::services))
         .route(
             "/api/services/{service}/operations",
