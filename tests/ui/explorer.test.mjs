@@ -246,6 +246,149 @@ test('service map: edges with rates and errors; a service lists its operations',
   noPageErrors();
 });
 
+test('analysis: root cause over the last hour puts the failing database first, with its evidence and examples', async () => {
+  await page.goto(`${base}/analysis`);
+  await page.waitForSelector('#analysis-causes .cause');
+  assert.equal(await page.getAttribute('#analysis-tab-rca', 'aria-selected'), 'true');
+  // Every CRM request and the big trace; every fourth request failed; none of the rest is slower.
+  assert.equal(await page.textContent('#rca-traces'), String(REQUESTS + 1));
+  assert.equal(await page.textContent('#rca-failed'), String(FAILING));
+  const first = page.locator('#analysis-causes .cause').first();
+  assert.equal(await first.getAttribute('data-service'), 'crm-database');
+  assert.equal(await first.getAttribute('data-operation'), 'SELECT accounts');
+  assert.equal(await first.getAttribute('data-kind'), 'error');
+  const text = await first.textContent();
+  assert.match(text, /explains 100 % of bad traces/);
+  assert.match(text, new RegExp(`${FAILING} of ${FAILING} sampled bad traces`));
+  assert.match(text, /100 % of bad traces vs 0 % of healthy ones/);
+  assert.match(text, /slow query: SELECT accounts took #ms/);
+  await shot('analysis-rca');
+
+  // The example traces are the failing requests; one opens its trace.
+  const failing = new Set(Array.from({ length: REQUESTS }, (_, i) => i).filter((i) => i % 4 === 0).map(traceId));
+  const examples = await first.locator('a.example-trace').evaluateAll((links) => links.map((a) => a.getAttribute('href')));
+  assert.ok(examples.length > 0, 'example traces are linked');
+  for (const href of examples) assert.ok(failing.has(href.replace('/trace/', '')), `${href} is a failing request`);
+  await first.locator('a.example-trace').first().click();
+  await page.waitForURL(`${base}${examples[0]}`);
+  await page.waitForSelector('#waterfall');
+  assert.equal((await page.textContent('#trace-error-count')).trim(), '3');
+
+  // The logs link lists the database's warnings in the analysed window.
+  await page.goBack();
+  await page.waitForSelector('#analysis-causes .cause');
+  await page.locator('#analysis-causes .cause').first().locator('.cause-logs-link').click();
+  await page.waitForURL(/\/logs\?service=crm-database&start=.*&end=.*&severity=WARN/);
+  await page.waitForSelector('.log-line');
+  assert.equal(await page.locator('.log-line').count(), FAILING);
+  noPageErrors();
+});
+
+test('analysis: from the service map to the latency heatmap and critical-path breakdown of a service', async () => {
+  await page.goto(`${base}/map`);
+  await page.locator('.node[data-service="crm-mobile"]').click();
+  await page.locator('a.analyse-link:has-text("Analyse crm-mobile")').click();
+  await page.waitForURL(`${base}/analysis?service=crm-mobile`);
+  await page.waitForSelector('#analysis-causes .cause');
+  // Only the traces that pass through crm-mobile: the big trace does not.
+  assert.equal(await page.textContent('#rca-traces'), String(REQUESTS));
+  assert.equal(await page.locator('#analysis-causes .cause').first().getAttribute('data-service'), 'crm-database');
+
+  await page.click('#analysis-tab-latency');
+  await page.waitForURL(/tab=latency/);
+  await page.waitForSelector('#latency-heatmap');
+  assert.equal(await page.textContent('#latency-requests'), String(REQUESTS));
+  const cells = Number(await page.getAttribute('#latency-heatmap', 'data-cells'));
+  assert.ok(cells > 0, 'the heatmap has cells');
+  const drawn = await page.locator('#latency-heatmap rect.cell').evaluateAll((rects) => rects.map((r) => Number(r.dataset.count)));
+  assert.equal(drawn.length, cells);
+  assert.equal(drawn.reduce((a, b) => a + b, 0), REQUESTS, 'every request is in one cell');
+  assert.match(await page.getAttribute('#latency-heatmap', 'aria-label'), /Heatmap of 24 requests to crm-mobile/);
+  assert.ok(await page.locator('#latency-heatmap .pline path').count() === 3, 'p50, p95 and p99 lines');
+
+  // The database's 900 ms timeouts dominate the requests' time; every hop is listed.
+  const rows = page.locator('#latency-breakdown .breakdown-row');
+  assert.equal(await rows.first().getAttribute('data-service'), 'crm-database');
+  const services = new Set(await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.service)));
+  for (const name of ['crm-database', 'crm-conductor', 'crm-mobile']) assert.ok(services.has(name), `breakdown lists ${name}`);
+  const shares = await rows.evaluateAll((trs) => trs.map((tr) => tr.querySelector('.bd-share').textContent));
+  for (const share of shares) assert.match(share, /^[\d.]+ %$/);
+  const total = await rows.evaluateAll((trs) => trs.reduce((sum, tr) => sum + Number(tr.dataset.share), 0));
+  assert.ok(Math.abs(total - 1) < 1e-6, `shares add up to 1, not ${total}`);
+  await shot('analysis-latency');
+  noPageErrors();
+});
+
+test('analysis: trends of a service draw rate, errors and p95 with their forecast, and the tabs work from the keyboard', async () => {
+  await page.goto(`${base}/analysis?service=crm-mobile&tab=latency`);
+  await page.waitForSelector('#latency-heatmap');
+  await page.focus('#analysis-tab-latency');
+  await page.keyboard.press('ArrowRight');
+  assert.equal(await page.getAttribute('#analysis-tab-trends', 'aria-selected'), 'true');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'analysis-tab-trends');
+  await page.waitForURL(/tab=trends/);
+  await page.waitForSelector('#trend-p95');
+  for (const metric of ['rate', 'errors', 'p95']) {
+    const chart = page.locator(`#trend-${metric}`);
+    assert.equal(await chart.getAttribute('role'), 'img');
+    assert.ok(Number(await chart.getAttribute('data-points')) > 0, `${metric}: observed points`);
+    // 24 requests over a few minutes may be too few to forecast: then the note says why.
+    const forecast = Number(await chart.getAttribute('data-forecast-points'));
+    const note = await page.locator(`#trend-${metric}-note`).count();
+    assert.ok(forecast > 0 || note === 1, `${metric}: a forecast or the note why there is none`);
+    if (forecast > 0) assert.equal(await chart.locator('path.band').count(), 1, `${metric}: the prediction interval`);
+  }
+  // Every step has a rate; errors and p95 only where requests ran.
+  const points = async (metric) => Number(await page.getAttribute(`#trend-${metric}`, 'data-points'));
+  assert.ok(await points('errors') <= await points('rate'));
+  assert.equal(await points('errors'), await points('p95'));
+  for (const marker of await page.locator('.anomaly').all()) {
+    assert.match(await marker.locator('title').textContent(), /^Anomaly at .*expected/);
+  }
+  // crm-mobile writes no logs in the workload; the conductor does.
+  assert.match(await page.textContent('#analysis-trends'), /crm-mobile wrote no log records in this window/);
+  await page.evaluate(() => document.activeElement.blur());
+  await shot('analysis-trends');
+
+  await page.goto(`${base}/analysis?service=crm-conductor&tab=trends`);
+  await page.waitForSelector('#trend-logs');
+  assert.match(await page.getAttribute('#trend-logs', 'aria-label'), new RegExp(`${REQUESTS - FAILING} INFO, ${FAILING} ERROR`));
+  noPageErrors();
+});
+
+test('analysis: latency and trends ask for a service; a bad request shows the server’s error', async () => {
+  await page.goto(`${base}/analysis?tab=latency`);
+  await page.waitForSelector('#analysis-latency .notice-info');
+  assert.match(await page.textContent('#analysis-latency'), /choose a service/);
+  await page.goto(`${base}/analysis?service=crm-mobile&tab=trends&start=2025-11-20T01:00:00Z&end=2025-11-20T00:00:00Z`);
+  await page.waitForSelector('#analysis-trends .notice-error');
+  assert.match(await page.textContent('#analysis-trends .notice-error'), /400: start must be before end/);
+  noPageErrors();
+});
+
+test('trace: "why is this failing?" names the database and its critical path selects spans', async () => {
+  await page.goto(`${base}/trace/${failingTrace}`);
+  await page.waitForSelector('#waterfall');
+  const why = page.locator('#trace-why');
+  await page.waitForSelector('#trace-why .why-cause', { state: 'attached' });
+  assert.equal(await why.getAttribute('open'), null, 'closed until asked');
+  const cause = why.locator('.why-cause').first();
+  assert.equal(await cause.getAttribute('data-service'), 'crm-database');
+  assert.equal(await cause.getAttribute('data-kind'), 'error');
+  assert.match(await why.locator('summary').textContent(), /Why is this failing\?.*crm-database.*SELECT accounts.*query timeout/);
+
+  await why.locator('summary').click();
+  assert.match(await cause.textContent(), /slow query: SELECT accounts took 900ms/);
+  assert.match(await why.locator('.why-origin').textContent(), /crm-database.*SELECT accounts/);
+  const path = why.locator('.why-path-list li');
+  assert.equal(await path.count(), 4, 'root, conductor, transform and database');
+  await path.filter({ hasText: 'SELECT accounts' }).locator('button').click();
+  await page.waitForURL(new RegExp(`span=${spanId(0, 5)}`));
+  assert.equal(await page.locator(`.span-row[data-span-id="${spanId(0, 5)}"]`).getAttribute('aria-selected'), 'true');
+  assert.match(await page.textContent('#span-details'), /query timeout/);
+  noPageErrors();
+});
+
 test('sql: run a query, see the schema, download CSV, read an error as the server gave it', async () => {
   await page.goto(`${base}/sql`);
   await page.waitForSelector('#sql-schema details[data-table="spans"]');

@@ -97,3 +97,20 @@ export function errorNotice(error) {
   return notice('error', h('strong', {}, error instanceof ApiError && error.status >= 500 ? 'Server error' : 'Error'),
     ' ', h('span', { class: 'error-message' }, `${status}${error.message}`));
 }
+
+/**
+ * Fills a service `<select>` from `/api/v1/services`, selecting `wanted`
+ * (kept as an option even when it sent nothing yet). The list is a
+ * convenience: a failure leaves it as it was and the page's own request
+ * reports the problem.
+ */
+export async function serviceOptions(select, wanted, signal) {
+  try {
+    const { services } = await getJson('/api/v1/services', null, signal);
+    for (const name of services) select.append(h('option', { value: name, selected: name === wanted }, name));
+    if (wanted && !services.includes(wanted)) select.append(h('option', { value: wanted, selected: true }, wanted));
+    return services;
+  } catch {
+    return [];
+  }
+}

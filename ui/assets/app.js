@@ -11,9 +11,10 @@ const PAGES = [
   [/^\/logs$/, 'logs', () => import('./pages/logs.js')],
   [/^\/map$/, 'map', () => import('./pages/map.js')],
   [/^\/sql$/, 'sql', () => import('./pages/sql.js')],
+  [/^\/analysis$/, 'analysis', () => import('./pages/analysis.js')],
 ];
 
-const TITLES = { search: 'Search', trace: 'Trace', logs: 'Logs', map: 'Service map', sql: 'SQL' };
+const TITLES = { search: 'Search', trace: 'Trace', logs: 'Logs', map: 'Service map', sql: 'SQL', analysis: 'Analysis' };
 
 let current = null;
 

@@ -239,3 +239,39 @@ export function serviceSlot(name) {
 export function serviceColor(name) {
   return PALETTE[serviceSlot(String(name ?? ''))];
 }
+
+/**
+ * ARIA tabs over `defs` (`{id, label, panel}`): arrow keys, Home and End move
+ * between them and show their panel; `onShow(id, panel)` runs on each switch.
+ * `tabId`/`panelId` name the elements, for links and tests.
+ */
+export function ariaTabs({ defs, label, tabId, panelId, onShow }) {
+  const buttons = defs.map((def) => h('button', {
+    type: 'button', role: 'tab', id: tabId(def.id), 'aria-controls': panelId(def.id),
+    'aria-selected': 'false', tabindex: '-1', onclick: () => show(def.id),
+  }, def.label));
+  for (const def of defs) {
+    Object.assign(def.panel, { id: panelId(def.id), hidden: true });
+    def.panel.setAttribute('role', 'tabpanel');
+    def.panel.setAttribute('aria-labelledby', tabId(def.id));
+  }
+  function show(id, focus = false) {
+    defs.forEach((def, i) => {
+      const on = def.id === id;
+      buttons[i].setAttribute('aria-selected', String(on));
+      buttons[i].tabIndex = on ? 0 : -1;
+      def.panel.hidden = !on;
+      if (on && focus) buttons[i].focus();
+    });
+    const shown = defs.find((def) => def.id === id);
+    onShow(id, shown?.panel);
+  }
+  const onkeydown = (event) => {
+    const i = buttons.indexOf(event.target);
+    const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: buttons.length - 1 }[event.key];
+    if (i < 0 || next === undefined) return;
+    event.preventDefault();
+    show(defs[(next + defs.length) % defs.length].id, true);
+  };
+  return { el: h('div', { class: 'tabs', role: 'tablist', 'aria-label': label, onkeydown }, buttons), show };
+}

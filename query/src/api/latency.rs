@@ -10,8 +10,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
-use super::params::{now_nanos, parse_time};
-use super::search::{optional, DEFAULT_LOOKBACK_NS};
+use super::search::{time_window, DEFAULT_LOOKBACK_NS};
 use super::trends::step;
 use super::{ApiError, ApiResult};
 use crate::analysis::latency::{self, LatencyRequest};
@@ -41,12 +40,11 @@ pub(super) async fn latency(
         .service
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::bad_request("service is required"))?;
-    let end_ns = optional("end", params.end.as_deref(), parse_time)?.unwrap_or_else(now_nanos);
-    let start_ns = optional("start", params.start.as_deref(), parse_time)?
-        .unwrap_or(end_ns.saturating_sub(DEFAULT_LOOKBACK_NS));
-    if start_ns >= end_ns {
-        return Err(ApiError::bad_request("start must be before end"));
-    }
+    let (start_ns, end_ns) = time_window(
+        params.start.as_deref(),
+        params.end.as_deref(),
+        DEFAULT_LOOKBACK_NS,
+    )?;
     let step_ns = step(params.step.as_deref(), end_ns - start_ns)?;
     let points = steps_in(end_ns - start_ns, step_ns);
     if points > MAX_POINTS {

@@ -9,8 +9,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
-use super::params::{now_nanos, parse_time, parse_trace_id};
-use super::search::{optional, DEFAULT_LOOKBACK_NS};
+use super::params::parse_trace_id;
+use super::search::{time_window, DEFAULT_LOOKBACK_NS};
 use super::{ApiError, ApiResult};
 use crate::analysis::rca::{self, WindowRequest};
 use crate::QueryEngine;
@@ -46,12 +46,11 @@ pub(super) async fn rca(
             None => Err(ApiError::not_found(format!("trace {trace_id} not found"))),
         };
     }
-    let end_ns = optional("end", params.end.as_deref(), parse_time)?.unwrap_or_else(now_nanos);
-    let start_ns = optional("start", params.start.as_deref(), parse_time)?
-        .unwrap_or(end_ns.saturating_sub(DEFAULT_LOOKBACK_NS));
-    if start_ns > end_ns {
-        return Err(ApiError::bad_request("start is after end"));
-    }
+    let (start_ns, end_ns) = time_window(
+        params.start.as_deref(),
+        params.end.as_deref(),
+        DEFAULT_LOOKBACK_NS,
+    )?;
     let slow_quantile = params
         .slow_quantile
         .unwrap_or(WindowRequest::DEFAULT_SLOW_QUANTILE);

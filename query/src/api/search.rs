@@ -150,6 +150,21 @@ pub(super) fn optional<T>(
         .transpose()
 }
 
+/// The `[start, end]` window of a request: `end` defaults to now, `start` to
+/// `lookback_ns` before `end`; a window that does not move forward is a 400.
+pub(super) fn time_window(
+    start: Option<&str>,
+    end: Option<&str>,
+    lookback_ns: i64,
+) -> Result<(i64, i64), ApiError> {
+    let end = optional("end", end, parse_time)?.unwrap_or_else(super::params::now_nanos);
+    let start = optional("start", start, parse_time)?.unwrap_or(end.saturating_sub(lookback_ns));
+    if start >= end {
+        return Err(ApiError::bad_request("start must be before end"));
+    }
+    Ok((start, end))
+}
+
 /// The spans and logs of some traces, in time order.
 pub(super) struct TraceRecords {
     pub spans: Vec<Map<String, Value>>,
@@ -452,13 +467,11 @@ pub(super) async fn dependencies(
     params: Result<Query<WindowParams>, QueryRejection>,
 ) -> ApiResult {
     let Query(params) = params?;
-    let end = optional("end", params.end.as_deref(), parse_time)?
-        .unwrap_or_else(super::params::now_nanos);
-    let start = optional("start", params.start.as_deref(), parse_time)?
-        .unwrap_or(end.saturating_sub(DEFAULT_LOOKBACK_NS));
-    if start > end {
-        return Err(ApiError::bad_request("start is after end"));
-    }
+    let (start, end) = time_window(
+        params.start.as_deref(),
+        params.end.as_deref(),
+        DEFAULT_LOOKBACK_NS,
+    )?;
     let edges = dependency_edges(&engine, start, end).await?;
     Ok(Json(json!({ "dependencies": edges })).into_response())
 }

@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
-use super::params::{now_nanos, parse_duration, parse_time};
-use super::search::optional;
+use super::params::parse_duration;
+use super::search::{optional, time_window};
 use super::{ApiError, ApiResult};
 use crate::analysis::trends::{self, default_step, steps_in, Metric, TrendsQuery, MAX_POINTS};
 use crate::engine::QueryEngine;
@@ -56,12 +56,11 @@ fn trends_query(params: TrendsParams, max_rows: usize) -> Result<TrendsQuery, Ap
         None => Metric::Rate,
         Some(metric) => metric.parse().map_err(ApiError::bad_request)?,
     };
-    let end = optional("end", params.end.as_deref(), parse_time)?.unwrap_or_else(now_nanos);
-    let start = optional("start", params.start.as_deref(), parse_time)?
-        .unwrap_or(end.saturating_sub(DEFAULT_WINDOW_NS));
-    if start >= end {
-        return Err(ApiError::bad_request("start must be before end"));
-    }
+    let (start, end) = time_window(
+        params.start.as_deref(),
+        params.end.as_deref(),
+        DEFAULT_WINDOW_NS,
+    )?;
     let window = end - start;
     let step = step(params.step.as_deref(), window)?;
     let limit = MAX_POINTS.min(max_rows);

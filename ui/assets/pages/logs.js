@@ -2,7 +2,7 @@
 // text_match: words, "phrases", AND, OR, NOT, parentheses), newest first, with
 // the matches highlighted and each line linked to its trace and span.
 
-import { getJson, withLoading } from '../api.js';
+import { getJson, withLoading, serviceOptions } from '../api.js';
 import {
   h, fill, field, notice, query, timeRangeControl, timeWindow, timeUs, formatTime, serviceColor,
 } from '../util.js';
@@ -41,7 +41,7 @@ export async function render(main, ctx) {
     event.preventDefault();
     ctx.navigate(pageUrl(0));
   });
-  loadServices(service, params.get('service') || '', signal);
+  serviceOptions(service, params.get('service') || '', signal);
 
   const offset = Math.max(0, Number(params.get('offset')) || 0);
   const between = timeWindow(params);
@@ -68,16 +68,6 @@ export async function render(main, ctx) {
   fill(results, pager(),
     h('div', { class: 'log-list', role: 'list' }, logs.map((log) => logLine(log, highlight))),
     pager());
-}
-
-async function loadServices(select, wanted, signal) {
-  try {
-    const { services } = await getJson('/api/v1/services', null, signal);
-    for (const name of services) select.append(h('option', { value: name, selected: name === wanted }, name));
-    if (wanted && !services.includes(wanted)) select.append(h('option', { value: wanted, selected: true }, wanted));
-  } catch {
-    // The list is a convenience; the search reports errors itself.
-  }
 }
 
 function logLine(log, highlight) {

@@ -30,6 +30,10 @@ export async function render(main, ctx) {
 
   const between = timeWindow(params);
   const seconds = windowSeconds(between);
+  // The window as the URL names it (a lookback stays relative), for links to other pages.
+  const linkWindow = params.get('start') || params.get('end')
+    ? { start: params.get('start'), end: params.get('end') }
+    : { lookback: params.get('lookback') };
   const found = await withLoading(graph, signal, 'the service map', (abort) =>
     getJson('/api/v1/dependencies', query(between), abort));
   if (!found) return;
@@ -46,7 +50,7 @@ export async function render(main, ctx) {
     for (const node of graph.querySelectorAll('.node')) {
       node.classList.toggle('selected', node.dataset.service === service);
     }
-    showOperations(details, service, between, seconds, signal);
+    showOperations(details, service, between, seconds, linkWindow, signal);
   };
   fill(graph, mapSvg(edges, seconds, select));
   const wanted = params.get('service');
@@ -178,14 +182,16 @@ function mapSvg(edges, seconds, select) {
   s('g', {}, edgeEls), s('g', {}, nodeEls));
 }
 
-async function showOperations(target, service, between, seconds, signal) {
+async function showOperations(target, service, between, seconds, linkWindow, signal) {
   const found = await withLoading(target, signal, `the operations of ${service}`, (abort) =>
     getJson(`/api/v1/services/${encodeURIComponent(service)}/operations`, query(between), abort));
   if (!found) return;
   const operations = found.operations;
   const searchLink = (name) => `/search?${query({ service, operation: name, start: between.start, end: between.end })}`;
   fill(target,
-    h('h2', {}, 'Operations of ', h('span', { class: 'service-chip', style: `--chip:${serviceColor(service)}` }, service)),
+    h('div', { class: 'section-head' },
+      h('h2', {}, 'Operations of ', h('span', { class: 'service-chip', style: `--chip:${serviceColor(service)}` }, service)),
+      h('a', { class: 'analyse-link', href: `/analysis?${query({ service, ...linkWindow })}` }, `Analyse ${service}`)),
     operations.length
       ? h('table', { class: 'data', id: 'map-operations' },
         h('thead', {}, h('tr', {},

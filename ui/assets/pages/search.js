@@ -1,7 +1,7 @@
 // Search: find traces by service, operation, tags, duration and time, then
 // pick one from the list or the duration-over-time scatter plot.
 
-import { getJson, withLoading } from '../api.js';
+import { getJson, withLoading, serviceOptions } from '../api.js';
 import {
   h, s, fill, field, notice, query, timeRangeControl, timeWindow, timeUs,
   formatDuration, formatTime, formatAgo, serviceColor,
@@ -89,28 +89,21 @@ export async function render(main, ctx) {
   show();
 }
 
+/** The service list, and the chosen service's operations whenever it changes. */
 async function loadServices(service, operation, params, signal) {
-  try {
-    const { services } = await getJson('/api/v1/services', null, signal);
-    const wanted = params.get('service') || '';
-    for (const name of services) service.append(h('option', { value: name, selected: name === wanted }, name));
-    if (wanted && !services.includes(wanted)) service.append(h('option', { value: wanted, selected: true }, wanted));
-    const loadOperations = async () => {
-      fill(operation, h('option', { value: '' }, 'All operations'));
-      if (!service.value) return;
-      const { operations } = await getJson(`/api/v1/services/${encodeURIComponent(service.value)}/operations`, null, signal);
-      const names = [...new Set(operations.map((o) => o.name))];
-      const wantedOperation = params.get('operation') || '';
-      for (const name of names) operation.append(h('option', { value: name, selected: name === wantedOperation }, name));
-      if (wantedOperation && !names.includes(wantedOperation)) {
-        operation.append(h('option', { value: wantedOperation, selected: true }, wantedOperation));
-      }
-    };
-    service.addEventListener('change', () => loadOperations().catch(() => {}));
-    await loadOperations();
-  } catch {
-    // The lists are a convenience; the search itself reports errors.
-  }
+  await serviceOptions(service, params.get('service') || '', signal);
+  const wanted = params.get('operation') || '';
+  const loadOperations = async () => {
+    fill(operation, h('option', { value: '' }, 'All operations'));
+    if (!service.value) return;
+    const { operations } = await getJson(`/api/v1/services/${encodeURIComponent(service.value)}/operations`, null, signal);
+    const names = [...new Set(operations.map((o) => o.name))];
+    for (const name of names) operation.append(h('option', { value: name, selected: name === wanted }, name));
+    if (wanted && !names.includes(wanted)) operation.append(h('option', { value: wanted, selected: true }, wanted));
+  };
+  // The lists are a convenience; the search itself reports errors.
+  service.addEventListener('change', () => loadOperations().catch(() => {}));
+  await loadOperations().catch(() => {});
 }
 
 function sortTraces(traces, how) {

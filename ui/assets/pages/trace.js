@@ -1,6 +1,7 @@
 // The trace page: one trace as a waterfall (Jaeger's timeline), with each
 // log shown under the span that wrote it, the selected span's details beside
-// the waterfall, and a table of all the trace's logs.
+// the waterfall, a table of all the trace's logs, and above them the answer
+// of the trace's root-cause analysis ("Why is this slow / failing?").
 //
 // The module has two halves. First, pure functions turn the API's answer
 // into a model: the span tree (spans whose parent is missing go to the top
@@ -9,7 +10,7 @@
 // so a trace of 50,000 spans costs the browser no more than one of 50.
 
 import {
-  h, fill, notice, formatDuration, formatTime, timeUs, isTraceId, sqlString, PALETTE, serviceSlot,
+  h, fill, notice, query, formatDuration, formatTime, timeUs, isTraceId, sqlString, PALETTE, serviceSlot, ariaTabs,
 } from '../util.js';
 import { getJson, withLoading, errorNotice, ApiError } from '../api.js';
 
@@ -345,10 +346,15 @@ function mountTrace(main, model, ctx, arrived) {
     h('div', { class: 'trace-body' }, waterfall.el, details));
   const logsPanel = h('div', { class: 'trace-logs-panel' });
   let logsBuilt = false;
-  const tabs = makeTabs([
-    { id: 'timeline', label: 'Timeline', panel: timelinePanel },
-    { id: 'logs', label: `Logs (${model.logs.length})`, panel: logsPanel },
-  ], (id) => {
+  const tabs = ariaTabs({
+    label: 'Trace views',
+    tabId: (id) => `tab-${id}`,
+    panelId: (id) => `panel-${id}`,
+    defs: [
+      { id: 'timeline', label: 'Timeline', panel: timelinePanel },
+      { id: 'logs', label: `Logs (${model.logs.length})`, panel: logsPanel },
+    ],
+    onShow: (id) => {
     if (id === 'logs' && !logsBuilt) {
       // Built on first view: a trace can carry thousands of logs.
       logsBuilt = true;
@@ -362,10 +368,19 @@ function mountTrace(main, model, ctx, arrived) {
       waterfall.schedulePaint();
     }
     if (!ctx.signal.aborted) setUrl((url) => { url.hash = id === 'logs' ? 'logs' : ''; });
+    },
+  });
+
+  const why = whyPanel(model, {
+    select(node) {
+      tabs.show('timeline');
+      waterfall.select(node, { reveal: true, focus: true });
+    },
+    resized: () => waterfall.fitHeight(),
   });
 
   document.title = `${model.root.service}: ${model.root.name} · Trace · weft`;
-  fill(main, traceHeader(model), tabs.el, timelinePanel, logsPanel);
+  fill(main, traceHeader(model), why.el, tabs.el, timelinePanel, logsPanel);
   tabs.show(ctx.hash === 'logs' ? 'logs' : 'timeline');
 
   const wanted = ctx.params.get('span');
@@ -378,6 +393,8 @@ function mountTrace(main, model, ctx, arrived) {
   requestAnimationFrame(() => setTimeout(() => {
     if (!ctx.signal.aborted) main.dataset.renderMs = (performance.now() - arrived).toFixed(1);
   }, 0));
+  // Asked once the waterfall is drawn, so the analysis never holds it up.
+  why.load(ctx.signal);
   ctx.signal.addEventListener('abort', () => {
     waterfall.destroy();
     delete main.dataset.renderMs;
@@ -427,6 +444,111 @@ function traceHeader(model) {
       : null);
 }
 
+/**
+ * "Why is this slow / failing?": the trace's root-cause analysis
+ * (`/api/v1/analysis/rca?trace_id=`). A closed panel whose one line names the
+ * top suspect; opened, it shows the suspects with their evidence and logs,
+ * where the error started, and the critical path with each span's self time.
+ * A span in it is a button that selects that span in the waterfall.
+ */
+function whyPanel(model, { select, resized }) {
+  const headline = h('span', { class: 'why-headline' }, h('span', { class: 'muted' }, 'Analysing…'));
+  const body = h('div', { class: 'why-body' }, h('p', { class: 'muted' }, 'Analysing the trace…'));
+  const el = h('details', { id: 'trace-why', class: 'why-panel', ontoggle: resized },
+    h('summary', {},
+      h('span', { class: 'why-title' }, model.errorCount ? 'Why is this failing?' : 'Why is this slow?'),
+      headline),
+    body);
+  const spanButton = (step) => {
+    const node = model.byId.get(step.span_id);
+    const label = [chipFor(model, step.service), h('span', { class: 'why-op' }, step.operation)];
+    return node
+      ? h('button', {
+        type: 'button', class: 'link-button why-span', onclick: () => select(node),
+        'aria-label': `Select span ${step.service}: ${step.operation} in the timeline`,
+      }, label)
+      : h('span', { class: 'why-span' }, label);
+  };
+  const load = async (signal) => {
+    let report;
+    try {
+      report = await getJson('/api/v1/analysis/rca', query({ trace_id: model.traceId }), signal);
+    } catch (error) {
+      if (error.name === 'AbortError') return;
+      fill(headline, h('span', { class: 'muted' }, 'The analysis failed: open for the error.'));
+      fill(body, errorNotice(error));
+      return;
+    }
+    const [top] = report.causes;
+    fill(headline, top
+      ? [chipFor(model, top.service), h('span', { class: 'why-op' }, top.operation), kindBadge(top.kind),
+        h('span', { class: 'muted why-short' }, causeShort(top))]
+      : h('span', { class: 'muted' }, 'No suspect stands out.'));
+    fill(body,
+      h('section', { class: 'why-causes' },
+        h('h3', {}, report.causes.length > 1 ? 'Suspects, most likely first' : 'Most likely cause'),
+        report.causes.length
+          ? h('ol', { class: 'why-cause-list' }, report.causes.map((cause) => whyCause(cause, report, model, spanButton)))
+          : h('p', { class: 'muted' }, 'No span failed and no span stands out on the critical path.')),
+      h('section', { class: 'why-origin' },
+        h('h3', {}, 'Where the error started'),
+        report.error_origin
+          ? h('p', {}, spanButton(report.error_origin), h('br'),
+            h('span', { class: 'muted' }, `at +${formatDuration(report.error_origin.offset_ns)}, ` +
+              `ran ${formatDuration(report.error_origin.duration_ns)}`))
+          : h('p', { class: 'muted' }, 'No span failed.')),
+      h('section', { class: 'why-path' },
+        h('h3', {}, 'Critical path'),
+        h('p', { class: 'muted why-hint' }, 'Self time: how long each span, not one it called, held the trace up.'),
+        h('ol', { class: 'why-path-list' }, [...report.critical_path]
+          .sort((a, b) => a.offset_ns - b.offset_ns)
+          .map((step) => h('li', {},
+            spanButton(step),
+            h('span', { class: 'why-bar', 'aria-hidden': 'true' },
+              h('span', { style: `width:${report.duration_ns ? Math.min(100, (100 * step.self_ns) / report.duration_ns) : 0}%` })),
+            h('span', { class: 'why-self' }, formatDuration(step.self_ns)))))));
+    if (el.open) resized();
+  };
+  return { el, load };
+}
+
+function whyCause(cause, report, model, spanButton) {
+  const ev = cause.evidence || {};
+  const startUs = timeUs(report.start);
+  return h('li', { class: 'why-cause', dataset: { service: cause.service, operation: cause.operation, kind: cause.kind } },
+    h('div', { class: 'why-cause-head' },
+      cause.span_id ? spanButton({ span_id: cause.span_id, service: cause.service, operation: cause.operation })
+        : [chipFor(model, cause.service), h('span', { class: 'why-op' }, cause.operation)],
+      kindBadge(cause.kind)),
+    ev.summary ? h('p', { class: 'why-summary' }, ev.summary) : null,
+    h('dl', { class: 'why-facts' },
+      ev.status_message ? h('div', {}, h('dt', {}, 'Status'), h('dd', {}, ev.status_message)) : null,
+      ev.self_time_ns !== undefined
+        ? h('div', {}, h('dt', {}, 'Self time'), h('dd', {}, `${formatDuration(ev.self_time_ns)}` +
+          `${ev.share_of_trace !== undefined ? `, ${Math.round(ev.share_of_trace * 100)} % of the trace` : ''}`))
+        : null),
+    cause.logs?.length ? h('ul', { class: 'why-logs', 'aria-label': `Logs of ${cause.service}: ${cause.operation}` },
+      cause.logs.map((log) => h('li', {},
+        h('span', { class: 'muted' }, `+${formatDuration((timeUs(log.time) - startUs) * 1000)}`), ' ',
+        h('span', { class: `sev sev-${String(log.severity).toUpperCase()}` }, log.severity), ' ',
+        h('span', { class: 'log-body' }, log.body)))) : null);
+}
+
+function causeShort(cause) {
+  const ev = cause.evidence || {};
+  if (ev.status_message) return ev.status_message;
+  if (ev.share_of_trace !== undefined) return `${Math.round(ev.share_of_trace * 100)} % of the trace’s time`;
+  return ev.summary || '';
+}
+
+function kindBadge(kind) {
+  return h('span', { class: `badge ${kind === 'error' ? 'badge-error' : 'badge-latency'}` }, kind);
+}
+
+function chipFor(model, service) {
+  return h('span', { class: 'service-chip', style: `--chip:${model.colours.get(service) || PALETTE[serviceSlot(service)]}` }, service);
+}
+
 /** Copies `text` to the clipboard; answers what happened, for a status line. */
 async function copyText(text, shownIn) {
   try {
@@ -441,37 +563,6 @@ async function copyText(text, shownIn) {
     getSelection().addRange(range);
     return 'Selected: press Ctrl+C (⌘C) to copy';
   }
-}
-
-/** ARIA tabs: arrow keys, Home and End move between them and show their panel. */
-function makeTabs(defs, onShow) {
-  const buttons = defs.map((def) => h('button', {
-    type: 'button', role: 'tab', id: `tab-${def.id}`, 'aria-controls': `panel-${def.id}`,
-    'aria-selected': 'false', tabindex: '-1', onclick: () => show(def.id),
-  }, def.label));
-  for (const def of defs) {
-    Object.assign(def.panel, { id: `panel-${def.id}`, hidden: true });
-    def.panel.setAttribute('role', 'tabpanel');
-    def.panel.setAttribute('aria-labelledby', `tab-${def.id}`);
-  }
-  function show(id, focus = false) {
-    defs.forEach((def, i) => {
-      const on = def.id === id;
-      buttons[i].setAttribute('aria-selected', String(on));
-      buttons[i].tabIndex = on ? 0 : -1;
-      def.panel.hidden = !on;
-      if (on && focus) buttons[i].focus();
-    });
-    onShow(id);
-  }
-  const onkeydown = (event) => {
-    const i = buttons.indexOf(event.target);
-    const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: buttons.length - 1 }[event.key];
-    if (i < 0 || next === undefined) return;
-    event.preventDefault();
-    show(defs[(next + defs.length) % defs.length].id, true);
-  };
-  return { el: h('div', { class: 'tabs', role: 'tablist', 'aria-label': 'Trace views', onkeydown }, buttons), show };
 }
 
 function timelineToolbar(model, waterfall) {
