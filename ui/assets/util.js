@@ -275,3 +275,12 @@ export function ariaTabs({ defs, label, tabId, panelId, onShow }) {
   };
   return { el: h('div', { class: 'tabs', role: 'tablist', 'aria-label': label, onkeydown }, buttons), show };
 }
+
+/** 0 and round steps (1, 2 or 5 × 10ⁿ) up to at least `max`, for chart axes. */
+export function niceTicks(max) {
+  const raw = max / 4;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * magnitude).find((candidate) => candidate >= raw);
+  const steps = Math.max(1, Math.ceil(max / step - 1e-9));
+  return Array.from({ length: steps + 1 }, (_, i) => i * step);
+}

@@ -16,7 +16,7 @@
 import { getJson, withLoading, serviceOptions } from '../api.js';
 import {
   h, s, fill, field, notice, query, timeRangeControl, timeWindow, timeUs,
-  formatDuration, formatTime, formatCount, serviceColor, ariaTabs,
+  formatDuration, formatTime, formatCount, serviceColor, ariaTabs, niceTicks,
 } from '../util.js';
 
 const TABS = [
@@ -282,15 +282,6 @@ function timeTicks(startUs, endUs, most = 8) {
   const ticks = [];
   for (let t = Math.ceil((startUs + shift) / step) * step - shift; t <= endUs; t += step) ticks.push(t);
   return ticks;
-}
-
-/** 0 and round steps (1, 2 or 5 × 10ⁿ) up to at least `max`. */
-function niceTicks(max) {
-  const raw = max / 4;
-  const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * magnitude).find((candidate) => candidate >= raw);
-  const steps = Math.max(1, Math.ceil(max / step - 1e-9));
-  return Array.from({ length: steps + 1 }, (_, i) => i * step);
 }
 
 function timeAxis(x, startUs, endUs, height) {

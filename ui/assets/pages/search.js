@@ -4,7 +4,7 @@
 import { getJson, withLoading, serviceOptions } from '../api.js';
 import {
   h, s, fill, field, notice, query, timeRangeControl, timeWindow, timeUs,
-  formatDuration, formatTime, formatAgo, serviceColor,
+  formatDuration, formatTime, formatAgo, serviceColor, niceTicks,
 } from '../util.js';
 
 const SORTS = [
@@ -170,14 +170,4 @@ function scatterPlot(traces) {
       cx: x(t.startUs), cy: y(t.duration_ns), r: 3 + (7 * t.span_count) / maxSpans,
       class: t.error_count ? 'error' : '', 'data-trace-id': t.trace_id,
     }, s('title', {}, `${t.root_service}: ${t.root_name}\n${formatDuration(t.duration_ns)}, ${t.span_count} spans\n${formatTime(t.startUs)}`))))));
-}
-
-/** 0 and round steps (1, 2 or 5 × 10ⁿ) up to at least `max`. */
-function niceTicks(max) {
-  const raw = max / 4;
-  const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * magnitude).find((candidate) => candidate >= raw);
-  const ticks = [];
-  for (let v = 0; v < max + step; v += step) ticks.push(v);
-  return ticks;
 }
