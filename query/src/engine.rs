@@ -126,6 +126,10 @@ impl QueryEngine {
             )?;
         }
         ctx.register_udf(TextMatchUdf::udf());
+        ctx.register_udtf(
+            "critical_path",
+            Arc::new(crate::analysis::sql_functions::CriticalPathFunction),
+        );
         Ok(Self { ctx, config })
     }
 

@@ -10,6 +10,7 @@
 pub mod critical_path;
 pub mod latency;
 pub mod rca;
+pub mod sql_functions;
 mod stats;
 pub mod trends;
 

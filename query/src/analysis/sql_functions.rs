@@ -1,0 +1,183 @@
+//! The analyses in SQL: `critical_path('<trace id>')` is a table of the
+//! trace's critical path, so it joins with `spans` and `logs` like any table:
+//!
+//! ```sql
+//! SELECT c.service_name, c.name, c.self_ns, l.body
+//! FROM critical_path('0af7651916cd43dd8448eb211c80319c') c
+//! LEFT JOIN logs l ON l.span_id = c.span_id
+//! ORDER BY c.self_ns DESC
+//! ```
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+
+use super::critical_path::{SpanRecord, TraceTree};
+use super::{i64s, strings};
+use crate::api::params::{parse_trace_id, sql_string};
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("span_id", DataType::Utf8, false),
+        Field::new("service_name", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("offset_ns", DataType::Int64, false),
+        Field::new("duration_ns", DataType::Int64, false),
+        Field::new("self_ns", DataType::Int64, false),
+        Field::new("is_error_origin", DataType::Boolean, false),
+    ]))
+});
+
+/// `critical_path(trace_id)`: one row per span on the trace's critical path,
+/// in the order the walk found them, with its self time on the path; the
+/// error origin is flagged (it is a row even when it is off the path).
+#[derive(Debug)]
+pub struct CriticalPathFunction;
+
+impl TableFunctionImpl for CriticalPathFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let usage = || {
+            DataFusionError::Plan(
+                "critical_path takes one trace id as a string, e.g. critical_path('0af7651916cd43dd8448eb211c80319c')"
+                    .to_string(),
+            )
+        };
+        let [Expr::Literal(value, _)] = args.exprs() else {
+            return Err(usage());
+        };
+        let text = value.try_as_str().flatten().ok_or_else(usage)?;
+        let trace_id = parse_trace_id(text).map_err(DataFusionError::Plan)?;
+        Ok(Arc::new(CriticalPathTable { trace_id }))
+    }
+}
+
+#[derive(Debug)]
+struct CriticalPathTable {
+    trace_id: String,
+}
+
+#[async_trait]
+impl TableProvider for CriticalPathTable {
+    fn schema(&self) -> SchemaRef {
+        SCHEMA.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let state = state
+            .as_any()
+            .downcast_ref::<SessionState>()
+            .ok_or_else(|| {
+                DataFusionError::Internal("critical_path needs weft's session".into())
+            })?;
+        // The spans come through the same `spans` table, flushed or not.
+        let batches = SessionContext::new_with_state(state.clone())
+            .sql(&format!(
+                "SELECT span_id, parent_span_id, service_name, name, \
+                        CAST(start_time AS BIGINT) AS start_ns, CAST(end_time AS BIGINT) AS end_ns, \
+                        CAST(CASE WHEN status_code = 'ERROR' THEN 1 ELSE 0 END AS BIGINT) AS failed, \
+                        status_message \
+                 FROM spans WHERE trace_id = {}",
+                sql_string(&self.trace_id)
+            ))
+            .await?
+            .collect()
+            .await?;
+        let tree = TraceTree::new(span_records(&batches)?);
+        let batch = path_batch(&tree)?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+fn span_records(batches: &[RecordBatch]) -> Result<Vec<SpanRecord>> {
+    let external = |e: crate::QueryError| DataFusionError::External(Box::new(e));
+    let mut spans = Vec::new();
+    for batch in batches {
+        let ids = strings(batch, "span_id").map_err(external)?;
+        let parents = strings(batch, "parent_span_id").map_err(external)?;
+        let services = strings(batch, "service_name").map_err(external)?;
+        let names = strings(batch, "name").map_err(external)?;
+        let starts = i64s(batch, "start_ns").map_err(external)?;
+        let ends = i64s(batch, "end_ns").map_err(external)?;
+        let failed = i64s(batch, "failed").map_err(external)?;
+        let messages = strings(batch, "status_message").map_err(external)?;
+        for row in 0..batch.num_rows() {
+            let Some(span_id) = ids[row].clone() else {
+                continue;
+            };
+            spans.push(SpanRecord {
+                span_id,
+                parent_span_id: parents[row].clone().filter(|p| !p.is_empty()),
+                service: services[row].clone().unwrap_or_default(),
+                operation: names[row].clone().unwrap_or_default(),
+                start_ns: starts[row].unwrap_or(0),
+                end_ns: ends[row].unwrap_or(0),
+                is_error: failed[row] == Some(1),
+                status_message: messages[row].clone(),
+            });
+        }
+    }
+    Ok(spans)
+}
+
+fn path_batch(tree: &TraceTree) -> Result<RecordBatch> {
+    let origin = tree.error_origin();
+    let mut rows: Vec<(usize, i64)> = tree
+        .critical_path()
+        .into_iter()
+        .map(|step| (step.span, step.self_ns))
+        .collect();
+    if let Some(origin) = origin.filter(|o| !rows.iter().any(|(span, _)| span == o)) {
+        rows.push((origin, 0));
+    }
+    let start = tree.root().map_or(0, |r| tree.spans[r].start_ns);
+    let span = |i: usize| &tree.spans[i];
+    let columns: Vec<Arc<dyn arrow::array::Array>> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|(i, _)| span(*i).span_id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|(i, _)| span(*i).service.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|(i, _)| span(*i).operation.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|(i, _)| span(*i).start_ns - start),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter()
+                .map(|(i, _)| span(*i).end_ns - span(*i).start_ns),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|(_, self_ns)| *self_ns),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|(i, _)| Some(Some(*i) == origin)),
+        )),
+    ];
+    Ok(RecordBatch::try_new(SCHEMA.clone(), columns)?)
+}
