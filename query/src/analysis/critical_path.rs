@@ -205,6 +205,18 @@ impl TraceTree {
             .collect()
     }
 
+    /// Self time on `path` added up per (service, operation).
+    pub fn self_by_operation(&self, path: &[PathStep]) -> HashMap<(String, String), i64> {
+        let mut totals = HashMap::new();
+        for step in path {
+            let s = &self.spans[step.span];
+            *totals
+                .entry((s.service.clone(), s.operation.clone()))
+                .or_insert(0) += step.self_ns;
+        }
+        totals
+    }
+
     /// Where the trace's error started: the deepest error span none of whose
     /// children failed (an error that propagated up leaves error spans all
     /// the way to the root; the origin is the bottom of that chain). Ties go

@@ -252,33 +252,28 @@ async fn breakdown(
         ids.dedup();
         ids
     };
-    let mut traces = load_traces(engine, &trace_ids).await?;
+    // One tree per trace: a trace may hold several requests of the service.
+    let trees: HashMap<String, TraceTree> = load_traces(engine, &trace_ids)
+        .await?
+        .into_iter()
+        .map(|(id, trace)| (id, TraceTree::new(trace.spans)))
+        .collect();
     let mut per_request: HashMap<(String, String), Vec<f64>> = HashMap::new();
     let mut durations = Vec::new();
     let mut walked = 0usize;
     for (trace_id, span_id) in entries {
-        let Some(trace) = traces.get_mut(trace_id) else {
+        let Some(tree) = trees.get(trace_id) else {
             continue;
         };
-        let tree = TraceTree::new(std::mem::take(&mut trace.spans));
         let Some(entry) = tree.spans.iter().position(|s| &s.span_id == span_id) else {
-            trace.spans = tree.spans;
             continue;
         };
-        let mut totals: HashMap<(String, String), i64> = HashMap::new();
-        for step in tree.critical_path_from(entry) {
-            let s = &tree.spans[step.span];
-            *totals
-                .entry((s.service.clone(), s.operation.clone()))
-                .or_default() += step.self_ns;
-        }
-        for (op, ns) in totals {
+        let path = tree.critical_path_from(entry);
+        for (op, ns) in tree.self_by_operation(&path) {
             per_request.entry(op).or_default().push(ns as f64);
         }
         durations.push((tree.spans[entry].end_ns - tree.spans[entry].start_ns) as f64);
         walked += 1;
-        // The same trace may hold several requests of the service.
-        trace.spans = tree.spans;
     }
     let mean_duration = durations.iter().sum::<f64>() / walked.max(1) as f64;
     let mut rows: Vec<BreakdownRow> = per_request

@@ -84,3 +84,36 @@ fn text_maps(batch: &RecordBatch, name: &str) -> Result<Vec<Vec<(String, String)
 fn rfc3339(nanos: i64) -> String {
     DateTime::<Utc>::from_timestamp_nanos(nanos).to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
+
+/// The columns of `spans` a [`critical_path::SpanRecord`] is read from, for
+/// the SELECT list of the queries that feed [`span_records`].
+const SPAN_RECORD_COLUMNS: &str = "span_id, parent_span_id, service_name, name, \
+     CAST(start_time AS BIGINT) AS start_ns, CAST(end_time AS BIGINT) AS end_ns, \
+     CAST(CASE WHEN status_code = 'ERROR' THEN 1 ELSE 0 END AS BIGINT) AS failed, status_message";
+
+/// The spans of a batch selected with [`SPAN_RECORD_COLUMNS`], row by row
+/// (`None` for a row without a span id).
+fn span_records(batch: &RecordBatch) -> Result<Vec<Option<critical_path::SpanRecord>>, QueryError> {
+    let ids = strings(batch, "span_id")?;
+    let parents = strings(batch, "parent_span_id")?;
+    let services = strings(batch, "service_name")?;
+    let names = strings(batch, "name")?;
+    let starts = i64s(batch, "start_ns")?;
+    let ends = i64s(batch, "end_ns")?;
+    let failed = i64s(batch, "failed")?;
+    let messages = strings(batch, "status_message")?;
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            Some(critical_path::SpanRecord {
+                span_id: ids[row].clone()?,
+                parent_span_id: parents[row].clone().filter(|p| !p.is_empty()),
+                service: services[row].clone().unwrap_or_default(),
+                operation: names[row].clone().unwrap_or_default(),
+                start_ns: starts[row].unwrap_or(0),
+                end_ns: ends[row].unwrap_or(0),
+                is_error: failed[row] == Some(1),
+                status_message: messages[row].clone().filter(|m| !m.is_empty()),
+            })
+        })
+        .collect())
+}

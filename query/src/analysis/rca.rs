@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use super::critical_path::{PathStep, SpanRecord, TraceTree};
 use super::stats::{chi_square_2x2, kolmogorov_smirnov};
-use super::{i64s, rfc3339, strings, text_maps};
+use super::{i64s, rfc3339, span_records, strings, text_maps, SPAN_RECORD_COLUMNS};
 use crate::api::params::{sql_string, sql_time};
 use crate::{QueryEngine, QueryError};
 
@@ -398,28 +398,18 @@ pub(super) async fn load_traces(
     let ids: Vec<String> = trace_ids.iter().map(|id| sql_string(id)).collect();
     let result = engine
         .sql_internal(&format!(
-            "SELECT trace_id, span_id, parent_span_id, service_name, name, \
-                    CAST(start_time AS BIGINT) AS start_ns, CAST(end_time AS BIGINT) AS end_ns, \
-                    CAST(CASE WHEN status_code = 'ERROR' THEN 1 ELSE 0 END AS BIGINT) AS failed, \
-                    status_message, attributes, resource_attributes \
+            "SELECT trace_id, {SPAN_RECORD_COLUMNS}, attributes, resource_attributes \
              FROM spans WHERE trace_id IN ({})",
             ids.join(", ")
         ))
         .await?;
     for batch in &result.batches {
         let trace_col = strings(batch, "trace_id")?;
-        let span_col = strings(batch, "span_id")?;
-        let parent_col = strings(batch, "parent_span_id")?;
-        let service_col = strings(batch, "service_name")?;
-        let name_col = strings(batch, "name")?;
-        let start_col = i64s(batch, "start_ns")?;
-        let end_col = i64s(batch, "end_ns")?;
-        let failed_col = i64s(batch, "failed")?;
-        let message_col = strings(batch, "status_message")?;
+        let spans = span_records(batch)?;
         let attributes = text_maps(batch, "attributes")?;
         let resources = text_maps(batch, "resource_attributes")?;
-        for row in 0..batch.num_rows() {
-            let (Some(trace_id), Some(span_id)) = (&trace_col[row], &span_col[row]) else {
+        for (row, span) in spans.into_iter().enumerate() {
+            let (Some(trace_id), Some(span)) = (&trace_col[row], span) else {
                 continue;
             };
             let trace = traces.entry(trace_id.clone()).or_default();
@@ -430,16 +420,7 @@ pub(super) async fn load_traces(
                     .filter(|(key, value)| is_categorical(key, value))
                     .cloned(),
             );
-            trace.spans.push(SpanRecord {
-                span_id: span_id.clone(),
-                parent_span_id: parent_col[row].clone().filter(|p| !p.is_empty()),
-                service: service_col[row].clone().unwrap_or_default(),
-                operation: name_col[row].clone().unwrap_or_default(),
-                start_ns: start_col[row].unwrap_or(0),
-                end_ns: end_col[row].unwrap_or(0),
-                is_error: failed_col[row] == Some(1),
-                status_message: message_col[row].clone().filter(|m| !m.is_empty()),
-            });
+            trace.spans.push(span);
         }
     }
     Ok(traces)
@@ -529,7 +510,7 @@ pub async fn window(
             trace_id: id.clone(),
             class: *class,
             duration_ns: *duration,
-            self_on_path: self_by_operation(&tree, &path),
+            self_on_path: tree.self_by_operation(&path),
             failed: tree
                 .spans
                 .iter()
@@ -587,17 +568,6 @@ struct Analysed {
     attributes: HashSet<(String, String)>,
     tree: TraceTree,
     path: Vec<PathStep>,
-}
-
-fn self_by_operation(tree: &TraceTree, path: &[PathStep]) -> HashMap<(String, String), i64> {
-    let mut totals = HashMap::new();
-    for step in path {
-        let s = &tree.spans[step.span];
-        *totals
-            .entry((s.service.clone(), s.operation.clone()))
-            .or_insert(0) += step.self_ns;
-    }
-    totals
 }
 
 /// Mean self time on the critical path of each operation over the baseline

@@ -22,8 +22,8 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
-use super::critical_path::{SpanRecord, TraceTree};
-use super::{i64s, strings};
+use super::critical_path::TraceTree;
+use super::{span_records, SPAN_RECORD_COLUMNS};
 use crate::api::params::{parse_trace_id, sql_string};
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -92,17 +92,18 @@ impl TableProvider for CriticalPathTable {
         // The spans come through the same `spans` table, flushed or not.
         let batches = SessionContext::new_with_state(state.clone())
             .sql(&format!(
-                "SELECT span_id, parent_span_id, service_name, name, \
-                        CAST(start_time AS BIGINT) AS start_ns, CAST(end_time AS BIGINT) AS end_ns, \
-                        CAST(CASE WHEN status_code = 'ERROR' THEN 1 ELSE 0 END AS BIGINT) AS failed, \
-                        status_message \
-                 FROM spans WHERE trace_id = {}",
+                "SELECT {SPAN_RECORD_COLUMNS} FROM spans WHERE trace_id = {}",
                 sql_string(&self.trace_id)
             ))
             .await?
             .collect()
             .await?;
-        let tree = TraceTree::new(span_records(&batches)?);
+        let mut spans = Vec::new();
+        for batch in &batches {
+            let rows = span_records(batch).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            spans.extend(rows.into_iter().flatten());
+        }
+        let tree = TraceTree::new(spans);
         let batch = path_batch(&tree)?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
@@ -110,37 +111,6 @@ impl TableProvider for CriticalPathTable {
             projection.cloned(),
         )?)
     }
-}
-
-fn span_records(batches: &[RecordBatch]) -> Result<Vec<SpanRecord>> {
-    let external = |e: crate::QueryError| DataFusionError::External(Box::new(e));
-    let mut spans = Vec::new();
-    for batch in batches {
-        let ids = strings(batch, "span_id").map_err(external)?;
-        let parents = strings(batch, "parent_span_id").map_err(external)?;
-        let services = strings(batch, "service_name").map_err(external)?;
-        let names = strings(batch, "name").map_err(external)?;
-        let starts = i64s(batch, "start_ns").map_err(external)?;
-        let ends = i64s(batch, "end_ns").map_err(external)?;
-        let failed = i64s(batch, "failed").map_err(external)?;
-        let messages = strings(batch, "status_message").map_err(external)?;
-        for row in 0..batch.num_rows() {
-            let Some(span_id) = ids[row].clone() else {
-                continue;
-            };
-            spans.push(SpanRecord {
-                span_id,
-                parent_span_id: parents[row].clone().filter(|p| !p.is_empty()),
-                service: services[row].clone().unwrap_or_default(),
-                operation: names[row].clone().unwrap_or_default(),
-                start_ns: starts[row].unwrap_or(0),
-                end_ns: ends[row].unwrap_or(0),
-                is_error: failed[row] == Some(1),
-                status_message: messages[row].clone(),
-            });
-        }
-    }
-    Ok(spans)
 }
 
 fn path_batch(tree: &TraceTree) -> Result<RecordBatch> {
