@@ -170,6 +170,8 @@ fn request_memory_is_reserved_before_the_body_is_read() {
         assert!(std::time::Instant::now() < deadline, "never refused");
     };
     assert_eq!(refused.headers()["retry-after"], "1");
+    // Its body was never read, so the connection cannot carry another request.
+    assert_eq!(refused.headers()["connection"], "close");
     drop(slow);
     // With the slow request gone, its reservation is released.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -179,7 +179,7 @@ async fn export<E: Endpoint>(
             ingest
                 .metrics()
                 .record_refused(E::SIGNAL, Transport::Http, &e);
-            return error_response(&ingest, encoding_or_json(&headers), e);
+            return refused_unread(error_response(&ingest, encoding_or_json(&headers), e));
         }
     };
     let len = body.len();
@@ -210,7 +210,7 @@ async fn export_metrics(
         admission,
     } = match read_payload(&ingest, &headers, body).await {
         Ok(p) => p,
-        Err(e) => return error_response(&ingest, encoding_or_json(&headers), e),
+        Err(e) => return refused_unread(error_response(&ingest, encoding_or_json(&headers), e)),
     };
     let decoded = tokio::task::spawn_blocking(move || {
         payload::decode::<ExportMetricsServiceRequest>(encoding, &body, payload::normalize_nothing)
@@ -255,6 +255,16 @@ fn success<M: Message>(
         body,
     )
         .into_response()
+}
+
+/// A refusal sent before the request body was (fully) read ends the
+/// connection: the unread rest of the body is still on the wire, so a client
+/// that reused the connection would have its next request cut off.
+fn refused_unread(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Errors are answered in the request's encoding when it had a known one.
