@@ -1,6 +1,7 @@
 //! The `weft` binary: one command per role, wiring the crates together.
 
 mod config;
+mod gateway;
 mod serve;
 mod sql;
 
@@ -28,6 +29,8 @@ enum Command {
     Query(ServerArgs),
     /// Run one SQL query against a running weft (`--server`) or a data directory, and print the rows.
     Sql(sql::SqlArgs),
+    /// Run the API gateway: routes, load balancing, health checks, plugins, a traced request each.
+    Gateway(gateway::GatewayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Query(args) => runtime.block_on(serve::run_query(Config::resolve(&args)?)),
         Command::Sql(args) => runtime.block_on(sql::run(args)),
+        Command::Gateway(args) => runtime.block_on(gateway::run(args)),
     }
 }

@@ -175,7 +175,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for {what} on {addr}"))
@@ -195,13 +195,13 @@ async fn serve_http(
 
 /// SIGTERM and SIGINT, listened for from start-up on, so a signal that
 /// arrives while weft is still starting is not the default "terminate now".
-struct ShutdownSignals {
+pub(crate) struct ShutdownSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
-    fn install() -> anyhow::Result<Self> {
+    pub(crate) fn install() -> anyhow::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Self {
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
@@ -209,7 +209,7 @@ impl ShutdownSignals {
         })
     }
 
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",

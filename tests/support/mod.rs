@@ -12,15 +12,120 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+/// A child process with its stderr collected (and echoed, prefixed), killed
+/// when dropped.
+pub struct Process {
+    child: Child,
+    name: &'static str,
+    log: Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// Starts `command` and waits for its "… listening …" log line, which it returns.
+    pub fn spawn(mut command: Command, name: &'static str) -> (Self, String) {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[{name}] {line}");
+                    if line.contains("listening") {
+                        let _ = ready_tx.send(line.clone());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let line = ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{name} did not start; its log:\n{}", log.lock().unwrap()));
+        (Self { child, name, log }, line)
+    }
+
+    /// Everything the process has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("can poll the child").is_none()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait();
+    }
+
+    pub fn signal(&mut self, signal: i32) {
+        // SAFETY: kill(2) on the pid of a child this test owns and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit; its log:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address a "listening" log line gives for `key` (`key=127.0.0.1:4317`);
+/// a listener the process does not run is logged as `-` (port 0 here).
+pub fn logged_addr(line: &str, key: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(&format!("{key}=")))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
 /// A running weft (`serve` unless started as another role) on ephemeral
 /// ports, with its stderr collected.
 pub struct Weft {
-    child: Child,
+    process: Process,
     pub data_dir: PathBuf,
     pub otlp_grpc: SocketAddr,
     pub otlp_http: SocketAddr,
     pub http: SocketAddr,
-    log: Arc<Mutex<String>>,
 }
 
 impl Weft {
@@ -31,7 +136,8 @@ impl Weft {
 
     /// Starts `weft <role>` (`serve`, `collector` or `query`) like [`Weft::start`].
     pub fn start_role(role: &str, data_dir: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command
             .arg(role)
             .arg("--data-dir")
             .arg(data_dir)
@@ -48,47 +154,14 @@ impl Weft {
                 &["--flush-interval", "1h"][..]
             })
             .args(args)
-            .env("WEFT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("weft starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    eprintln!("[weft] {line}");
-                    if line.contains("listening") {
-                        let _ = ready_tx.send(line.clone());
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        let line = ready_rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("weft did not start; its log:\n{}", log.lock().unwrap()));
-        // A role without a listener logs no address for it (or `-`).
-        let addr = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|field| field.strip_prefix(&format!("{key}=")))
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
-        };
+            .env("WEFT_LOG", "info");
+        let (process, line) = Process::spawn(command, "weft");
         Self {
-            otlp_grpc: addr("otlp_grpc"),
-            otlp_http: addr("otlp_http"),
-            http: addr("http"),
-            child,
+            otlp_grpc: logged_addr(&line, "otlp_grpc"),
+            otlp_http: logged_addr(&line, "otlp_http"),
+            http: logged_addr(&line, "http"),
+            process,
             data_dir: data_dir.to_path_buf(),
-            log,
         }
     }
 
@@ -157,17 +230,17 @@ impl Weft {
 
     /// Everything weft has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("can poll the child").is_none()
+        self.process.is_running()
     }
 
     /// CPU time (user + system) the process has used so far, from /proc.
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id()))
             .expect("weft's /proc stat");
         // Fields after the command name, which is in parentheses and may hold spaces.
         let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
@@ -180,47 +253,16 @@ impl Weft {
     }
 
     /// SIGTERM, then waits for a clean exit.
-    pub fn stop(mut self) -> ExitStatus {
-        self.signal(libc::SIGTERM);
-        self.wait()
+    pub fn stop(self) -> ExitStatus {
+        self.process.stop()
     }
 
     /// SIGKILL: no chance to flush anything.
-    pub fn kill9(mut self) {
-        self.signal(libc::SIGKILL);
-        self.wait();
-    }
-
-    fn signal(&mut self, signal: i32) {
-        // SAFETY: kill(2) on the pid of a child this test owns and has not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill({signal}) failed");
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weft did not exit; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn kill9(self) {
+        self.process.kill9()
     }
 }
 
-impl Drop for Weft {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Every row of a table's Parquet segments, as one batch.
 pub fn read_table(data_dir: &Path, table: &str) -> RecordBatch {
     let segments = data_dir.join(table).join("segments");
     let mut batches = Vec::new();

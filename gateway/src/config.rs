@@ -1,0 +1,691 @@
+//! The gateway's declarative configuration: one YAML file in Kong's shape
+//! (services with their routes, upstreams with their targets, consumers with
+//! their credentials, plugins at the global, service or route level).
+//!
+//! Parsing checks the shape (unknown fields are errors, with the line); `validate`
+//! checks what the shape cannot say (names that must exist, regexes that must
+//! compile) and names the field path and, where it can find it, the line.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Not valid YAML, or not the gateway's shape; the message carries the line.
+    #[error("{0}")]
+    Syntax(String),
+    /// Valid shape, invalid meaning: `at` is the field path.
+    #[error("{}{at}: {reason}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Invalid {
+        at: String,
+        reason: String,
+        line: Option<usize>,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Kong's declarative files start with it; accepted and ignored.
+    #[serde(default, rename = "_format_version", skip_serializing)]
+    pub format_version: Option<String>,
+    /// Where and how the gateway reports its spans and access logs.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Backends the gateway forwards to, each with the routes that lead to it.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// Load-balanced target sets; a service whose `url` host names an upstream
+    /// is balanced over its targets.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Callers known to the auth plugins.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+    /// Plugins applied to every route (a service's or route's plugin of the same
+    /// name takes precedence).
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// Tracing and access logs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC endpoint of the collector, e.g. `http://127.0.0.1:4317`; none
+    /// turns exporting off (trace context is still propagated).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the gateway's spans and logs.
+    pub service_name: String,
+    /// Fraction of new traces recorded, 0.0–1.0; incoming sampled traces are always recorded.
+    pub sampling: f64,
+    /// One OTLP log record per request, carrying its trace id.
+    pub access_log: bool,
+    /// Spans or log records waiting for export beyond this are dropped (and counted).
+    pub max_queue: usize,
+    /// Records per export request.
+    pub max_batch: usize,
+    /// Longest a record waits before its batch is sent.
+    #[serde(with = "humantime_serde")]
+    pub batch_timeout: Duration,
+    /// An export that takes longer is abandoned and its records counted as dropped.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "weft-gateway".to_string(),
+            sampling: 1.0,
+            access_log: true,
+            max_queue: 16_384,
+            max_batch: 1_024,
+            batch_timeout: Duration::from_millis(200),
+            export_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Protocol spoken to a service's targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http,
+    /// HTTP/2 without TLS (prior knowledge), e.g. for gRPC backends.
+    H2c,
+}
+
+/// A backend: where requests go and how.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique name, used in spans, metrics and the Admin API.
+    pub name: String,
+    /// `http://host:port/path`; the host may name an upstream. The path is
+    /// prepended to the forwarded path.
+    pub url: String,
+    /// Protocol to the targets.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Time to establish a connection to a target.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the response headers, and between two response body chunks.
+    #[serde(default = "default_io_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Longest wait between two request body chunks sent upstream.
+    #[serde(default = "default_io_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Further attempts, on another target where there is one, after a failed
+    /// connection or a 502/503/504 — only for idempotent requests without a body.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Routes leading to this service.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Plugins for every route of this service.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_io_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// Which requests lead to a service. Every listed condition must match; an
+/// empty list matches anything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, the `http.route` of the spans.
+    pub name: String,
+    /// `Host` values; `*.example.com` matches any subdomain.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path prefixes, or regexes when they start with `~` (anchored at the start).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Methods, e.g. `GET`.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header name → accepted values (any of them).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// Remove the matched path prefix before forwarding.
+    #[serde(default = "default_true")]
+    pub strip_path: bool,
+    /// Forward the client's `Host` instead of the target's.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Among regex paths, higher is tried first.
+    #[serde(default)]
+    pub regex_priority: i32,
+    /// Plugins for this route only.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How an upstream spreads requests over its targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight (relative to its weight).
+    LeastRequests,
+    /// The same `hash_on_header` value goes to the same target while it is healthy.
+    ConsistentHashing,
+}
+
+/// A load-balanced set of targets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name; a service's `url` host refers to it.
+    pub name: String,
+    /// Balancing algorithm.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Header whose value is hashed by `consistent-hashing` (the client IP when absent).
+    #[serde(default)]
+    pub hash_on_header: Option<String>,
+    /// `host:port` targets.
+    pub targets: Vec<TargetConfig>,
+    /// Health checks.
+    #[serde(default)]
+    pub healthchecks: HealthchecksConfig,
+}
+
+/// One target of an upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// `host:port`.
+    pub target: String,
+    /// Relative share of requests, 1–1000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// Active and passive health checks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthchecksConfig {
+    /// Probes each target periodically; off when absent.
+    #[serde(default)]
+    pub active: Option<ActiveHealthcheck>,
+    /// Watches proxied responses; off when absent.
+    #[serde(default)]
+    pub passive: Option<PassiveHealthcheck>,
+}
+
+/// Periodic probes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveHealthcheck {
+    /// Path probed with `GET`.
+    pub http_path: String,
+    /// Time between probes of one target.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A probe without an answer by then fails.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring an unhealthy target back.
+    pub healthy_successes: u32,
+    /// Consecutive failures that take a healthy target out.
+    pub unhealthy_failures: u32,
+    /// Statuses counted as success.
+    pub healthy_statuses: Vec<u16>,
+}
+
+impl Default for ActiveHealthcheck {
+    fn default() -> Self {
+        Self {
+            http_path: "/".to_string(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_successes: 2,
+            unhealthy_failures: 2,
+            healthy_statuses: vec![
+                200, 201, 202, 203, 204, 205, 206, 301, 302, 303, 304, 307, 308,
+            ],
+        }
+    }
+}
+
+/// Outlier detection on live traffic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthcheck {
+    /// Consecutive failures (connection errors, timeouts, `unhealthy_statuses`)
+    /// that take a target out.
+    pub unhealthy_failures: u32,
+    /// Statuses counted as failures.
+    pub unhealthy_statuses: Vec<u16>,
+    /// Without active checks, a target taken out comes back after this long.
+    #[serde(with = "humantime_serde")]
+    pub recovery: Duration,
+}
+
+impl Default for PassiveHealthcheck {
+    fn default() -> Self {
+        Self {
+            unhealthy_failures: 3,
+            unhealthy_statuses: vec![500, 502, 503, 504],
+            recovery: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A known caller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Name, sent upstream as `X-Consumer-Username`.
+    pub username: String,
+    /// Groups, for the `acl` plugin.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// API keys for `key-auth`.
+    #[serde(default)]
+    pub keyauth_credentials: Vec<KeyCredential>,
+    /// JWT issuers for `jwt`.
+    #[serde(default)]
+    pub jwt_secrets: Vec<JwtCredential>,
+}
+
+/// One API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCredential {
+    /// The key; never shown by the Admin API.
+    #[serde(skip_serializing)]
+    pub key: String,
+}
+
+/// Signature algorithms accepted by the `jwt` plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+}
+
+/// One JWT issuer of a consumer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtCredential {
+    /// Value of the token's key claim (`iss` by default) that selects this credential.
+    pub key: String,
+    /// Algorithm the token must be signed with.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    /// RS256 public key, PEM.
+    #[serde(default, skip_serializing)]
+    pub rsa_public_key: Option<String>,
+}
+
+/// A plugin and its settings (the settings' fields depend on the plugin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Plugin name: `rate-limiting`, `key-auth`, `jwt`, `acl`, `cors`,
+    /// `correlation-id`, `request-transformer`, `response-transformer`,
+    /// `request-size-limiting`.
+    pub name: String,
+    /// Off without removing it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The plugin's settings.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+impl GatewayConfig {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: GatewayConfig = if text.trim().is_empty() {
+            GatewayConfig::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?
+        };
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { at, reason, .. } => {
+                let line = line_of(text, &at);
+                ConfigError::Invalid { at, reason, line }
+            }
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks names, references and values; errors name the field path.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sampling) {
+            return invalid(
+                "telemetry.sampling",
+                format!("must be between 0 and 1, got {}", t.sampling),
+            );
+        }
+        if t.max_queue == 0 || t.max_batch == 0 {
+            return invalid("telemetry", "max_queue and max_batch must be at least 1");
+        }
+        if let Some(endpoint) = &t.otlp_endpoint {
+            if endpoint
+                .parse::<http::Uri>()
+                .map(|u| u.host().is_none())
+                .unwrap_or(true)
+            {
+                return invalid(
+                    "telemetry.otlp_endpoint",
+                    format!("{endpoint:?} is not an absolute URL such as http://127.0.0.1:4317"),
+                );
+            }
+        }
+        let mut upstreams = HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = format!("upstreams[{i}]");
+            if !upstreams.insert(u.name.as_str()) {
+                return invalid(&at, format!("upstream name {:?} is used twice", u.name));
+            }
+            if u.targets.is_empty() {
+                return invalid(
+                    &format!("{at}.targets"),
+                    format!("upstream {:?} has no targets", u.name),
+                );
+            }
+            for (j, target) in u.targets.iter().enumerate() {
+                let at = format!("{at}.targets[{j}]");
+                if target
+                    .target
+                    .parse::<http::uri::Authority>()
+                    .map(|a| a.port().is_none())
+                    .unwrap_or(true)
+                {
+                    return invalid(&at, format!("target {:?} is not host:port", target.target));
+                }
+                if !(1..=1000).contains(&target.weight) {
+                    return invalid(&at, format!("weight must be 1–1000, got {}", target.weight));
+                }
+            }
+            if let Some(active) = &u.healthchecks.active {
+                if !active.http_path.starts_with('/') {
+                    return invalid(
+                        &format!("{at}.healthchecks.active.http_path"),
+                        "must start with /",
+                    );
+                }
+                if active.interval.is_zero()
+                    || active.healthy_successes == 0
+                    || active.unhealthy_failures == 0
+                {
+                    return invalid(
+                        &format!("{at}.healthchecks.active"),
+                        "interval, healthy_successes and unhealthy_failures must be above 0",
+                    );
+                }
+            }
+            if let Some(passive) = &u.healthchecks.passive {
+                if passive.unhealthy_failures == 0 {
+                    return invalid(
+                        &format!("{at}.healthchecks.passive.unhealthy_failures"),
+                        "must be above 0",
+                    );
+                }
+            }
+        }
+        let mut services = HashSet::new();
+        let mut routes = HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            if !services.insert(s.name.as_str()) {
+                return invalid(&at, format!("service name {:?} is used twice", s.name));
+            }
+            let uri: http::Uri = s.url.parse().map_err(|e| ConfigError::Invalid {
+                at: format!("{at}.url"),
+                reason: format!("{:?} is not a URL: {e}", s.url),
+                line: None,
+            })?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return invalid(
+                    &format!("{at}.url"),
+                    format!("{:?} must be an http:// URL with a host (TLS upstreams are not supported yet)", s.url),
+                );
+            }
+            for (j, r) in s.routes.iter().enumerate() {
+                let at = format!("{at}.routes[{j}]");
+                if !routes.insert(r.name.as_str()) {
+                    return invalid(&at, format!("route name {:?} is used twice", r.name));
+                }
+                if r.hosts.is_empty()
+                    && r.paths.is_empty()
+                    && r.methods.is_empty()
+                    && r.headers.is_empty()
+                {
+                    return invalid(
+                        &at,
+                        "a route needs at least one of hosts, paths, methods or headers",
+                    );
+                }
+                for (k, path) in r.paths.iter().enumerate() {
+                    if let Some(pattern) = path.strip_prefix('~') {
+                        if let Err(e) = regex::Regex::new(pattern) {
+                            return invalid(
+                                &format!("{at}.paths[{k}]"),
+                                format!("invalid regex: {e}"),
+                            );
+                        }
+                    } else if !path.starts_with('/') {
+                        return invalid(
+                            &format!("{at}.paths[{k}]"),
+                            format!("{path:?} must start with / (or ~ for a regex)"),
+                        );
+                    }
+                }
+                for (k, method) in r.methods.iter().enumerate() {
+                    if method.parse::<http::Method>().is_err() {
+                        return invalid(
+                            &format!("{at}.methods[{k}]"),
+                            format!("{method:?} is not an HTTP method"),
+                        );
+                    }
+                }
+                crate::plugins::validate(&r.plugins, &format!("{at}.plugins"))?;
+            }
+            crate::plugins::validate(&s.plugins, &format!("{at}.plugins"))?;
+        }
+        crate::plugins::validate(&self.plugins, "plugins")?;
+        let mut consumers = HashSet::new();
+        for (i, c) in self.consumers.iter().enumerate() {
+            let at = format!("consumers[{i}]");
+            if !consumers.insert(c.username.as_str()) {
+                return invalid(&at, format!("consumer {:?} is used twice", c.username));
+            }
+            for (j, jwt) in c.jwt_secrets.iter().enumerate() {
+                let at = format!("{at}.jwt_secrets[{j}]");
+                let ok = match jwt.algorithm {
+                    JwtAlgorithm::HS256 => jwt.secret.is_some(),
+                    JwtAlgorithm::RS256 => jwt.rsa_public_key.is_some(),
+                };
+                if !ok {
+                    return invalid(&at, "HS256 needs `secret`, RS256 needs `rsa_public_key`");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn invalid<T>(at: &str, reason: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        at: at.to_string(),
+        reason: reason.into(),
+        line: None,
+    })
+}
+
+/// The line of the YAML node at `path` (`services[1].routes[0].paths[2]`),
+/// found by walking the text: each key's line, then the n-th list item below it.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0usize;
+    let mut min_indent = 0usize;
+    let mut found = None;
+    for part in path.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some(key_line) = (from..lines.len()).find(|&n| {
+            let line = lines[n];
+            let indent = line.len() - line.trim_start().len();
+            let body = line.trim_start().trim_start_matches("- ");
+            indent >= min_indent
+                && body.starts_with(key)
+                && body[key.len()..].trim_start().starts_with(':')
+        }) else {
+            break;
+        };
+        let key_indent = lines[key_line].len() - lines[key_line].trim_start().len();
+        found = Some(key_line);
+        from = key_line + 1;
+        min_indent = key_indent;
+        if let Some(index) = index {
+            let items: Vec<usize> = (from..lines.len())
+                .take_while(|&n| {
+                    let l = lines[n];
+                    let indent = l.len() - l.trim_start().len();
+                    l.trim().is_empty()
+                        || indent > key_indent
+                        || (indent == key_indent && l.trim_start().starts_with("- "))
+                })
+                .filter(|&n| lines[n].trim_start().starts_with("- "))
+                .collect();
+            // A flow sequence (`[a, b]`) has no item lines: the key's line is the best answer.
+            let Some(item_indent) = items
+                .first()
+                .map(|&n| lines[n].len() - lines[n].trim_start().len())
+            else {
+                break;
+            };
+            let Some(&item) = items
+                .iter()
+                .filter(|&&n| lines[n].len() - lines[n].trim_start().len() == item_indent)
+                .nth(index)
+            else {
+                break;
+            };
+            found = Some(item);
+            from = item;
+            min_indent = item_indent;
+        }
+    }
+    found.map(|n| n + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+services:
+  - name: crm-mobile
+    url: http://127.0.0.1:9000
+    routes:
+      - name: api
+        paths: [/api]
+      - name: bad
+        paths:
+          - /ok
+          - \"~([\"
+";
+
+    #[test]
+    fn an_invalid_regex_is_reported_with_its_path_and_line() {
+        let error = GatewayConfig::parse(SAMPLE).unwrap_err().to_string();
+        assert!(
+            error.starts_with("line 10: services[0].routes[1].paths[1]: invalid regex"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn in_a_flow_sequence_the_line_of_its_key_is_reported() {
+        let error = GatewayConfig::parse(
+            "services:\n  - name: a\n    url: http://x:1\n    routes: [{name: r, paths: [nope]}]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("line 4: services[0].routes[0].paths[0]"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_reported_with_its_line() {
+        let error =
+            GatewayConfig::parse("services:\n  - name: a\n    url: http://x:1\n    rutes: []\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            error.contains("unknown field `rutes`") && error.contains("line 4"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_example_in_the_readme_is_valid() {
+        let config = GatewayConfig::parse(include_str!("../examples/gateway.yaml")).unwrap();
+        assert_eq!(config.services[0].routes.len(), 2);
+        crate::plugins::Consumers::new(&config.consumers).unwrap();
+    }
+
+    #[test]
+    fn an_empty_file_is_a_gateway_with_nothing_configured() {
+        let config = GatewayConfig::parse("").unwrap();
+        assert!(config.services.is_empty());
+        assert_eq!(config.telemetry.service_name, "weft-gateway");
+    }
+}

@@ -1,0 +1,160 @@
+//! The gateway's own metrics, served at `/metrics` on the admin port.
+//!
+//! Naming rule (as in the rest of weft): `weft_<component>_<what>_<unit>`,
+//! counters ending in `_total`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::server::Runtime;
+use crate::telemetry::TelemetryCounters;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: String,
+    route: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    service: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: &'static str,
+}
+
+/// Request counters and latency histograms, plus collectors that read
+/// upstream health and telemetry counters when scraped.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Metrics {
+    pub(crate) fn new(runtime: Arc<ArcSwap<Runtime>>, telemetry: Arc<TelemetryCounters>) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "weft_gateway_requests",
+            "Requests answered, by service, route and status code (route \"\" when none matched)",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+        });
+        registry.register(
+            "weft_gateway_request_duration_seconds",
+            "Time from the request's arrival to its response headers",
+            latency.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "weft_gateway_config_reloads",
+            "Configuration reloads, applied or rejected",
+            reloads.clone(),
+        );
+        registry.register_collector(Box::new(StateCollector { runtime, telemetry }));
+        Self {
+            registry,
+            requests,
+            latency,
+            reloads,
+        }
+    }
+
+    pub(crate) fn observe(&self, service: &str, route: &str, code: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                service: service.to_string(),
+                route: route.to_string(),
+                code,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                service: service.to_string(),
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn reloaded(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "rejected" };
+        self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String");
+        text
+    }
+}
+
+struct StateCollector {
+    runtime: Arc<ArcSwap<Runtime>>,
+    telemetry: Arc<TelemetryCounters>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let runtime = self.runtime.load();
+        let mut healthy = encoder.encode_descriptor(
+            "weft_gateway_upstream_target_healthy",
+            "1 when the target receives traffic, 0 when health checks took it out",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for upstream in runtime.upstreams.values() {
+            for target in upstream.health() {
+                let labels = [
+                    ("upstream", upstream.name.as_str()),
+                    ("target", target.target.as_str()),
+                ];
+                ConstGauge::new(i64::from(target.health == "HEALTHY"))
+                    .encode(healthy.encode_family(&labels)?)?;
+            }
+        }
+        let telemetry = &self.telemetry;
+        for (name, help, readings) in [
+            (
+                "weft_gateway_telemetry_exported",
+                "Spans and log records the collector accepted",
+                [("spans", &telemetry.spans_exported), ("logs", &telemetry.logs_exported)],
+            ),
+            (
+                "weft_gateway_telemetry_dropped",
+                "Spans and log records dropped because the export queue was full or the export failed",
+                [("spans", &telemetry.spans_dropped), ("logs", &telemetry.logs_dropped)],
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for (signal, reading) in readings {
+                ConstCounter::new(reading.load(Ordering::Relaxed)).encode(family.encode_family(&[("signal", signal)])?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,418 @@
+//! The innermost service of every route: picks a target, forwards the
+//! request with a CLIENT span per attempt, retries what is safe to retry,
+//! and streams the answer back. Upgrades (WebSocket) become a tunnel.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
+use opentelemetry::{Context, KeyValue};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::ServiceConfig;
+use crate::http::{
+    gateway_response, remove_hop_by_hop, upgrade_protocol, AnsweredBy, Body, ClientAddr,
+    ProxyRequest, ProxyResponse,
+};
+use crate::router::Matched;
+use crate::telemetry::{end_span, Telemetry};
+use crate::upstream::{Outcome, Upstream};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type UpstreamClient = Client<HttpConnector, Body>;
+
+/// The request's SERVER span, in its extensions.
+#[derive(Clone)]
+pub(crate) struct RequestSpan(pub(crate) Context);
+
+/// A service ready to forward to.
+pub(crate) struct Forwarder {
+    pub(crate) name: String,
+    /// The service URL's path, prepended to what is forwarded.
+    base_path: String,
+    pub(crate) upstream: Arc<Upstream>,
+    client: UpstreamClient,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    retries: u32,
+    telemetry: Arc<Telemetry>,
+}
+
+/// Why an attempt got no response.
+enum Failure {
+    Timeout,
+    Connect(String),
+    TooLarge,
+    Other(String),
+}
+
+impl Forwarder {
+    pub(crate) fn new(
+        config: &ServiceConfig,
+        upstream: Arc<Upstream>,
+        client: UpstreamClient,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        let base_path = config
+            .url
+            .parse::<Uri>()
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        Self {
+            name: config.name.clone(),
+            base_path,
+            upstream,
+            client,
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+            retries: config.retries,
+            telemetry,
+        }
+    }
+
+    /// The path and query sent upstream.
+    fn upstream_path(&self, request: &ProxyRequest, matched: Option<&Matched>) -> String {
+        let path = request.uri().path();
+        let rest = match matched {
+            Some(m) if m.route.strip_path && !m.matched_path.is_empty() => {
+                path.strip_prefix(m.matched_path.as_str()).unwrap_or(path)
+            }
+            _ => path,
+        };
+        let mut forwarded = format!("{}{}", self.base_path, rest);
+        if forwarded.is_empty() {
+            forwarded.push('/');
+        } else if !forwarded.starts_with('/') {
+            forwarded.insert(0, '/');
+        }
+        if let Some(query) = request.uri().query() {
+            forwarded.push('?');
+            forwarded.push_str(query);
+        }
+        forwarded
+    }
+
+    pub(crate) async fn forward(self: Arc<Self>, mut request: ProxyRequest) -> ProxyResponse {
+        let matched = request.extensions_mut().remove::<Arc<Matched>>();
+        let span = request
+            .extensions()
+            .get::<RequestSpan>()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
+        let client_ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+        let path = self.upstream_path(&request, matched.as_deref());
+        let preserve_host = matched.as_ref().is_some_and(|m| m.route.preserve_host);
+        let upgrade = upgrade_protocol(request.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+
+        let (parts, body) = request.into_parts();
+        let mut headers = parts.headers.clone();
+        remove_hop_by_hop(&mut headers);
+        if let Some(protocol) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        if let Some(ip) = client_ip {
+            let forwarded_for = match parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(earlier) => format!("{earlier}, {ip}"),
+                None => ip.to_string(),
+            };
+            if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+                headers.insert("x-forwarded-for", value);
+            }
+            if let Ok(value) = HeaderValue::try_from(ip.to_string()) {
+                headers.insert("x-real-ip", value);
+            }
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Some(host) = parts.headers.get(header::HOST) {
+            headers.insert("x-forwarded-host", host.clone());
+        }
+        if !preserve_host {
+            headers.remove(header::HOST);
+        }
+
+        let has_body = !body.is_end_stream();
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        let retryable = idempotent && !has_body && upgrade.is_none();
+        let attempts = if retryable { 1 + self.retries } else { 1 };
+        let hash_key: Option<Vec<u8>> = self.upstream.hashes().then(|| {
+            self.upstream
+                .hash_on_header()
+                .and_then(|h| parts.headers.get(h))
+                .map(|v| v.as_bytes().to_vec())
+                .or_else(|| client_ip.map(|ip| ip.to_string().into_bytes()))
+                .unwrap_or_default()
+        });
+
+        let mut body = Some(body);
+        let mut tried = Vec::new();
+        for attempt in 0..attempts {
+            let Some((index, target, in_flight)) = self.upstream.pick(hash_key.as_deref(), &tried)
+            else {
+                break;
+            };
+            tried.push(index);
+            let Ok(uri) = format!("http://{}{}", target.address, path).parse::<Uri>() else {
+                return gateway_response(
+                    StatusCode::BAD_REQUEST,
+                    "the request path cannot be forwarded",
+                );
+            };
+            let (host, port) = target
+                .address
+                .rsplit_once(':')
+                .unwrap_or((&target.address, ""));
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", parts.method.to_string()),
+                KeyValue::new("server.address", host.to_string()),
+                KeyValue::new("url.full", uri.to_string()),
+                KeyValue::new("peer.service", self.name.clone()),
+            ];
+            if let Ok(port) = port.parse::<i64>() {
+                attributes.push(KeyValue::new("server.port", port));
+            }
+            if attempt > 0 {
+                attributes.push(KeyValue::new(
+                    "http.request.resend_count",
+                    i64::from(attempt),
+                ));
+            }
+            let cx = self
+                .telemetry
+                .client_span(&span, parts.method.to_string(), attributes);
+            let mut outgoing_headers = headers.clone();
+            self.telemetry.inject(&cx, &mut outgoing_headers);
+            let body = match body.take() {
+                Some(b) if has_body => Body::new(IdleTimeout::new(b, self.write_timeout)),
+                _ => Body::empty(),
+            };
+            let mut outgoing = http::Request::new(body);
+            *outgoing.method_mut() = parts.method.clone();
+            *outgoing.uri_mut() = uri;
+            *outgoing.headers_mut() = outgoing_headers;
+
+            let result = match tokio::time::timeout(
+                self.read_timeout,
+                self.client.request(outgoing),
+            )
+            .await
+            {
+                Err(_) => Err(Failure::Timeout),
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) => Err(classify(&e)),
+            };
+            let last = attempt + 1 == attempts;
+            match result {
+                Ok(mut response) => {
+                    let status = response.status();
+                    self.upstream
+                        .report(&target, Outcome::Status(status.as_u16()));
+                    end_span(&cx, Some(status.as_u16()), None, true);
+                    let again = matches!(status.as_u16(), 502..=504) && !last;
+                    if again {
+                        continue;
+                    }
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_upgrade) = client_upgrade {
+                            let upstream_upgrade = hyper::upgrade::on(&mut response);
+                            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
+                            let (mut parts, _) = response.into_parts();
+                            parts.extensions.insert(AnsweredBy(target.address.clone()));
+                            return http::Response::from_parts(parts, Body::empty());
+                        }
+                    }
+                    let (mut parts, incoming) = response.into_parts();
+                    remove_hop_by_hop(&mut parts.headers);
+                    parts.extensions.insert(AnsweredBy(target.address.clone()));
+                    let body = HeldBody {
+                        inner: IdleTimeout::new(incoming, self.read_timeout),
+                        _in_flight: in_flight,
+                    };
+                    return http::Response::from_parts(parts, Body::new(body));
+                }
+                Err(failure) => {
+                    let (status, message, error) = match &failure {
+                        Failure::Timeout => (
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "The upstream server is timing out",
+                            "timeout".to_string(),
+                        ),
+                        Failure::Connect(e) => (
+                            StatusCode::BAD_GATEWAY,
+                            "An invalid response was received from the upstream server",
+                            format!("connect: {e}"),
+                        ),
+                        Failure::TooLarge => (
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            crate::plugins::TOO_LARGE,
+                            "request too large".to_string(),
+                        ),
+                        Failure::Other(e) => (
+                            StatusCode::BAD_GATEWAY,
+                            "An invalid response was received from the upstream server",
+                            e.clone(),
+                        ),
+                    };
+                    if !matches!(failure, Failure::TooLarge) {
+                        self.upstream.report(&target, Outcome::Failed);
+                    }
+                    end_span(&cx, None, Some(error), true);
+                    let connect_failed = matches!(failure, Failure::Connect(_));
+                    if last || !(retryable || (connect_failed && !has_body)) {
+                        let mut response = gateway_response(status, message);
+                        response
+                            .extensions_mut()
+                            .insert(AnsweredBy(target.address.clone()));
+                        return response;
+                    }
+                }
+            }
+        }
+        gateway_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "failure to get a healthy target from the upstream",
+        )
+    }
+}
+
+fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return Failure::TooLarge;
+        }
+        if e.is::<BodyTimeout>() {
+            return Failure::Timeout;
+        }
+        source = e.source();
+    }
+    if error.is_connect() {
+        Failure::Connect(
+            std::error::Error::source(error)
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        )
+    } else {
+        Failure::Other(error.to_string())
+    }
+}
+
+/// Joins the client's and the target's upgraded connections.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    in_flight: crate::upstream::InFlight,
+) {
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+        return;
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+    drop(in_flight);
+}
+
+/// No body chunk for longer than the timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?}")]
+struct BodyTimeout(Duration);
+
+/// A body whose every chunk must come within `timeout` of the previous one.
+struct IdleTimeout<B> {
+    inner: B,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl<B> HttpBody for IdleTimeout<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that keeps its target counted as busy until it is done.
+struct HeldBody<B> {
+    inner: B,
+    _in_flight: crate::upstream::InFlight,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for HeldBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

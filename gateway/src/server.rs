@@ -1,0 +1,381 @@
+//! The proxy listener and the configuration it serves.
+//!
+//! A configuration is compiled into a [`Runtime`] (routes with their plugin
+//! stacks, upstreams with their health checkers) and swapped in atomically:
+//! a request keeps the runtime it started with, so a reload never cuts one
+//! short, and the old runtime (and its health checkers) goes away with its
+//! last request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::StatusCode;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry::logs::AnyValue;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
+use parking_lot::Mutex;
+use tower::Layer;
+
+use crate::config::{ConfigError, GatewayConfig, UpstreamProtocol};
+use crate::health::HealthCheckers;
+use crate::http::{
+    gateway_response, AnsweredBy, Body, ClientAddr, ProxyRequest, ProxyResponse, ProxyService,
+};
+use crate::metrics::Metrics;
+use crate::plugins::{self, AuthenticatedConsumer, Consumers};
+use crate::proxy::{Forwarder, RequestSpan, UpstreamClient};
+use crate::router::{Route, RouteTable};
+use crate::telemetry::{end_span, Telemetry};
+use crate::upstream::Upstream;
+
+/// One compiled configuration.
+pub(crate) struct Runtime {
+    pub(crate) config: GatewayConfig,
+    pub(crate) routes: RouteTable,
+    /// Declared upstreams, and one per service with a plain `host:port` URL
+    /// (named after the service).
+    pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
+    _health: HealthCheckers,
+}
+
+impl Runtime {
+    /// An empty runtime, before the first configuration.
+    pub(crate) fn empty() -> Self {
+        Self {
+            config: GatewayConfig::default(),
+            routes: RouteTable::default(),
+            upstreams: BTreeMap::new(),
+            _health: HealthCheckers::default(),
+        }
+    }
+
+    /// Compiles `config`; target health carries over from `previous`.
+    fn build(
+        config: GatewayConfig,
+        shared: &Shared,
+        previous: &Runtime,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |at: String, reason: String| ConfigError::Invalid {
+            at,
+            reason,
+            line: None,
+        };
+        let consumers = Arc::new(
+            Consumers::new(&config.consumers).map_err(|r| invalid("consumers".into(), r))?,
+        );
+        let mut health = HealthCheckers::default();
+        let mut upstreams = BTreeMap::new();
+        for declared in &config.upstreams {
+            let upstream = Arc::new(Upstream::new(
+                declared,
+                previous.upstreams.get(&declared.name).map(|u| &**u),
+            ));
+            health.watch(&upstream);
+            upstreams.insert(declared.name.clone(), upstream);
+        }
+        let mut routes = Vec::new();
+        for (i, service) in config.services.iter().enumerate() {
+            let uri: http::Uri = service
+                .url
+                .parse()
+                .map_err(|e| invalid(format!("services[{i}].url"), format!("{e}")))?;
+            let host = uri.host().unwrap_or_default();
+            let upstream = match (upstreams.get(host), uri.port_u16()) {
+                (Some(declared), None) => declared.clone(),
+                _ => {
+                    let address = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+                    let upstream = Arc::new(Upstream::single(&service.name, address));
+                    upstreams.insert(service.name.clone(), upstream.clone());
+                    upstream
+                }
+            };
+            let client = shared.client(service.connect_timeout, service.protocol);
+            let forwarder = Arc::new(Forwarder::new(
+                service,
+                upstream,
+                client,
+                shared.telemetry.clone(),
+            ));
+            let proxy = ProxyService::new(tower::service_fn(move |request: ProxyRequest| {
+                let forwarder = forwarder.clone();
+                async move { Ok::<_, Infallible>(forwarder.forward(request).await) }
+            }));
+            for (j, route) in service.routes.iter().enumerate() {
+                let at = format!("services[{i}].routes[{j}]");
+                let layers = plugins::route_layers(
+                    [&config.plugins, &service.plugins, &route.plugins],
+                    &consumers,
+                )
+                .map_err(|r| invalid(format!("{at}.plugins"), r))?;
+                let stack = layers
+                    .into_iter()
+                    .rev()
+                    .fold(proxy.clone(), |next, (_, layer)| layer.layer(next));
+                routes.push(Route::new(&service.name, route, stack).map_err(|r| invalid(at, r))?);
+            }
+        }
+        Ok(Self {
+            config,
+            routes: RouteTable::new(routes),
+            upstreams,
+            _health: health,
+        })
+    }
+}
+
+/// What the proxy, the admin API and reloads share.
+pub(crate) struct Shared {
+    pub(crate) runtime: Arc<ArcSwap<Runtime>>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) metrics: Metrics,
+    /// Connection pools, kept across reloads.
+    clients: Mutex<HashMap<(Duration, UpstreamProtocol), UpstreamClient>>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+    pub(crate) config_path: Option<std::path::PathBuf>,
+}
+
+impl Shared {
+    pub(crate) fn new(telemetry: Telemetry, config_path: Option<std::path::PathBuf>) -> Self {
+        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
+        let telemetry = Arc::new(telemetry);
+        Self {
+            metrics: Metrics::new(runtime.clone(), telemetry.counters.clone()),
+            runtime,
+            telemetry,
+            clients: Mutex::new(HashMap::new()),
+            reloading: Mutex::new(()),
+            config_path,
+        }
+    }
+
+    fn client(&self, connect_timeout: Duration, protocol: UpstreamProtocol) -> UpstreamClient {
+        self.clients
+            .lock()
+            .entry((connect_timeout, protocol))
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(connect_timeout));
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .http2_only(protocol == UpstreamProtocol::H2c)
+                    .build(connector)
+            })
+            .clone()
+    }
+
+    /// Compiles and swaps in `config`; on error the running one stays.
+    pub(crate) fn apply(&self, config: GatewayConfig) -> Result<(), ConfigError> {
+        let _one_at_a_time = self.reloading.lock();
+        let previous = self.runtime.load_full();
+        if previous.config.telemetry_differs(&config) {
+            tracing::warn!("telemetry settings changed; they take effect at the next restart");
+        }
+        let result = Runtime::build(config, self, &previous);
+        self.metrics.reloaded(result.is_ok());
+        let runtime = result?;
+        tracing::info!(
+            services = runtime.config.services.len(),
+            routes = runtime
+                .config
+                .services
+                .iter()
+                .map(|s| s.routes.len())
+                .sum::<usize>(),
+            upstreams = runtime.config.upstreams.len(),
+            "configuration applied"
+        );
+        self.runtime.store(Arc::new(runtime));
+        Ok(())
+    }
+
+    /// Re-reads the configuration file and applies it.
+    pub(crate) fn reload(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.config_path else {
+            return Ok(());
+        };
+        match GatewayConfig::load(path) {
+            Ok(config) => self.apply(config),
+            Err(e) => {
+                self.metrics.reloaded(false);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl GatewayConfig {
+    fn telemetry_differs(&self, other: &GatewayConfig) -> bool {
+        serde_json::to_value(&self.telemetry).ok() != serde_json::to_value(&other.telemetry).ok()
+            && !self.services.is_empty()
+    }
+}
+
+/// Answers one request: route it, run its stack, trace and count it.
+async fn handle(
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    request: http::Request<Incoming>,
+) -> Result<ProxyResponse, Infallible> {
+    let started = Instant::now();
+    let runtime = shared.runtime.load_full();
+    let mut request = request.map(Body::new);
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", method.to_string()),
+        KeyValue::new("url.path", path.clone()),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("client.address", client.ip().to_string()),
+        KeyValue::new(
+            "network.protocol.version",
+            protocol_version(request.version()),
+        ),
+    ];
+    if let Some(host) = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        attributes.push(KeyValue::new("server.address", host.to_string()));
+    }
+    if let Some(agent) = request
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|h| h.to_str().ok())
+    {
+        attributes.push(KeyValue::new("user_agent.original", agent.to_string()));
+    }
+    let span = shared
+        .telemetry
+        .server_span(request.headers(), method.to_string(), attributes);
+    request.extensions_mut().insert(ClientAddr(client));
+    let (response, route, service) = match runtime.routes.find(&request) {
+        None => (
+            gateway_response(StatusCode::NOT_FOUND, "no Route matched with those values"),
+            String::new(),
+            String::new(),
+        ),
+        Some(matched) => {
+            let s = span.span();
+            s.update_name(format!("{method} {}", matched.template));
+            s.set_attribute(KeyValue::new("http.route", matched.template.clone()));
+            s.set_attribute(KeyValue::new(
+                "weft.gateway.route",
+                matched.route.name.clone(),
+            ));
+            s.set_attribute(KeyValue::new(
+                "weft.gateway.service",
+                matched.route.service.clone(),
+            ));
+            let (route, service) = (matched.route.name.clone(), matched.route.service.clone());
+            let stack = matched.route.stack.clone();
+            request.extensions_mut().insert(RequestSpan(span.clone()));
+            request.extensions_mut().insert(Arc::new(matched));
+            (plugins::forward(stack, request).await, route, service)
+        }
+    };
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    let target = response
+        .extensions()
+        .get::<AnsweredBy>()
+        .map(|a| a.0.clone());
+    let consumer = response
+        .extensions()
+        .get::<AuthenticatedConsumer>()
+        .map(|c| c.0.username.clone());
+    end_span(&span, Some(status), None, false);
+    shared.metrics.observe(&service, &route, status, elapsed);
+    let mut log: Vec<(&'static str, AnyValue)> = vec![
+        ("http.request.method", method.to_string().into()),
+        ("url.path", path.clone().into()),
+        ("http.response.status_code", i64::from(status).into()),
+        ("client.address", client.ip().to_string().into()),
+        ("duration_ms", (elapsed.as_secs_f64() * 1000.0).into()),
+        ("weft.gateway.route", route.into()),
+        ("weft.gateway.service", service.into()),
+    ];
+    if let Some(target) = &target {
+        log.push(("weft.gateway.upstream_target", target.clone().into()));
+    }
+    if let Some(consumer) = consumer {
+        log.push(("enduser.id", consumer.into()));
+    }
+    let line = format!(
+        "{} \"{method} {path}\" {status} {:.1}ms upstream={}",
+        client.ip(),
+        elapsed.as_secs_f64() * 1000.0,
+        target.as_deref().unwrap_or("-")
+    );
+    shared.telemetry.access_log(&span, status, line, log);
+    Ok(response)
+}
+
+fn protocol_version(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Accepts proxy connections (HTTP/1.1, and HTTP/2 with prior knowledge)
+/// until `shutdown`, then lets open connections finish for up to `grace`.
+pub(crate) async fn serve_proxy(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let service =
+            hyper::service::service_fn(move |request| handle(shared.clone(), client, request));
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %client, "proxy connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the shutdown grace period; closing them"
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! The gateway's own traces and access logs, through the OpenTelemetry SDK
+//! and its OTLP/gRPC exporter.
+//!
+//! Finished spans and log records go into bounded queues that the request
+//! path never waits on: a full queue, or an export that fails, drops records
+//! and counts them (`weft_gateway_telemetry_dropped_total`), so a collector
+//! that is down or slow never slows the proxy.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use opentelemetry::logs::{AnyValue, LogRecord, Logger, LoggerProvider, Severity};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{
+    LogBatch, LogExporter, LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider,
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+};
+use opentelemetry_sdk::Resource;
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::TelemetryConfig;
+
+/// Counts of what was exported and what was dropped, per signal.
+#[derive(Debug, Default)]
+pub struct TelemetryCounters {
+    pub spans_exported: AtomicU64,
+    pub spans_dropped: AtomicU64,
+    pub logs_exported: AtomicU64,
+    pub logs_dropped: AtomicU64,
+}
+
+/// Tracing and access logging for every request.
+pub(crate) struct Telemetry {
+    tracer: SdkTracer,
+    logger: SdkLogger,
+    propagator: TraceContextPropagator,
+    access_log: bool,
+    pub(crate) counters: Arc<TelemetryCounters>,
+    tracer_provider: SdkTracerProvider,
+    logger_provider: SdkLoggerProvider,
+    stop: Arc<Notify>,
+    exporters: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the OTLP exporter for {endpoint}: {reason}")]
+pub struct TelemetryError {
+    endpoint: String,
+    reason: String,
+}
+
+impl Telemetry {
+    /// Sets up the SDK; exporting starts only with an `otlp_endpoint`.
+    /// Must run inside the tokio runtime (the exporters are tasks on it).
+    pub(crate) fn start(config: &TelemetryConfig) -> Result<Self, TelemetryError> {
+        let resource = Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .build();
+        let counters = Arc::new(TelemetryCounters::default());
+        let stop = Arc::new(Notify::new());
+        let mut tracer_provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sampling,
+            ))))
+            .with_resource(resource.clone());
+        let mut logger_provider = SdkLoggerProvider::builder().with_resource(resource.clone());
+        let mut exporters = Vec::new();
+        if let Some(endpoint) = &config.otlp_endpoint {
+            let error = |reason: String| TelemetryError {
+                endpoint: endpoint.clone(),
+                reason,
+            };
+            let mut span_exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .with_timeout(config.export_timeout)
+                .build()
+                .map_err(|e| error(e.to_string()))?;
+            span_exporter.set_resource(&resource);
+            let span_exporter = Arc::new(span_exporter);
+            let mut log_exporter = opentelemetry_otlp::LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .with_timeout(config.export_timeout)
+                .build()
+                .map_err(|e| error(e.to_string()))?;
+            log_exporter.set_resource(&resource);
+
+            let (spans, span_queue) = mpsc::channel(config.max_queue);
+            exporters.push(tokio::spawn(export_loop(
+                span_queue,
+                config.clone(),
+                stop.clone(),
+                counters.clone(),
+                Signal::Spans,
+                move |batch: Vec<SpanData>| {
+                    let exporter = span_exporter.clone();
+                    async move { exporter.export(batch).await }
+                },
+            )));
+            tracer_provider = tracer_provider.with_span_processor(QueueSpanProcessor {
+                queue: spans,
+                counters: counters.clone(),
+            });
+
+            let (logs, log_queue) = mpsc::channel(config.max_queue);
+            let scope = InstrumentationScope::builder("weft-gateway").build();
+            let log_exporter = Arc::new(log_exporter);
+            exporters.push(tokio::spawn(export_loop(
+                log_queue,
+                config.clone(),
+                stop.clone(),
+                counters.clone(),
+                Signal::Logs,
+                move |batch: Vec<SdkLogRecord>| {
+                    let (exporter, scope) = (log_exporter.clone(), scope.clone());
+                    async move {
+                        let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+                            batch.iter().map(|r| (r, &scope)).collect();
+                        exporter.export(LogBatch::new(&pairs)).await
+                    }
+                },
+            )));
+            logger_provider = logger_provider.with_log_processor(QueueLogProcessor {
+                queue: logs,
+                counters: counters.clone(),
+            });
+        }
+        let tracer_provider = tracer_provider.build();
+        let logger_provider = logger_provider.build();
+        Ok(Self {
+            tracer: tracer_provider.tracer("weft-gateway"),
+            logger: logger_provider.logger("weft-gateway"),
+            propagator: TraceContextPropagator::new(),
+            access_log: config.access_log && config.otlp_endpoint.is_some(),
+            counters,
+            tracer_provider,
+            logger_provider,
+            stop,
+            exporters,
+        })
+    }
+
+    /// Starts the SERVER span of a request, continuing the caller's trace
+    /// when its `traceparent` says so.
+    pub(crate) fn server_span(
+        &self,
+        headers: &HeaderMap,
+        name: String,
+        attributes: Vec<KeyValue>,
+    ) -> Context {
+        let parent = self.propagator.extract(&HeaderExtractor(headers));
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &parent);
+        parent.with_span(span)
+    }
+
+    /// Starts a CLIENT span for one upstream attempt, child of `parent`.
+    pub(crate) fn client_span(
+        &self,
+        parent: &Context,
+        name: String,
+        attributes: Vec<KeyValue>,
+    ) -> Context {
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, parent);
+        parent.with_span(span)
+    }
+
+    /// Writes `cx`'s `traceparent`/`tracestate` into outgoing headers.
+    pub(crate) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+        self.propagator
+            .inject_context(cx, &mut HeaderInjector(headers));
+    }
+
+    /// One access-log record for a finished request, tied to its span.
+    pub(crate) fn access_log(
+        &self,
+        cx: &Context,
+        status: u16,
+        body: String,
+        attributes: Vec<(&'static str, AnyValue)>,
+    ) {
+        if !self.access_log {
+            return;
+        }
+        let span_context = cx.span().span_context().clone();
+        let mut record = self.logger.create_log_record();
+        let now = SystemTime::now();
+        record.set_timestamp(now);
+        record.set_observed_timestamp(now);
+        let (severity, text) = if status >= 500 {
+            (Severity::Error, "ERROR")
+        } else if status >= 400 {
+            (Severity::Warn, "WARN")
+        } else {
+            (Severity::Info, "INFO")
+        };
+        record.set_severity_number(severity);
+        record.set_severity_text(text);
+        record.set_event_name("http.access");
+        record.set_body(AnyValue::from(body));
+        record.add_attributes(attributes);
+        if span_context.is_valid() {
+            record.set_trace_context(
+                span_context.trace_id(),
+                span_context.span_id(),
+                Some(span_context.trace_flags()),
+            );
+        }
+        self.logger.emit(record);
+    }
+
+    /// Sends what is queued (within `deadline`) and stops the exporters.
+    pub(crate) async fn shutdown(self, deadline: Duration) {
+        let _ = self.tracer_provider.shutdown();
+        let _ = self.logger_provider.shutdown();
+        self.stop.notify_waiters();
+        for exporter in self.exporters {
+            let abort = exporter.abort_handle();
+            if tokio::time::timeout(deadline, exporter).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// Ends a span with the status semantic conventions give its kind: a server
+/// span fails on 5xx, a client span on 4xx too.
+pub(crate) fn end_span(cx: &Context, status: Option<u16>, error: Option<String>, client: bool) {
+    let span = cx.span();
+    if let Some(status) = status {
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 500 || (client && status >= 400) {
+            span.set_status(Status::error(""));
+        }
+    }
+    if let Some(error) = error {
+        span.set_attribute(KeyValue::new("error.type", error.clone()));
+        span.set_status(Status::error(error));
+    }
+    span.end();
+}
+
+#[derive(Clone, Copy)]
+enum Signal {
+    Spans,
+    Logs,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Spans => "spans",
+            Signal::Logs => "logs",
+        }
+    }
+
+    fn counters(self, counters: &TelemetryCounters) -> (&AtomicU64, &AtomicU64) {
+        match self {
+            Signal::Spans => (&counters.spans_exported, &counters.spans_dropped),
+            Signal::Logs => (&counters.logs_exported, &counters.logs_dropped),
+        }
+    }
+}
+
+/// Batches a queue into export calls, one at a time: by size, or after
+/// `batch_timeout`; on `stop`, sends what is left and ends.
+async fn export_loop<T, F, Fut>(
+    mut queue: mpsc::Receiver<T>,
+    config: TelemetryConfig,
+    stop: Arc<Notify>,
+    counters: Arc<TelemetryCounters>,
+    signal: Signal,
+    mut export: F,
+) where
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = OTelSdkResult>,
+{
+    let (exported, dropped) = signal.counters(&counters);
+    let failing = AtomicBool::new(false);
+    let mut stopping = false;
+    loop {
+        let mut batch = Vec::with_capacity(config.max_batch);
+        if !stopping {
+            tokio::select! {
+                n = queue.recv_many(&mut batch, config.max_batch) => if n == 0 { return },
+                () = stop.notified() => stopping = true,
+            }
+            let deadline = tokio::time::sleep(config.batch_timeout);
+            tokio::pin!(deadline);
+            while batch.len() < config.max_batch && !stopping {
+                let room = config.max_batch - batch.len();
+                tokio::select! {
+                    n = queue.recv_many(&mut batch, room) => if n == 0 { break },
+                    () = &mut deadline => break,
+                    () = stop.notified() => stopping = true,
+                }
+            }
+        }
+        if stopping {
+            while batch.len() < config.max_batch {
+                match queue.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+        }
+        let len = batch.len() as u64;
+        match tokio::time::timeout(config.export_timeout, export(batch)).await {
+            Ok(Ok(())) => {
+                exported.fetch_add(len, Ordering::Relaxed);
+                if failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(signal = signal.name(), "telemetry export works again");
+                }
+            }
+            outcome => {
+                dropped.fetch_add(len, Ordering::Relaxed);
+                if !failing.swap(true, Ordering::Relaxed) {
+                    let reason = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_string(),
+                    };
+                    tracing::warn!(signal = signal.name(), %reason, "telemetry export failed; dropping until it works again");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct QueueSpanProcessor {
+    queue: mpsc::Sender<SpanData>,
+    counters: Arc<TelemetryCounters>,
+}
+
+impl SpanProcessor for QueueSpanProcessor {
+    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if span.span_context.is_sampled() && self.queue.try_send(span).is_err() {
+            self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct QueueLogProcessor {
+    queue: mpsc::Sender<SdkLogRecord>,
+    counters: Arc<TelemetryCounters>,
+}
+
+impl LogProcessor for QueueLogProcessor {
+    fn emit(&self, record: &mut SdkLogRecord, _: &InstrumentationScope) {
+        if self.queue.try_send(record.clone()).is_err() {
+            self.counters.logs_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::try_from(value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}

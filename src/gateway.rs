@@ -1,0 +1,78 @@
+//! `weft gateway`: the API gateway data plane, its Admin API, and the
+//! signals that reload (SIGHUP) or stop (SIGTERM, SIGINT) it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use weft_gateway::{Gateway, GatewayConfig};
+
+use crate::serve::{bind, ShutdownSignals};
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Declarative configuration (YAML): services, routes, upstreams, consumers, plugins.
+    #[arg(long, short, env = "WEFT_GATEWAY_CONFIG")]
+    config: PathBuf,
+    /// Proxy listen address (HTTP/1.1 and HTTP/2 cleartext).
+    #[arg(long, env = "WEFT_GATEWAY_PROXY_ADDR", default_value = "0.0.0.0:8000")]
+    proxy_addr: SocketAddr,
+    /// Admin API and /metrics listen address; keep it private.
+    #[arg(
+        long,
+        env = "WEFT_GATEWAY_ADMIN_ADDR",
+        default_value = "127.0.0.1:8001"
+    )]
+    admin_addr: SocketAddr,
+    /// OTLP/gRPC endpoint for the gateway's spans and access logs (overrides
+    /// `telemetry.otlp_endpoint` in the file), e.g. http://127.0.0.1:4317.
+    #[arg(long, env = "WEFT_GATEWAY_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install()?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
+    let mut config = GatewayConfig::load(&args.config)
+        .with_context(|| format!("invalid gateway configuration {}", args.config.display()))?;
+    if let Some(endpoint) = args.otlp_endpoint {
+        config.telemetry.otlp_endpoint = Some(endpoint);
+    }
+    let exporting = config.telemetry.otlp_endpoint.clone();
+    let gateway = Gateway::new(config, Some(args.config.clone()))?;
+    let proxy = bind(args.proxy_addr, "the gateway proxy").await?;
+    let admin = bind(args.admin_addr, "the gateway Admin API").await?;
+    tracing::info!(
+        proxy = %proxy.local_addr()?,
+        admin = %admin.local_addr()?,
+        otlp = exporting.as_deref().unwrap_or("-"),
+        config = %args.config.display(),
+        "weft gateway listening"
+    );
+    let reloader = gateway.clone();
+    let shutdown = async move {
+        loop {
+            tokio::select! {
+                signal = signals.recv() => {
+                    tracing::info!(signal, "shutting down: finishing in-flight requests");
+                    return;
+                }
+                _ = hangups.recv() => match reloader.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: configuration rejected; the running one stays"),
+                },
+            }
+        }
+    };
+    gateway
+        .serve(proxy, admin, shutdown, args.shutdown_grace)
+        .await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
