@@ -679,11 +679,20 @@ services:
         "weft_gateway_upstream_target_healthy{{upstream=\"crm-pool\",target=\"{dead}\"}} 0"
     )));
 
-    // Timeouts: a target slower than read_timeout answers 504.
+    // A target slower than read_timeout answers 504; one that refuses connections, 502.
     std::fs::write(
         &gateway.config,
         format!(
-            "services:\n  - name: slow\n    url: http://{}\n    read_timeout: 300ms\n    retries: 0\n    routes: [{{name: slow, paths: [/slow], strip_path: false}}]\n",
+            "services:
+  - name: slow
+    url: http://{}
+    read_timeout: 300ms
+    retries: 0
+    routes: [{{name: slow, paths: [/slow], strip_path: false}}]
+  - name: gone
+    url: http://{dead}
+    routes: [{{name: gone, paths: [/gone]}}]
+",
             first.addr
         ),
     )
@@ -701,6 +710,15 @@ services:
         (504, Some("The upstream server is timing out"))
     );
     assert!(started.elapsed() < Duration::from_millis(1500));
+    let (status, body) = get_json(c.get(gateway.url("/gone")).send().unwrap());
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            502,
+            Some("An invalid response was received from the upstream server")
+        ),
+        "the retries found no other target: the connection failure is the answer"
+    );
     assert!(gateway.process.stop().success());
 }
 
@@ -984,4 +1002,56 @@ fn a_collector_that_is_down_costs_telemetry_not_requests() {
         "{metrics}"
     );
     assert!(gateway.process.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_http2_cleartext_passes_through_with_its_trailers() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (weft, gateway) = tokio::task::spawn_blocking({
+        let (data, dir) = (data.path().to_path_buf(), dir.path().to_path_buf());
+        move || {
+            let weft = Weft::start(&data, &[]);
+            let yaml = format!(
+                "services:\n  - name: otlp\n    url: http://{}\n    protocol: h2c\n    routes: [{{name: otlp, paths: [/opentelemetry.proto.collector.trace.v1.TraceService], strip_path: false}}]\n",
+                weft.otlp_grpc
+            );
+            let gateway = Gateway::start(&dir, &yaml, None);
+            (weft, gateway)
+        }
+    })
+    .await
+    .unwrap();
+    let mut client = TraceServiceClient::connect(format!("http://{}", gateway.proxy))
+        .await
+        .unwrap();
+    let response = client
+        .export(spans_request("crm-mobile", 0..25))
+        .await
+        .expect("tonic fails a call whose grpc-status trailer is missing");
+    assert!(response.into_inner().partial_success.is_none());
+    let mut malformed = spans_request("crm-mobile", 100..101);
+    malformed.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![1; 8];
+    let partial = client
+        .export(malformed)
+        .await
+        .unwrap()
+        .into_inner()
+        .partial_success
+        .expect("weft's partial success, relayed");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(
+        partial.error_message.contains("trace_id must be 16 bytes"),
+        "{}",
+        partial.error_message
+    );
+    tokio::task::spawn_blocking(move || {
+        let stored = weft.sql_rows("SELECT count(*) FROM spans WHERE service_name = 'crm-mobile'");
+        assert_eq!(stored[0][0], 25);
+        assert!(gateway.process.stop().success());
+        assert!(weft.stop().success());
+    })
+    .await
+    .unwrap();
 }

@@ -46,6 +46,10 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
+    // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC needs it end to end.
+    let trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in [
         header::CONNECTION,
         HeaderName::from_static("keep-alive"),
@@ -58,6 +62,9 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         HeaderName::from_static("proxy-connection"),
     ] {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 

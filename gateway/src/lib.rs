@@ -107,10 +107,6 @@ impl Gateway {
         self.shared
             .runtime
             .store(Arc::new(server::Runtime::empty()));
-        if let Ok(shared) = Arc::try_unwrap(self.shared) {
-            if let Ok(telemetry) = Arc::try_unwrap(shared.telemetry) {
-                telemetry.shutdown(Duration::from_secs(5)).await;
-            }
-        }
+        self.shared.telemetry.shutdown(Duration::from_secs(5)).await;
     }
 }

@@ -167,6 +167,7 @@ impl Forwarder {
 
         let mut body = Some(body);
         let mut tried = Vec::new();
+        let mut answer = None;
         for attempt in 0..attempts {
             let Some((index, target, in_flight)) = self.upstream.pick(hash_key.as_deref(), &tried)
             else {
@@ -229,10 +230,6 @@ impl Forwarder {
                     self.upstream
                         .report(&target, Outcome::Status(status.as_u16()));
                     end_span(&cx, Some(status.as_u16()), None, true);
-                    let again = matches!(status.as_u16(), 502..=504) && !last;
-                    if again {
-                        continue;
-                    }
                     if status == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(client_upgrade) = client_upgrade {
                             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -249,7 +246,13 @@ impl Forwarder {
                         inner: IdleTimeout::new(incoming, self.read_timeout),
                         _in_flight: in_flight,
                     };
-                    return http::Response::from_parts(parts, Body::new(body));
+                    let response = http::Response::from_parts(parts, Body::new(body));
+                    if matches!(status.as_u16(), 502..=504) && !last {
+                        // Kept in case no other target is left to try.
+                        answer = Some(response);
+                        continue;
+                    }
+                    return response;
                 }
                 Err(failure) => {
                     let (status, message, error) = match &failure {
@@ -279,20 +282,24 @@ impl Forwarder {
                     }
                     end_span(&cx, None, Some(error), true);
                     let connect_failed = matches!(failure, Failure::Connect(_));
+                    let mut response = gateway_response(status, message);
+                    response
+                        .extensions_mut()
+                        .insert(AnsweredBy(target.address.clone()));
                     if last || !(retryable || (connect_failed && !has_body)) {
-                        let mut response = gateway_response(status, message);
-                        response
-                            .extensions_mut()
-                            .insert(AnsweredBy(target.address.clone()));
                         return response;
                     }
+                    answer = Some(response);
                 }
             }
         }
-        gateway_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "failure to get a healthy target from the upstream",
-        )
+        // Out of targets: the last failed attempt's answer, if there was one.
+        answer.unwrap_or_else(|| {
+            gateway_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "failure to get a healthy target from the upstream",
+            )
+        })
     }
 }
 

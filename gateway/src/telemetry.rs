@@ -25,7 +25,8 @@ use opentelemetry_sdk::trace::{
     Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
-use tokio::sync::{mpsc, Notify};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::TelemetryConfig;
 
@@ -47,8 +48,8 @@ pub(crate) struct Telemetry {
     pub(crate) counters: Arc<TelemetryCounters>,
     tracer_provider: SdkTracerProvider,
     logger_provider: SdkLoggerProvider,
-    stop: Arc<Notify>,
-    exporters: Vec<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    exporters: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Why telemetry could not start.
@@ -67,7 +68,7 @@ impl Telemetry {
             .with_service_name(config.service_name.clone())
             .build();
         let counters = Arc::new(TelemetryCounters::default());
-        let stop = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
         let mut tracer_provider = SdkTracerProvider::builder()
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sampling,
@@ -100,7 +101,7 @@ impl Telemetry {
             exporters.push(tokio::spawn(export_loop(
                 span_queue,
                 config.clone(),
-                stop.clone(),
+                stopped.clone(),
                 counters.clone(),
                 Signal::Spans,
                 move |batch: Vec<SpanData>| {
@@ -119,7 +120,7 @@ impl Telemetry {
             exporters.push(tokio::spawn(export_loop(
                 log_queue,
                 config.clone(),
-                stop.clone(),
+                stopped,
                 counters.clone(),
                 Signal::Logs,
                 move |batch: Vec<SdkLogRecord>| {
@@ -147,7 +148,7 @@ impl Telemetry {
             tracer_provider,
             logger_provider,
             stop,
-            exporters,
+            exporters: Mutex::new(exporters),
         })
     }
 
@@ -230,11 +231,12 @@ impl Telemetry {
     }
 
     /// Sends what is queued (within `deadline`) and stops the exporters.
-    pub(crate) async fn shutdown(self, deadline: Duration) {
+    pub(crate) async fn shutdown(&self, deadline: Duration) {
         let _ = self.tracer_provider.shutdown();
         let _ = self.logger_provider.shutdown();
-        self.stop.notify_waiters();
-        for exporter in self.exporters {
+        let _ = self.stop.send(true);
+        let exporters = std::mem::take(&mut *self.exporters.lock());
+        for exporter in exporters {
             let abort = exporter.abort_handle();
             if tokio::time::timeout(deadline, exporter).await.is_err() {
                 abort.abort();
@@ -290,7 +292,7 @@ impl Signal {
 async fn export_loop<T, F, Fut>(
     mut queue: mpsc::Receiver<T>,
     config: TelemetryConfig,
-    stop: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
     counters: Arc<TelemetryCounters>,
     signal: Signal,
     mut export: F,
@@ -306,7 +308,7 @@ async fn export_loop<T, F, Fut>(
         if !stopping {
             tokio::select! {
                 n = queue.recv_many(&mut batch, config.max_batch) => if n == 0 { return },
-                () = stop.notified() => stopping = true,
+                _ = stop.wait_for(|stop| *stop) => stopping = true,
             }
             let deadline = tokio::time::sleep(config.batch_timeout);
             tokio::pin!(deadline);
@@ -315,7 +317,7 @@ async fn export_loop<T, F, Fut>(
                 tokio::select! {
                     n = queue.recv_many(&mut batch, room) => if n == 0 { break },
                     () = &mut deadline => break,
-                    () = stop.notified() => stopping = true,
+                    _ = stop.wait_for(|stop| *stop) => stopping = true,
                 }
             }
         }

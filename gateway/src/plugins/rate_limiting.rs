@@ -134,12 +134,20 @@ impl RateLimiting {
     fn take(&self, key: String, now: Instant) -> Verdict {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(&key) {
+            // Full buckets say nothing a new bucket would not; drop them first.
             buckets.retain(|_, b| {
                 b.iter().zip(&self.windows).any(|(b, w)| {
                     b.tokens + rate(w) * now.duration_since(b.updated).as_secs_f64()
                         < w.limit as f64
                 })
             });
+            if buckets.len() >= MAX_KEYS {
+                tracing::warn!(
+                    keys = MAX_KEYS,
+                    "rate-limiting: too many active keys; starting over"
+                );
+                buckets.clear();
+            }
         }
         let state = buckets.entry(key).or_insert_with(|| {
             self.windows
