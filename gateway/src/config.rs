@@ -493,6 +493,15 @@ impl GatewayConfig {
                     format!("{:?} must be an http:// URL with a host (TLS upstreams are not supported yet)", s.url),
                 );
             }
+            // A service with its own host:port gets a one-target upstream under its name.
+            let uses_upstream =
+                uri.port().is_none() && upstreams.contains(uri.host().unwrap_or_default());
+            if !uses_upstream && upstreams.contains(s.name.as_str()) {
+                return invalid(
+                    &format!("{at}.name"),
+                    format!("{:?} is also an upstream's name; point the url at it (http://{}) or rename the service", s.name, s.name),
+                );
+            }
             for (j, r) in s.routes.iter().enumerate() {
                 let at = format!("{at}.routes[{j}]");
                 if !routes.insert(r.name.as_str()) {

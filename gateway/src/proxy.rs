@@ -187,7 +187,11 @@ impl Forwarder {
             let mut attributes = vec![
                 KeyValue::new("http.request.method", parts.method.to_string()),
                 KeyValue::new("server.address", host.to_string()),
-                KeyValue::new("url.full", uri.to_string()),
+                // Without the query, which may carry credentials (`?apikey=`).
+                KeyValue::new(
+                    "url.full",
+                    format!("http://{}{}", target.address, uri.path()),
+                ),
                 KeyValue::new("peer.service", self.name.clone()),
             ];
             if let Ok(port) = port.parse::<i64>() {
