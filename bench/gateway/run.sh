@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Gateway throughput and latency, side by side in one run: nginx (Debian's
+# package) as a plain reverse proxy, `weft gateway` without telemetry, and
+# `weft gateway` tracing 100% of requests (SERVER + CLIENT span and an access
+# log each) into a real `weft serve` on the same machine. Same upstream (an
+# nginx server answering a fixed 2-byte body), same load tool (wrk), same
+# connections. Prints a Markdown table for BENCHMARKS.md.
+#
+#   bench/gateway/run.sh [duration=20s] [connections=64]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${1:-20s}
+CONNECTIONS=${2:-64}
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+fi
+if [ -z "${WEFT:-}" ]; then   # WEFT=path/to/weft measures another build
+  cargo build --release --bin weft -q
+  WEFT=target/release/weft
+fi
+
+UPSTREAM=18080 NGINX=18000 GATEWAY=18100 GATEWAY_TRACED=18200
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$UPSTREAM; keepalive 128; }
+  server { listen 127.0.0.1:$UPSTREAM; location / { return 200 "ok"; } }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+mkdir -p "$WORK/logs"
+nginx -p "$WORK" -c "$WORK/nginx.conf"
+
+cat > "$WORK/gateway.yaml" <<CONF
+services:
+  - name: crm-mobile
+    url: http://127.0.0.1:$UPSTREAM
+    routes: [{name: all, paths: [/]}]
+CONF
+$WEFT serve --data-dir "$WORK/weft-data" --otlp-grpc-addr 127.0.0.1:14317 --otlp-http-addr 127.0.0.1:14318 \
+  --http-addr 127.0.0.1:16687 2>"$WORK/weft.log" &
+$WEFT gateway --config "$WORK/gateway.yaml" --proxy-addr 127.0.0.1:$GATEWAY --admin-addr 127.0.0.1:18101 \
+  2>"$WORK/gateway.log" &
+$WEFT gateway --config "$WORK/gateway.yaml" --proxy-addr 127.0.0.1:$GATEWAY_TRACED --admin-addr 127.0.0.1:18201 \
+  --otlp-endpoint http://127.0.0.1:14317 2>"$WORK/gateway-traced.log" &
+wait_for() {
+  for _ in $(seq 150); do curl -fs -o /dev/null "$1" && return 0; sleep 0.2; done
+  echo "not answering: $1" >&2; exit 1
+}
+wait_for http://127.0.0.1:16687/api/v1/services
+for port in $NGINX $GATEWAY $GATEWAY_TRACED; do wait_for "http://127.0.0.1:$port/"; done
+
+# Requests/s, p50 and p99 (ms) from wrk's --latency output.
+measure() {
+  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" > "$WORK/wrk.out"
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
+  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
+  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk.out" | tr '\n' ' ')
+  echo "$rps|$p50|$p99|${errors:-none}"
+}
+to_ms() { # wrk prints 1.23ms, 850.00us or 1.20s
+  awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else printf "%.3f", v*1000 }'
+}
+
+wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$NGINX/" >/dev/null   # warm-up
+wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$GATEWAY/" >/dev/null
+wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$GATEWAY_TRACED/" >/dev/null
+IFS='|' read -r n_rps n_p50 n_p99 n_err <<<"$(measure $NGINX)"
+IFS='|' read -r g_rps g_p50 g_p99 g_err <<<"$(measure $GATEWAY)"
+IFS='|' read -r t_rps t_p50 t_p99 t_err <<<"$(measure $GATEWAY_TRACED)"
+sleep 2
+exported=$(curl -s http://127.0.0.1:18201/status)
+
+echo "| proxy | requests/s | × nginx | p50 ms | p99 ms | errors |"
+echo "|---|---:|---:|---:|---:|---|"
+for row in "nginx (proxy_pass, upstream keepalive)|$n_rps|$n_p50|$n_p99|$n_err" \
+           "weft gateway, telemetry off|$g_rps|$g_p50|$g_p99|$g_err" \
+           "weft gateway, 100% traced + access logs into weft serve|$t_rps|$t_p50|$t_p99|$t_err"; do
+  IFS='|' read -r name rps p50 p99 err <<<"$row"
+  printf "| %s | %.0f | %.2f | %s | %s | %s |\n" "$name" "$rps" "$(awk -v a="$rps" -v b="$n_rps" 'BEGIN{print a/b}')" \
+    "$(to_ms "$p50")" "$(to_ms "$p99")" "$err"
+done
+echo
+echo "p99 added by tracing (traced − untraced gateway): $(awk -v a="$(to_ms "$t_p99")" -v b="$(to_ms "$g_p99")" 'BEGIN{printf "%.3f", a-b}') ms"
+echo "traced gateway telemetry: $exported"
+echo "wrk -t2 -c$CONNECTIONS -d$DURATION; $(nproc) cores; $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1)"
