@@ -59,7 +59,7 @@ pub struct GatewayConfig {
 }
 
 /// Tracing and access logs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// OTLP/gRPC endpoint of the collector, e.g. `http://127.0.0.1:4317`; none

@@ -60,7 +60,11 @@ impl Gateway {
     /// Call inside the tokio runtime.
     pub fn new(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<Self, GatewayError> {
         let telemetry = telemetry::Telemetry::start(&config.telemetry)?;
-        let shared = Arc::new(Shared::new(telemetry, config_path));
+        let shared = Arc::new(Shared::new(
+            telemetry,
+            config.telemetry.clone(),
+            config_path,
+        ));
         shared.apply(config)?;
         Ok(Self { shared })
     }

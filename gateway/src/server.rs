@@ -24,7 +24,7 @@ use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use tower::Layer;
 
-use crate::config::{ConfigError, GatewayConfig, UpstreamProtocol};
+use crate::config::{ConfigError, GatewayConfig, TelemetryConfig, UpstreamProtocol};
 use crate::health::HealthCheckers;
 use crate::http::{
     gateway_response, AnsweredBy, Body, ClientAddr, ProxyRequest, ProxyResponse, ProxyService,
@@ -135,6 +135,8 @@ impl Runtime {
 pub(crate) struct Shared {
     pub(crate) runtime: Arc<ArcSwap<Runtime>>,
     pub(crate) telemetry: Arc<Telemetry>,
+    /// The settings `telemetry` was started with; a reload cannot change them.
+    started_telemetry: TelemetryConfig,
     pub(crate) metrics: Metrics,
     /// Connection pools, kept across reloads.
     clients: Mutex<HashMap<(Duration, UpstreamProtocol), UpstreamClient>>,
@@ -144,13 +146,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(telemetry: Telemetry, config_path: Option<std::path::PathBuf>) -> Self {
+    pub(crate) fn new(
+        telemetry: Telemetry,
+        started_telemetry: TelemetryConfig,
+        config_path: Option<std::path::PathBuf>,
+    ) -> Self {
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
         let telemetry = Arc::new(telemetry);
         Self {
             metrics: Metrics::new(runtime.clone(), telemetry.counters.clone()),
             runtime,
             telemetry,
+            started_telemetry,
             clients: Mutex::new(HashMap::new()),
             reloading: Mutex::new(()),
             config_path,
@@ -177,7 +184,7 @@ impl Shared {
     pub(crate) fn apply(&self, config: GatewayConfig) -> Result<(), ConfigError> {
         let _one_at_a_time = self.reloading.lock();
         let previous = self.runtime.load_full();
-        if previous.config.telemetry_differs(&config) {
+        if config.telemetry != self.started_telemetry {
             tracing::warn!("telemetry settings changed; they take effect at the next restart");
         }
         let result = Runtime::build(config, self, &previous);
@@ -210,13 +217,6 @@ impl Shared {
                 Err(e)
             }
         }
-    }
-}
-
-impl GatewayConfig {
-    fn telemetry_differs(&self, other: &GatewayConfig) -> bool {
-        serde_json::to_value(&self.telemetry).ok() != serde_json::to_value(&other.telemetry).ok()
-            && !self.services.is_empty()
     }
 }
 

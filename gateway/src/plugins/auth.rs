@@ -11,7 +11,7 @@ use http::{header, HeaderName, HeaderValue, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::{forward, header_name, AuthenticatedConsumer, Middleware};
+use super::{forward, header_names, AuthenticatedConsumer, Middleware};
 use crate::config::{ConsumerConfig, JwtAlgorithm};
 use crate::http::{gateway_response, ProxyRequest, ProxyResponse, ProxyService};
 
@@ -107,6 +107,12 @@ async fn forward_as(
     response
 }
 
+/// Drops consumer headers the client sent itself, so only the gateway names the consumer.
+fn forget_claimed_consumer(request: &mut ProxyRequest) {
+    request.headers_mut().remove(CONSUMER_USERNAME);
+    request.headers_mut().remove(CONSUMER_GROUPS);
+}
+
 fn unauthorized(message: &str, scheme: &'static str) -> ProxyResponse {
     let mut response = gateway_response(StatusCode::UNAUTHORIZED, message);
     response
@@ -184,11 +190,7 @@ impl KeyAuth {
         if settings.key_names.is_empty() {
             return Err("key_names is empty".to_string());
         }
-        let headers = settings
-            .key_names
-            .iter()
-            .map(|n| header_name(n))
-            .collect::<Result<_, _>>()?;
+        let headers = header_names(&settings.key_names)?;
         Ok(Self {
             settings,
             headers,
@@ -233,8 +235,7 @@ impl Middleware for KeyAuth {
         mut request: ProxyRequest,
         next: ProxyService,
     ) -> BoxFuture<'static, ProxyResponse> {
-        request.headers_mut().remove(CONSUMER_USERNAME);
-        request.headers_mut().remove(CONSUMER_GROUPS);
+        forget_claimed_consumer(&mut request);
         let found = self.key(&mut request);
         Box::pin(async move {
             let Some(key) = found else {
@@ -289,11 +290,7 @@ impl Jwt {
                 "claims_to_verify: {claim:?} is not one of exp, nbf"
             ));
         }
-        let headers = settings
-            .header_names
-            .iter()
-            .map(|n| header_name(n))
-            .collect::<Result<_, _>>()?;
+        let headers = header_names(&settings.header_names)?;
         Ok(Self {
             settings,
             headers,
@@ -360,8 +357,7 @@ impl Middleware for Jwt {
         mut request: ProxyRequest,
         next: ProxyService,
     ) -> BoxFuture<'static, ProxyResponse> {
-        request.headers_mut().remove(CONSUMER_USERNAME);
-        request.headers_mut().remove(CONSUMER_GROUPS);
+        forget_claimed_consumer(&mut request);
         let verified = match self.token(&request) {
             None => Err("Unauthorized"),
             Some(token) => self.verify(&token),

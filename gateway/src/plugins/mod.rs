@@ -182,6 +182,11 @@ pub(crate) fn header_name(text: &str) -> Result<http::HeaderName, String> {
         .map_err(|_| format!("{text:?} is not a header name"))
 }
 
+/// A list of header names from a plugin's settings.
+pub(crate) fn header_names(texts: &[String]) -> Result<Vec<http::HeaderName>, String> {
+    texts.iter().map(|t| header_name(t)).collect()
+}
+
 /// Names of the plugins this build knows.
 pub(crate) fn available() -> Vec<&'static str> {
     PLUGINS.iter().map(|(name, _)| *name).collect()
