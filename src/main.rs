@@ -2,6 +2,7 @@
 
 mod config;
 mod gateway;
+mod mesh;
 mod serve;
 mod sql;
 
@@ -31,6 +32,8 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Run the API gateway: routes, load balancing, health checks, plugins, a traced request each.
     Gateway(gateway::GatewayArgs),
+    /// Run the service mesh's control plane or a sidecar (mTLS, permissions, a traced hop each).
+    Mesh(mesh::MeshArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +60,6 @@ fn main() -> anyhow::Result<()> {
         Command::Query(args) => runtime.block_on(serve::run_query(Config::resolve(&args)?)),
         Command::Sql(args) => runtime.block_on(sql::run(args)),
         Command::Gateway(args) => runtime.block_on(gateway::run(args)),
+        Command::Mesh(args) => runtime.block_on(mesh::run(args)),
     }
 }

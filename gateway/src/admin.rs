@@ -47,7 +47,7 @@ async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
 async fn status(State(shared): State<Arc<Shared>>) -> Json<Value> {
     use std::sync::atomic::Ordering::Relaxed;
     let runtime = shared.runtime.load();
-    let t = &shared.telemetry.counters;
+    let t = shared.telemetry.counters();
     Json(json!({
         "services": runtime.config.services.len(),
         "routes": runtime.config.services.iter().map(|s| s.routes.len()).sum::<usize>(),

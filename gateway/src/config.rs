@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+pub use weft_proxy::TelemetryConfig;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -56,46 +57,6 @@ pub struct GatewayConfig {
     /// name takes precedence).
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
-}
-
-/// Tracing and access logs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// OTLP/gRPC endpoint of the collector, e.g. `http://127.0.0.1:4317`; none
-    /// turns exporting off (trace context is still propagated).
-    pub otlp_endpoint: Option<String>,
-    /// `service.name` of the gateway's spans and logs.
-    pub service_name: String,
-    /// Fraction of new traces recorded, 0.0–1.0; incoming sampled traces are always recorded.
-    pub sampling: f64,
-    /// One OTLP log record per request, carrying its trace id.
-    pub access_log: bool,
-    /// Spans or log records waiting for export beyond this are dropped (and counted).
-    pub max_queue: usize,
-    /// Records per export request.
-    pub max_batch: usize,
-    /// Longest a record waits before its batch is sent.
-    #[serde(with = "humantime_serde")]
-    pub batch_timeout: Duration,
-    /// An export that takes longer is abandoned and its records counted as dropped.
-    #[serde(with = "humantime_serde")]
-    pub export_timeout: Duration,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            otlp_endpoint: None,
-            service_name: "weft-gateway".to_string(),
-            sampling: 1.0,
-            access_log: true,
-            max_queue: 16_384,
-            max_batch: 1_024,
-            batch_timeout: Duration::from_millis(200),
-            export_timeout: Duration::from_secs(5),
-        }
-    }
 }
 
 /// Protocol spoken to a service's targets.
@@ -401,27 +362,9 @@ impl GatewayConfig {
 
     /// Checks names, references and values; errors name the field path.
     fn validate(&self) -> Result<(), ConfigError> {
-        let t = &self.telemetry;
-        if !(0.0..=1.0).contains(&t.sampling) {
-            return invalid(
-                "telemetry.sampling",
-                format!("must be between 0 and 1, got {}", t.sampling),
-            );
-        }
-        if t.max_queue == 0 || t.max_batch == 0 {
-            return invalid("telemetry", "max_queue and max_batch must be at least 1");
-        }
-        if let Some(endpoint) = &t.otlp_endpoint {
-            if endpoint
-                .parse::<http::Uri>()
-                .map(|u| u.host().is_none())
-                .unwrap_or(true)
-            {
-                return invalid(
-                    "telemetry.otlp_endpoint",
-                    format!("{endpoint:?} is not an absolute URL such as http://127.0.0.1:4317"),
-                );
-            }
+        if let Err(invalid_field) = self.telemetry.validate() {
+            let (field, reason) = invalid_field;
+            return invalid(&format!("telemetry.{field}"), reason);
         }
         let mut upstreams = HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
@@ -695,6 +638,6 @@ services:
     fn an_empty_file_is_a_gateway_with_nothing_configured() {
         let config = GatewayConfig::parse("").unwrap();
         assert!(config.services.is_empty());
-        assert_eq!(config.telemetry.service_name, "weft-gateway");
+        assert_eq!(config.telemetry.service_name, None);
     }
 }

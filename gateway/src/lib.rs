@@ -7,7 +7,7 @@
 //! transforms…), and reaches the [proxy](proxy) service, which balances it
 //! over the service's [upstream] targets with retries and timeouts. Each
 //! request gets a SERVER span, each upstream attempt a CLIENT span, and each
-//! answer an access-log record, exported over OTLP by [telemetry] without
+//! answer an access-log record, exported over OTLP (`weft_proxy::Telemetry`) without
 //! ever blocking the proxy. The [admin] API shows the configuration and
 //! target health, replaces the configuration, and serves `/metrics`.
 //!
@@ -23,7 +23,6 @@ mod plugins;
 mod proxy;
 mod router;
 mod server;
-mod telemetry;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -33,7 +32,7 @@ use std::time::Duration;
 
 pub use crate::config::{ConfigError, GatewayConfig};
 use crate::server::Shared;
-pub use crate::telemetry::TelemetryError;
+pub use weft_proxy::TelemetryError;
 
 /// A running gateway's configuration and shared state.
 #[derive(Clone)]
@@ -59,7 +58,7 @@ impl Gateway {
     /// Sets up telemetry and applies `config`; `config_path` is what reloads re-read.
     /// Call inside the tokio runtime.
     pub fn new(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<Self, GatewayError> {
-        let telemetry = telemetry::Telemetry::start(&config.telemetry)?;
+        let telemetry = weft_proxy::Telemetry::start(&config.telemetry, "weft-gateway")?;
         let shared = Arc::new(Shared::new(
             telemetry,
             config.telemetry.clone(),

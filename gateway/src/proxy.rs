@@ -18,12 +18,11 @@ use opentelemetry::{Context, KeyValue};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::ServiceConfig;
-use crate::http::{
-    gateway_response, remove_hop_by_hop, upgrade_protocol, AnsweredBy, Body, ClientAddr,
-    ProxyRequest, ProxyResponse,
-};
+use weft_proxy::headers::{remove_hop_by_hop, upgrade_protocol};
+use weft_proxy::{end_span, Telemetry};
+
+use crate::http::{gateway_response, AnsweredBy, Body, ClientAddr, ProxyRequest, ProxyResponse};
 use crate::router::Matched;
-use crate::telemetry::{end_span, Telemetry};
 use crate::upstream::{Outcome, Upstream};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -23,6 +23,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use tower::Layer;
+use weft_proxy::{end_span, Telemetry};
 
 use crate::config::{ConfigError, GatewayConfig, TelemetryConfig, UpstreamProtocol};
 use crate::health::HealthCheckers;
@@ -33,7 +34,6 @@ use crate::metrics::Metrics;
 use crate::plugins::{self, AuthenticatedConsumer, Consumers};
 use crate::proxy::{Forwarder, RequestSpan, UpstreamClient};
 use crate::router::{Route, RouteTable};
-use crate::telemetry::{end_span, Telemetry};
 use crate::upstream::Upstream;
 
 /// One compiled configuration.
@@ -154,7 +154,7 @@ impl Shared {
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
         let telemetry = Arc::new(telemetry);
         Self {
-            metrics: Metrics::new(runtime.clone(), telemetry.counters.clone()),
+            metrics: Metrics::new(runtime.clone(), telemetry.counters().clone()),
             runtime,
             telemetry,
             started_telemetry,

@@ -1,9 +1,9 @@
-//! The gateway's own traces and access logs, through the OpenTelemetry SDK
+//! A proxy's own traces and access logs, through the OpenTelemetry SDK
 //! and its OTLP/gRPC exporter.
 //!
 //! Finished spans and log records go into bounded queues that the request
 //! path never waits on: a full queue, or an export that fails, drops records
-//! and counts them (`weft_gateway_telemetry_dropped_total`), so a collector
+//! and counts them (the proxy's `…_telemetry_dropped_total` metric), so a collector
 //! that is down or slow never slows the proxy.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +28,79 @@ use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::TelemetryConfig;
+use serde::{Deserialize, Serialize};
+
+/// Tracing and access logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC endpoint of the collector, e.g. `http://127.0.0.1:4317`; none
+    /// turns exporting off (trace context is still propagated).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the proxy's spans and logs (the proxy's own name,
+    /// e.g. `weft-gateway`, when unset).
+    pub service_name: Option<String>,
+    /// Fraction of new traces recorded, 0.0–1.0; incoming sampled traces are always recorded.
+    pub sampling: f64,
+    /// One OTLP log record per request, carrying its trace id.
+    pub access_log: bool,
+    /// Spans or log records waiting for export beyond this are dropped (and counted).
+    pub max_queue: usize,
+    /// Records per export request.
+    pub max_batch: usize,
+    /// Longest a record waits before its batch is sent.
+    #[serde(with = "humantime_serde")]
+    pub batch_timeout: Duration,
+    /// An export that takes longer is abandoned and its records counted as dropped.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: None,
+            sampling: 1.0,
+            access_log: true,
+            max_queue: 16_384,
+            max_batch: 1_024,
+            batch_timeout: Duration::from_millis(200),
+            export_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Checks the values; an error names the field and the reason.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(0.0..=1.0).contains(&self.sampling) {
+            return Err((
+                "sampling",
+                format!("must be between 0 and 1, got {}", self.sampling),
+            ));
+        }
+        if self.max_queue == 0 || self.max_batch == 0 {
+            return Err((
+                "max_queue",
+                "max_queue and max_batch must be at least 1".to_string(),
+            ));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            if endpoint
+                .parse::<http::Uri>()
+                .map(|u| u.host().is_none())
+                .unwrap_or(true)
+            {
+                return Err((
+                    "otlp_endpoint",
+                    format!("{endpoint:?} is not an absolute URL such as http://127.0.0.1:4317"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Counts of what was exported and what was dropped, per signal.
 #[derive(Debug, Default)]
@@ -40,12 +112,12 @@ pub struct TelemetryCounters {
 }
 
 /// Tracing and access logging for every request.
-pub(crate) struct Telemetry {
+pub struct Telemetry {
     tracer: SdkTracer,
     logger: SdkLogger,
     propagator: TraceContextPropagator,
     access_log: bool,
-    pub(crate) counters: Arc<TelemetryCounters>,
+    counters: Arc<TelemetryCounters>,
     tracer_provider: SdkTracerProvider,
     logger_provider: SdkLoggerProvider,
     stop: watch::Sender<bool>,
@@ -62,12 +134,22 @@ pub struct TelemetryError {
 
 impl Telemetry {
     /// Sets up the SDK; exporting starts only with an `otlp_endpoint`.
-    /// Must run inside the tokio runtime (the exporters are tasks on it).
-    pub(crate) fn start(config: &TelemetryConfig) -> Result<Self, TelemetryError> {
-        let resource = Resource::builder()
-            .with_service_name(config.service_name.clone())
-            .build();
-        let counters = Arc::new(TelemetryCounters::default());
+    /// `proxy` names the instrumentation scope, and the service when the
+    /// config names none. Must run inside the tokio runtime (the exporters
+    /// are tasks on it).
+    pub fn start(config: &TelemetryConfig, proxy: &'static str) -> Result<Self, TelemetryError> {
+        Self::start_counting(config, proxy, Arc::default())
+    }
+
+    /// [`start`](Self::start), adding to `counters` (which outlive this
+    /// instance when a proxy restarts its telemetry with new settings).
+    pub fn start_counting(
+        config: &TelemetryConfig,
+        proxy: &'static str,
+        counters: Arc<TelemetryCounters>,
+    ) -> Result<Self, TelemetryError> {
+        let service_name = config.service_name.as_deref().unwrap_or(proxy).to_string();
+        let resource = Resource::builder().with_service_name(service_name).build();
         let (stop, stopped) = watch::channel(false);
         let mut tracer_provider = SdkTracerProvider::builder()
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -115,7 +197,7 @@ impl Telemetry {
             });
 
             let (logs, log_queue) = mpsc::channel(config.max_queue);
-            let scope = InstrumentationScope::builder("weft-gateway").build();
+            let scope = InstrumentationScope::builder(proxy).build();
             let log_exporter = Arc::new(log_exporter);
             exporters.push(tokio::spawn(export_loop(
                 log_queue,
@@ -140,8 +222,8 @@ impl Telemetry {
         let tracer_provider = tracer_provider.build();
         let logger_provider = logger_provider.build();
         Ok(Self {
-            tracer: tracer_provider.tracer("weft-gateway"),
-            logger: logger_provider.logger("weft-gateway"),
+            tracer: tracer_provider.tracer(proxy),
+            logger: logger_provider.logger(proxy),
             propagator: TraceContextPropagator::new(),
             access_log: config.access_log && config.otlp_endpoint.is_some(),
             counters,
@@ -154,13 +236,13 @@ impl Telemetry {
 
     /// Starts the SERVER span of a request, continuing the caller's trace
     /// when its `traceparent` says so.
-    pub(crate) fn server_span(
+    pub fn server_span(
         &self,
         headers: &HeaderMap,
         name: String,
         attributes: Vec<KeyValue>,
     ) -> Context {
-        let parent = self.propagator.extract(&HeaderExtractor(headers));
+        let parent = self.extract(headers);
         let span = self
             .tracer
             .span_builder(name)
@@ -170,8 +252,14 @@ impl Telemetry {
         parent.with_span(span)
     }
 
+    /// The caller's trace context from its `traceparent`/`tracestate`
+    /// (an empty context when there is none).
+    pub fn extract(&self, headers: &HeaderMap) -> Context {
+        self.propagator.extract(&HeaderExtractor(headers))
+    }
+
     /// Starts a CLIENT span for one upstream attempt, child of `parent`.
-    pub(crate) fn client_span(
+    pub fn client_span(
         &self,
         parent: &Context,
         name: String,
@@ -187,13 +275,13 @@ impl Telemetry {
     }
 
     /// Writes `cx`'s `traceparent`/`tracestate` into outgoing headers.
-    pub(crate) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+    pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
         self.propagator
             .inject_context(cx, &mut HeaderInjector(headers));
     }
 
     /// One access-log record for a finished request, tied to its span.
-    pub(crate) fn access_log(
+    pub fn access_log(
         &self,
         cx: &Context,
         status: u16,
@@ -230,8 +318,13 @@ impl Telemetry {
         self.logger.emit(record);
     }
 
+    /// What was exported and dropped so far.
+    pub fn counters(&self) -> &Arc<TelemetryCounters> {
+        &self.counters
+    }
+
     /// Sends what is queued (within `deadline`) and stops the exporters.
-    pub(crate) async fn shutdown(&self, deadline: Duration) {
+    pub async fn shutdown(&self, deadline: Duration) {
         let _ = self.tracer_provider.shutdown();
         let _ = self.logger_provider.shutdown();
         let _ = self.stop.send(true);
@@ -247,7 +340,7 @@ impl Telemetry {
 
 /// Ends a span with the status semantic conventions give its kind: a server
 /// span fails on 5xx, a client span on 4xx too.
-pub(crate) fn end_span(cx: &Context, status: Option<u16>, error: Option<String>, client: bool) {
+pub fn end_span(cx: &Context, status: Option<u16>, error: Option<String>, client: bool) {
     let span = cx.span();
     if let Some(status) = status {
         span.set_attribute(KeyValue::new(

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# One mesh hop, side by side in one run: app → proxy → mTLS → proxy → app.
+#   - nginx pair (Debian's nginx): the first proxies plain HTTP to the second
+#     over TLS with a client certificate (upstream keepalive, verification on
+#     both sides), the second to the app.
+#   - weft pair: `weft mesh sidecar` (outbound) → mTLS with SPIFFE ids →
+#     `weft mesh sidecar` (inbound) → the app, 100% traced with access logs into
+#     a real `weft serve`, policies from a real control plane.
+# Same app (an nginx server answering a fixed 2-byte body), same load tool
+# (wrk), same connections. Prints a Markdown table for BENCHMARKS.md.
+#
+#   bench/mesh/run.sh [duration=20s] [connections=64]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${1:-20s}
+CONNECTIONS=${2:-64}
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk openssl >/dev/null
+fi
+if [ -z "${WEFT:-}" ]; then   # WEFT=path/to/weft measures another build
+  cargo build --release --bin weft -q
+  WEFT=target/release/weft
+fi
+
+APP=19080 NGINX_OUT=19000 NGINX_IN=19443 SIDECAR_OUT=19100 SIDECAR_IN=19101 CP=19681
+
+# The nginx pair's PKI: a CA, a server certificate for 127.0.0.1, a client certificate (P-256, as weft's).
+cd "$WORK"
+openssl ecparam -name prime256v1 -genkey -noout -out ca.key
+openssl req -x509 -new -key ca.key -subj "/CN=bench CA" -days 2 -out ca.pem 2>/dev/null
+for who in server client; do
+  openssl ecparam -name prime256v1 -genkey -noout -out $who.key
+  openssl req -new -key $who.key -subj "/CN=$who" -out $who.csr 2>/dev/null
+  printf "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n" > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile $who.ext -out $who.pem 2>/dev/null
+done
+cd - >/dev/null
+
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$APP; location / { return 200 "ok"; } }
+  upstream app { server 127.0.0.1:$APP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_IN ssl;
+    ssl_certificate $WORK/server.pem; ssl_certificate_key $WORK/server.key;
+    ssl_client_certificate $WORK/ca.pem; ssl_verify_client on;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  upstream peer { server 127.0.0.1:$NGINX_IN; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_OUT;
+    location / {
+      proxy_pass https://peer;
+      proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_certificate $WORK/client.pem; proxy_ssl_certificate_key $WORK/client.key;
+      proxy_ssl_trusted_certificate $WORK/ca.pem; proxy_ssl_verify on; proxy_ssl_name 127.0.0.1;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+CONF
+mkdir -p "$WORK/logs"
+nginx -p "$WORK" -c "$WORK/nginx.conf"
+
+cat > "$WORK/mesh.yaml" <<CONF
+mesh: bench
+state_dir: $WORK/mesh-state
+policies:
+  traffic_permissions:
+    enabled: true
+    rules: [{name: client-to-server, from: bench-client, to: bench-server, action: allow}]
+  tracing: {backend: "http://127.0.0.1:14317", sampling: 1.0}
+CONF
+$WEFT serve --data-dir "$WORK/weft-data" --otlp-grpc-addr 127.0.0.1:14317 --otlp-http-addr 127.0.0.1:14318 \
+  --http-addr 127.0.0.1:16687 2>"$WORK/weft.log" &
+$WEFT mesh control-plane --config "$WORK/mesh.yaml" --addr 127.0.0.1:$CP 2>"$WORK/cp.log" &
+$WEFT mesh sidecar --service bench-server --inbound 127.0.0.1:$SIDECAR_IN --app 127.0.0.1:$APP \
+  --control-plane http://127.0.0.1:$CP --admin-addr 127.0.0.1:19102 2>"$WORK/server.log" &
+$WEFT mesh sidecar --service bench-client --inbound 127.0.0.1:19103 --app 127.0.0.1:$APP \
+  --outbound bench-server=127.0.0.1:$SIDECAR_OUT --control-plane http://127.0.0.1:$CP \
+  --admin-addr 127.0.0.1:19104 2>"$WORK/client.log" &
+wait_for() {
+  for _ in $(seq 150); do curl -fs -o /dev/null "$1" && return 0; sleep 0.2; done
+  echo "not answering: $1" >&2; exit 1
+}
+wait_for http://127.0.0.1:16687/api/v1/services
+for port in $NGINX_OUT $SIDECAR_OUT; do wait_for "http://127.0.0.1:$port/"; done
+
+# Requests/s, p50 and p99 (ms) from wrk's --latency output.
+measure() {
+  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" > "$WORK/wrk.out"
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
+  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
+  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk.out" | tr '\n' ' ')
+  echo "$rps|$p50|$p99|${errors:-none}"
+}
+to_ms() { # wrk prints 1.23ms, 850.00us or 1.20s
+  awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else printf "%.3f", v*1000 }'
+}
+
+wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$NGINX_OUT/" >/dev/null   # warm-up
+wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$SIDECAR_OUT/" >/dev/null
+IFS='|' read -r n_rps n_p50 n_p99 n_err <<<"$(measure $NGINX_OUT)"
+IFS='|' read -r w_rps w_p50 w_p99 w_err <<<"$(measure $SIDECAR_OUT)"
+sleep 2
+
+echo "| hop | requests/s | × nginx pair | p50 ms | p99 ms | errors |"
+echo "|---|---:|---:|---:|---:|---|"
+for row in "nginx → TLS (client cert) → nginx|$n_rps|$n_p50|$n_p99|$n_err" \
+           "weft sidecar → mTLS (SPIFFE) → weft sidecar, 100% traced + access logs|$w_rps|$w_p50|$w_p99|$w_err"; do
+  IFS='|' read -r name rps p50 p99 err <<<"$row"
+  printf "| %s | %.0f | %.2f | %s | %s | %s |\n" "$name" "$rps" "$(awk -v a="$rps" -v b="$n_rps" 'BEGIN{print a/b}')" \
+    "$(to_ms "$p50")" "$(to_ms "$p99")" "$err"
+done
+echo
+echo "telemetry (client sidecar): $(curl -s http://127.0.0.1:19104/metrics | grep '^weft_mesh_sidecar_telemetry' | tr '\n' ' ')"
+echo "telemetry (server sidecar): $(curl -s http://127.0.0.1:19102/metrics | grep '^weft_mesh_sidecar_telemetry' | tr '\n' ' ')"
+echo "wrk -t2 -c$CONNECTIONS -d$DURATION; $(nproc) cores; $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1)"

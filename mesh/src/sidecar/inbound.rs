@@ -1,0 +1,319 @@
+//! The inbound listener: mTLS in, policies checked, plain text to the app.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry::logs::AnyValue;
+use opentelemetry::{Context, KeyValue};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use weft_proxy::headers::remove_hop_by_hop;
+use weft_proxy::{end_span, Telemetry};
+
+use super::{Body, Shared};
+use crate::api::AppProtocol;
+use crate::policy::{AuthorizationInput, Denial, DestinationInput, RequestInput, SourceInput};
+use crate::spiffe::SpiffeId;
+use crate::tls::peer_identity;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tcp = shared.app_protocol == AppProtocol::Tcp;
+            let acceptor = TlsAcceptor::from(shared.tls.load().server_config(tcp));
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        shared.metrics.handshake_failed();
+                        tracing::info!(%remote, error = %e, "inbound mTLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        shared.metrics.handshake_failed();
+                        return;
+                    }
+                };
+            let mesh = shared.config.load().mesh.clone();
+            let peer = match peer_identity(stream.get_ref().1) {
+                Some(peer) if peer.trust_domain() == mesh => peer,
+                other => {
+                    shared.metrics.handshake_failed();
+                    tracing::info!(%remote, peer = ?other, "inbound client has no identity of this mesh");
+                    return;
+                }
+            };
+            if tcp {
+                tunnel(shared, peer, remote, stream).await;
+                return;
+            }
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let service = hyper::service::service_fn(move |request| {
+                handle(shared.clone(), peer.clone(), remote, request)
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(error = %e, %remote, "inbound connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "inbound connections still open after the grace period"
+        );
+    }
+}
+
+/// A JSON answer of the sidecar's own, `{"message": "…"}`.
+pub(crate) fn sidecar_response(status: StatusCode, message: &str) -> http::Response<Body> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut response = http::Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SpiffeId,
+    remote: SocketAddr,
+    request: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Body>, Infallible> {
+    let started = Instant::now();
+    let snapshot = shared.config.load_full();
+    let telemetry = shared.telemetry.load_full();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let cx = telemetry.server_span(
+        request.headers(),
+        format!("{method} {}", shared.service),
+        vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.path", path.clone()),
+            KeyValue::new("server.address", shared.service.clone()),
+            KeyValue::new("peer.service", peer.service().to_string()),
+            KeyValue::new("weft.mesh.peer_identity", peer.to_string()),
+            KeyValue::new("network.peer.address", remote.ip().to_string()),
+        ],
+    );
+    let decision = snapshot
+        .policies
+        .permit(peer.service(), &shared.service)
+        .and_then(|()| {
+            let headers: BTreeMap<&str, &str> = request
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+                .collect();
+            let peer_id = peer.to_string();
+            snapshot.policies.authorize(&AuthorizationInput {
+                request: RequestInput {
+                    method: method.as_str(),
+                    path: &path,
+                    headers,
+                },
+                source: SourceInput {
+                    service: peer.service(),
+                    spiffe_id: &peer_id,
+                },
+                destination: DestinationInput {
+                    service: &shared.service,
+                },
+            })
+        });
+    let (response, denial) = match decision {
+        Ok(()) => (
+            forward_to_app(&shared, &telemetry, &cx, &peer, request).await,
+            None,
+        ),
+        Err(denial) => {
+            shared.metrics.denied(denial.kind, peer.service());
+            tracing::warn!(
+                from = %peer, to = %shared.service, %method, %path,
+                kind = denial.kind, rule = %denial.rule, "request denied"
+            );
+            (
+                sidecar_response(StatusCode::FORBIDDEN, &denial.message),
+                Some(denial),
+            )
+        }
+    };
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    end_span(&cx, Some(status), None, false);
+    shared
+        .metrics
+        .observe("inbound", peer.service(), status, elapsed);
+    access_log(
+        &telemetry, &cx, &peer, &method, &path, status, elapsed, denial,
+    );
+    Ok(response)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn access_log(
+    telemetry: &Telemetry,
+    cx: &Context,
+    peer: &SpiffeId,
+    method: &http::Method,
+    path: &str,
+    status: u16,
+    elapsed: Duration,
+    denial: Option<Denial>,
+) {
+    let millis = elapsed.as_secs_f64() * 1000.0;
+    let mut attributes: Vec<(&'static str, AnyValue)> = vec![
+        ("http.request.method", method.to_string().into()),
+        ("url.path", path.to_string().into()),
+        ("http.response.status_code", i64::from(status).into()),
+        ("peer.service", peer.service().to_string().into()),
+        ("weft.mesh.peer_identity", peer.to_string().into()),
+        ("weft.mesh.direction", "inbound".into()),
+        ("duration_ms", millis.into()),
+    ];
+    let mut line = format!("inbound {peer} \"{method} {path}\" {status} {millis:.1}ms");
+    if let Some(denial) = denial {
+        line.push_str(&format!(" denied by {} rule {}", denial.kind, denial.rule));
+        attributes.push(("weft.mesh.policy", denial.kind.into()));
+        attributes.push(("weft.mesh.rule", denial.rule.into()));
+    }
+    telemetry.access_log(cx, status, line, attributes);
+}
+
+async fn forward_to_app(
+    shared: &Shared,
+    telemetry: &Telemetry,
+    cx: &Context,
+    peer: &SpiffeId,
+    request: http::Request<hyper::body::Incoming>,
+) -> http::Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    telemetry.inject(cx, &mut parts.headers);
+    // Envoy's header: who called, as the mesh proved it. Whatever the caller
+    // put there is replaced.
+    let own = shared.tls.load().identity.to_string();
+    if let Ok(value) = HeaderValue::try_from(format!("By={own};URI={peer}")) {
+        parts.headers.insert("x-forwarded-client-cert", value);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    parts.uri = match format!("http://{}{path}", shared.app).parse() {
+        Ok(uri) => uri,
+        Err(_) => return sidecar_response(StatusCode::BAD_REQUEST, "invalid request target"),
+    };
+    parts.version = if shared.app_protocol == AppProtocol::Http2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    // HTTP/2 carried the authority as a pseudo-header; HTTP/1.1 needs Host.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::try_from(shared.service.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    let request = http::Request::from_parts(parts, Body::new(body));
+    match shared.app_client.request(request).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            http::Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) => {
+            tracing::warn!(app = %shared.app, error = %e, "the app did not answer");
+            sidecar_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("{} did not answer", shared.service),
+            )
+        }
+    }
+}
+
+/// A TCP connection through the mesh: permissions decide per connection.
+async fn tunnel(
+    shared: Arc<Shared>,
+    peer: SpiffeId,
+    remote: SocketAddr,
+    mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+) {
+    let policies = shared.config.load_full();
+    if let Err(denial) = policies.policies.permit(peer.service(), &shared.service) {
+        shared.metrics.denied(denial.kind, peer.service());
+        shared
+            .metrics
+            .connection("inbound", peer.service(), "denied");
+        tracing::warn!(from = %peer, to = %shared.service, %remote, rule = %denial.rule, "TCP connection denied");
+        let telemetry = shared.telemetry.load();
+        telemetry.access_log(
+            &Context::new(),
+            403,
+            format!(
+                "inbound {peer} TCP denied by traffic_permission rule {}",
+                denial.rule
+            ),
+            vec![
+                ("peer.service", peer.service().to_string().into()),
+                ("weft.mesh.policy", denial.kind.into()),
+                ("weft.mesh.rule", denial.rule.into()),
+            ],
+        );
+        return;
+    }
+    let mut app = match TcpStream::connect(shared.app).await {
+        Ok(app) => app,
+        Err(e) => {
+            shared
+                .metrics
+                .connection("inbound", peer.service(), "app_unreachable");
+            tracing::warn!(app = %shared.app, error = %e, "cannot connect to the app");
+            return;
+        }
+    };
+    let _ = app.set_nodelay(true);
+    shared
+        .metrics
+        .connection("inbound", peer.service(), "opened");
+    if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut app).await {
+        tracing::debug!(error = %e, "inbound TCP tunnel ended with an error");
+    }
+}

@@ -1,0 +1,222 @@
+//! The sidecar's own metrics, served at `/metrics` on its admin port.
+//!
+//! Naming rule (as in the rest of weft): `weft_<component>_<what>_<unit>`,
+//! counters ending in `_total`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use weft_proxy::TelemetryCounters;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    direction: &'static str,
+    peer: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DenialLabels {
+    kind: &'static str,
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    direction: &'static str,
+    peer: String,
+    outcome: &'static str,
+}
+
+pub(crate) struct SidecarMetrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<DirectionLabels, Histogram>,
+    denied: Family<DenialLabels, Counter>,
+    connections: Family<ConnectionLabels, Counter>,
+    handshake_failures: Counter,
+    certificate_expiry: Gauge,
+    rotations: Counter,
+    config_updates: Counter,
+}
+
+impl SidecarMetrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "weft_mesh_sidecar_requests",
+            "HTTP requests, by direction (inbound, outbound), peer service and status code",
+            requests.clone(),
+        );
+        let latency = Family::<DirectionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+        });
+        registry.register(
+            "weft_mesh_sidecar_request_duration_seconds",
+            "Time from a request's arrival to its response headers",
+            latency.clone(),
+        );
+        let denied = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "weft_mesh_sidecar_denied",
+            "Requests and connections refused, by policy kind (traffic_permission, authorization) and caller",
+            denied.clone(),
+        );
+        let connections = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "weft_mesh_sidecar_tcp_connections",
+            "Tunnelled TCP connections, by direction, peer service and outcome",
+            connections.clone(),
+        );
+        let handshake_failures = Counter::default();
+        registry.register(
+            "weft_mesh_sidecar_tls_handshake_failures",
+            "Inbound connections refused during the mTLS handshake (no or foreign client certificate)",
+            handshake_failures.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "weft_mesh_sidecar_certificate_expiry_timestamp_seconds",
+            "When the current workload certificate expires (unix seconds)",
+            certificate_expiry.clone(),
+        );
+        let rotations = Counter::default();
+        registry.register(
+            "weft_mesh_sidecar_certificate_rotations",
+            "Workload certificates renewed after the first",
+            rotations.clone(),
+        );
+        let config_updates = Counter::default();
+        registry.register(
+            "weft_mesh_sidecar_config_updates",
+            "Config versions received from the control plane after the first",
+            config_updates.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            denied,
+            connections,
+            handshake_failures,
+            certificate_expiry,
+            rotations,
+            config_updates,
+        }
+    }
+
+    /// Reports the telemetry counters, which outlive telemetry restarts.
+    pub(crate) fn watch_telemetry(&self, counters: Arc<TelemetryCounters>) {
+        self.registry
+            .lock()
+            .register_collector(Box::new(TelemetryCollector(counters)));
+    }
+
+    pub(crate) fn observe(
+        &self,
+        direction: &'static str,
+        peer: &str,
+        code: u16,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                peer: peer.to_string(),
+                code,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&DirectionLabels { direction })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn denied(&self, kind: &'static str, peer: &str) {
+        self.denied
+            .get_or_create(&DenialLabels {
+                kind,
+                peer: peer.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn connection(&self, direction: &'static str, peer: &str, outcome: &'static str) {
+        self.connections
+            .get_or_create(&ConnectionLabels {
+                direction,
+                peer: peer.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn handshake_failed(&self) {
+        self.handshake_failures.inc();
+    }
+
+    pub(crate) fn certificate_issued(&self, not_after: SystemTime) {
+        let seconds = not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.certificate_expiry.set(seconds as i64);
+    }
+
+    pub(crate) fn rotated(&self) {
+        self.rotations.inc();
+    }
+
+    pub(crate) fn config_updated(&self) {
+        self.config_updates.inc();
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry.lock())
+            .expect("writing to a String");
+        text
+    }
+}
+
+#[derive(Debug)]
+struct TelemetryCollector(Arc<TelemetryCounters>);
+
+impl Collector for TelemetryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.0;
+        for (name, help, readings) in [
+            (
+                "weft_mesh_sidecar_telemetry_exported",
+                "Spans and log records the collector accepted",
+                [("spans", &t.spans_exported), ("logs", &t.logs_exported)],
+            ),
+            (
+                "weft_mesh_sidecar_telemetry_dropped",
+                "Spans and log records dropped because the export queue was full or the export failed",
+                [("spans", &t.spans_dropped), ("logs", &t.logs_dropped)],
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (signal, reading) in readings {
+                ConstCounter::new(reading.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&[("signal", signal)])?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,589 @@
+//! The sidecar: a proxy beside one service instance.
+//!
+//! Its [inbound] listener terminates mTLS in front of the app, enforces
+//! traffic permissions and Rego authorization, and forwards to the app in
+//! plain text on loopback. Each [outbound] listener takes the app's plain
+//! calls to one service and carries them over mTLS (HTTP/2, or a TCP tunnel)
+//! to a sidecar of that service, checking it is who it should be.
+//!
+//! From the control plane it gets a certificate (renewed at 70% of its
+//! lifetime), and its config by long poll; when the control plane is away it
+//! keeps serving with what it last had.
+
+mod admin;
+mod inbound;
+mod metrics;
+mod outbound;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rcgen::{CertificateParams, KeyPair};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use weft_proxy::{Telemetry, TelemetryConfig, TelemetryCounters};
+
+use crate::api::{
+    AppProtocol, CertificateRequest, CertificateResponse, Registration, ServiceEndpoints,
+    SidecarConfig,
+};
+use crate::config::{is_service_name, TracingPolicy};
+use crate::policy::CompiledPolicies;
+use crate::spiffe::SpiffeId;
+use crate::tls::MeshTls;
+
+use self::metrics::SidecarMetrics;
+use self::outbound::Destination;
+
+pub(crate) type Body = axum::body::Body;
+
+/// How often a sidecar tells the control plane it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a config poll waits for a change.
+const POLL_WAIT: Duration = Duration::from_secs(30);
+
+/// How to run a sidecar.
+#[derive(Debug, Clone)]
+pub struct SidecarOptions {
+    /// The service this sidecar stands beside, e.g. `crm-conductor`.
+    pub service: String,
+    /// Base URL of the control plane, e.g. `http://127.0.0.1:5681`.
+    pub control_plane: String,
+    /// Where the mTLS inbound listener listens.
+    pub inbound: SocketAddr,
+    /// Where other sidecars reach the inbound listener (default: `inbound`).
+    pub advertise: Option<SocketAddr>,
+    /// The app's own port, on loopback.
+    pub app: SocketAddr,
+    pub app_protocol: AppProtocol,
+    /// A plain-text listener per service the app calls.
+    pub outbound: Vec<(String, SocketAddr)>,
+    /// `/metrics` and the sidecar's state.
+    pub admin: SocketAddr,
+}
+
+/// Why a sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Listen {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A sidecar with its listeners bound, its identity and its first config.
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    inbound: TcpListener,
+    outbound: Vec<(Arc<Destination>, TcpListener)>,
+    admin: TcpListener,
+}
+
+pub(crate) struct Shared {
+    pub(crate) service: String,
+    pub(crate) app: SocketAddr,
+    pub(crate) app_protocol: AppProtocol,
+    instance: String,
+    advertise: SocketAddr,
+    control_plane: ControlPlaneClient,
+    pub(crate) tls: ArcSwap<MeshTls>,
+    pub(crate) config: ArcSwap<Snapshot>,
+    pub(crate) telemetry: ArcSwap<Telemetry>,
+    telemetry_counters: Arc<TelemetryCounters>,
+    pub(crate) metrics: SidecarMetrics,
+    pub(crate) app_client: Client<HttpConnector, Body>,
+    pub(crate) outbound: BTreeMap<String, SocketAddr>,
+}
+
+/// One config version, compiled.
+pub(crate) struct Snapshot {
+    pub(crate) version: String,
+    pub(crate) mesh: String,
+    pub(crate) services: BTreeMap<String, ServiceEndpoints>,
+    pub(crate) policies: CompiledPolicies,
+}
+
+impl Sidecar {
+    /// Binds every listener (a busy port fails here, naming it), then waits
+    /// for the control plane to give this sidecar an identity and a config.
+    pub async fn start(options: SidecarOptions) -> Result<Self, SidecarError> {
+        if !is_service_name(&options.service) {
+            return Err(SidecarError::Invalid(format!(
+                "--service {:?} is not a service name (letters, digits, '-', '_', '.')",
+                options.service
+            )));
+        }
+        if options.advertise.is_none() && options.inbound.ip().is_unspecified() {
+            return Err(SidecarError::Invalid(
+                "--inbound listens on every interface: say with --advertise where other sidecars reach it".to_string(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (name, _) in &options.outbound {
+            if !is_service_name(name) || !names.insert(name) {
+                return Err(SidecarError::Invalid(format!(
+                    "--outbound {name:?}: a service name, once"
+                )));
+            }
+        }
+        let bind = |what: String, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| SidecarError::Listen { what, addr, source })
+        };
+        let inbound = bind("the inbound listener".to_string(), options.inbound).await?;
+        let advertise = match options.advertise {
+            Some(advertise) => advertise,
+            None => inbound
+                .local_addr()
+                .map_err(|source| SidecarError::Listen {
+                    what: "the inbound listener".to_string(),
+                    addr: options.inbound,
+                    source,
+                })?,
+        };
+        let admin = bind("the admin API".to_string(), options.admin).await?;
+        let mut outbound_listeners = Vec::new();
+        for (service, addr) in &options.outbound {
+            outbound_listeners.push((
+                service.clone(),
+                bind(format!("the outbound listener of {service}"), *addr).await?,
+            ));
+        }
+
+        let control_plane = ControlPlaneClient::new(&options.control_plane);
+        let tls = wait_for("a workload certificate", || {
+            obtain_identity(&control_plane, &options.service, 0)
+        })
+        .await;
+        let first = wait_for("the mesh config", || {
+            control_plane.config(None, Duration::ZERO)
+        })
+        .await
+        .ok_or_else(|| SidecarError::Invalid("no config".to_string()))?;
+        let snapshot = Snapshot::compile(first).map_err(SidecarError::Invalid)?;
+        let telemetry_counters = Arc::new(TelemetryCounters::default());
+        let telemetry = start_telemetry(
+            &options.service,
+            snapshot.policies.tracing(),
+            &telemetry_counters,
+        )
+        .map_err(SidecarError::Invalid)?;
+        let app_client = Client::builder(TokioExecutor::new())
+            .http2_only(options.app_protocol == AppProtocol::Http2)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(HttpConnector::new());
+        let metrics = SidecarMetrics::new();
+        metrics.certificate_issued(tls.not_after);
+        let instance = format!(
+            "{}-{}",
+            options.service,
+            advertise.to_string().replace([':', '.', '[', ']'], "-")
+        );
+        let shared = Arc::new(Shared {
+            service: options.service.clone(),
+            app: options.app,
+            app_protocol: options.app_protocol,
+            instance,
+            advertise,
+            control_plane,
+            tls: ArcSwap::from_pointee(tls),
+            config: ArcSwap::from_pointee(snapshot),
+            telemetry: ArcSwap::from_pointee(telemetry),
+            telemetry_counters,
+            metrics,
+            app_client,
+            outbound: outbound_listeners
+                .iter()
+                .filter_map(|(service, l)| Some((service.clone(), l.local_addr().ok()?)))
+                .collect(),
+        });
+        shared
+            .metrics
+            .watch_telemetry(shared.telemetry_counters.clone());
+        shared.register().await.ok();
+        let outbound = outbound_listeners
+            .into_iter()
+            .map(|(service, listener)| (Arc::new(Destination::new(service)), listener))
+            .collect();
+        Ok(Self {
+            shared,
+            inbound,
+            outbound,
+            admin,
+        })
+    }
+
+    pub fn inbound_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inbound.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// `service=addr` of each outbound listener.
+    pub fn outbound_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.outbound
+            .iter()
+            .filter_map(|(d, l)| Some((d.service.clone(), l.local_addr().ok()?)))
+            .collect()
+    }
+
+    pub fn spiffe_id(&self) -> SpiffeId {
+        self.shared.tls.load().identity.clone()
+    }
+
+    /// Serves until `shutdown`, then lets open requests finish for up to
+    /// `grace` and flushes telemetry.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, grace: Duration) {
+        let (stop, stopped) = watch::channel(false);
+        let shared = self.shared;
+        let background = [
+            tokio::spawn(rotate_identity(shared.clone())),
+            tokio::spawn(follow_config(shared.clone())),
+            tokio::spawn(heartbeat(shared.clone())),
+        ];
+        let mut servers = vec![tokio::spawn(inbound::serve(
+            shared.clone(),
+            self.inbound,
+            stopped.clone(),
+            grace,
+        ))];
+        for (destination, listener) in self.outbound {
+            servers.push(tokio::spawn(outbound::serve(
+                shared.clone(),
+                destination,
+                listener,
+                stopped.clone(),
+                grace,
+            )));
+        }
+        servers.push(tokio::spawn(admin::serve(
+            shared.clone(),
+            self.admin,
+            stopped.clone(),
+        )));
+        shutdown.await;
+        let _ = stop.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
+        for task in background {
+            task.abort();
+        }
+        shared
+            .telemetry
+            .load()
+            .shutdown(Duration::from_secs(5))
+            .await;
+    }
+}
+
+impl Snapshot {
+    fn compile(config: SidecarConfig) -> Result<Self, String> {
+        Ok(Self {
+            policies: CompiledPolicies::compile(config.policies)?,
+            version: config.version,
+            mesh: config.mesh,
+            services: config.services,
+        })
+    }
+}
+
+impl Shared {
+    async fn register(&self) -> Result<(), String> {
+        let registration = Registration {
+            service: self.service.clone(),
+            address: self.advertise.to_string(),
+            protocol: self.app_protocol,
+            certificate_not_after: self
+                .tls
+                .load()
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            config_version: self.config.load().version.clone(),
+        };
+        self.control_plane
+            .register(&self.instance, &registration)
+            .await
+    }
+
+    fn apply(&self, config: SidecarConfig) {
+        let version = config.version.clone();
+        let snapshot = match Snapshot::compile(config) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::warn!(%version, error = %e, "cannot apply the new config; keeping the running one");
+                return;
+            }
+        };
+        let tracing_changed = snapshot.policies.tracing() != self.config.load().policies.tracing();
+        if tracing_changed {
+            match start_telemetry(
+                &self.service,
+                snapshot.policies.tracing(),
+                &self.telemetry_counters,
+            ) {
+                Ok(telemetry) => {
+                    let old = self.telemetry.swap(Arc::new(telemetry));
+                    tokio::spawn(async move { old.shutdown(Duration::from_secs(5)).await });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot apply the tracing policy"),
+            }
+        }
+        self.config.store(Arc::new(snapshot));
+        self.metrics.config_updated();
+        tracing::info!(%version, "config updated");
+    }
+}
+
+fn start_telemetry(
+    service: &str,
+    policy: &TracingPolicy,
+    counters: &Arc<TelemetryCounters>,
+) -> Result<Telemetry, String> {
+    let config = TelemetryConfig {
+        otlp_endpoint: policy.backend.clone(),
+        service_name: Some(service.to_string()),
+        sampling: policy.sampling,
+        access_log: policy.access_log,
+        ..TelemetryConfig::default()
+    };
+    Telemetry::start_counting(&config, "weft-mesh", counters.clone()).map_err(|e| e.to_string())
+}
+
+/// Retries `attempt` until it works, saying once that it waits.
+async fn wait_for<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut said = false;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => {
+                if !said {
+                    tracing::warn!(error = %e, "waiting for the control plane to give {what}");
+                    said = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// A new key, its CSR signed by the control plane, ready for rustls.
+async fn obtain_identity(
+    control_plane: &ControlPlaneClient,
+    service: &str,
+    generation: u64,
+) -> Result<MeshTls, String> {
+    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| e.to_string())?;
+    let answer = control_plane.certificate(service, csr).await?;
+    let identity = SpiffeId::parse(&answer.spiffe_id)
+        .filter(|id| id.service() == service)
+        .ok_or_else(|| format!("the control plane answered for {}", answer.spiffe_id))?;
+    MeshTls::new(
+        identity,
+        &answer.certificate,
+        key.serialize_der(),
+        &answer.ca,
+        generation,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Renews the certificate when 70% of its lifetime has passed; retries
+/// until it works (the old one serves meanwhile).
+async fn rotate_identity(shared: Arc<Shared>) {
+    let mut issued_at = SystemTime::now();
+    loop {
+        let current = shared.tls.load_full();
+        let lifetime = current
+            .not_after
+            .duration_since(issued_at)
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(lifetime.mul_f64(0.7)).await;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match obtain_identity(
+                &shared.control_plane,
+                &shared.service,
+                current.generation + 1,
+            )
+            .await
+            {
+                Ok(tls) => {
+                    issued_at = SystemTime::now();
+                    shared.metrics.certificate_issued(tls.not_after);
+                    shared.metrics.rotated();
+                    tracing::info!(identity = %tls.identity, "workload certificate renewed");
+                    shared.tls.store(Arc::new(tls));
+                    let _ = shared.register().await;
+                    break;
+                }
+                Err(e) => {
+                    let left = current
+                        .not_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO);
+                    tracing::warn!(error = %e, ?left, "cannot renew the workload certificate; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Long-polls the control plane for config changes; when it is away, the
+/// running config stays.
+async fn follow_config(shared: Arc<Shared>) {
+    let mut failing = false;
+    loop {
+        let version = shared.config.load().version.clone();
+        match shared.control_plane.config(Some(&version), POLL_WAIT).await {
+            Ok(Some(config)) => {
+                if failing {
+                    tracing::info!("control plane reachable again");
+                    failing = false;
+                }
+                shared.apply(config);
+                let _ = shared.register().await;
+            }
+            Ok(None) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, %version, "control plane unreachable; serving with the last config");
+                    failing = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        if let Err(e) = shared.register().await {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// The control plane's `/sidecar/v1` API.
+struct ControlPlaneClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ControlPlaneClient {
+    fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn certificate(&self, service: &str, csr: String) -> Result<CertificateResponse, String> {
+        let response = self
+            .http
+            .post(format!("{}/sidecar/v1/certificate", self.base))
+            .timeout(Duration::from_secs(10))
+            .json(&CertificateRequest {
+                service: service.to_string(),
+                csr,
+            })
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", self.base))?;
+        answer(response)
+            .await?
+            .json()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn register(&self, instance: &str, registration: &Registration) -> Result<(), String> {
+        let response = self
+            .http
+            .put(format!("{}/sidecar/v1/dataplanes/{instance}", self.base))
+            .timeout(Duration::from_secs(5))
+            .json(registration)
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", self.base))?;
+        answer(response).await.map(drop)
+    }
+
+    /// The config, or `None` when `version` is still current after `wait`.
+    async fn config(
+        &self,
+        version: Option<&str>,
+        wait: Duration,
+    ) -> Result<Option<SidecarConfig>, String> {
+        let mut query = vec![("wait", humantime::format_duration(wait).to_string())];
+        if let Some(version) = version {
+            query.push(("version", version.to_string()));
+        }
+        let response = self
+            .http
+            .get(format!("{}/sidecar/v1/config", self.base))
+            .query(&query)
+            .timeout(wait + Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", self.base))?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let config: SidecarConfig = answer(response)
+            .await?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Some(config))
+    }
+}
+
+async fn answer(response: reqwest::Response) -> Result<reqwest::Response, String> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    Err(format!("control plane answered {status}: {body}"))
+}
+
+/// Outbound listeners by service, for the admin API.
+pub(crate) fn outbound_map(shared: &Shared) -> HashMap<String, String> {
+    shared
+        .outbound
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect()
+}

@@ -1,0 +1,407 @@
+//! Outbound listeners: the app's plain calls to one service, carried over
+//! mTLS to a sidecar of that service that proves to be it.
+//!
+//! HTTP goes over one multiplexed HTTP/2 connection per endpoint, kept open
+//! and replaced when it closes; TCP gets a tunnel per connection.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use opentelemetry::logs::AnyValue;
+use opentelemetry::KeyValue;
+use parking_lot::Mutex;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+use weft_proxy::end_span;
+use weft_proxy::headers::remove_hop_by_hop;
+
+use super::inbound::sidecar_response;
+use super::{Body, Shared};
+use crate::api::AppProtocol;
+use crate::spiffe::SpiffeId;
+
+/// Calls to one service.
+pub(crate) struct Destination {
+    pub(crate) service: String,
+    next: AtomicUsize,
+    connections: Mutex<HashMap<SocketAddr, SendRequest<Body>>>,
+    /// Client configs by protocol, with the TLS generation they were built
+    /// from (a renewed certificate means new ones).
+    client_configs: Mutex<HashMap<bool, (u64, Arc<ClientConfig>)>>,
+}
+
+/// Why an attempt failed before a response came back.
+#[derive(Debug)]
+enum AttemptError {
+    /// Nothing was sent: safe to try elsewhere.
+    Connect(String),
+    /// The request may have reached the callee.
+    Send(String),
+}
+
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    destination: Arc<Destination>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, destination) = (shared.clone(), destination.clone());
+        let tcp = shared
+            .config
+            .load()
+            .services
+            .get(&destination.service)
+            .is_some_and(|s| s.protocol == AppProtocol::Tcp);
+        if tcp {
+            tokio::spawn(tunnel(shared, destination, stream));
+            continue;
+        }
+        let service = hyper::service::service_fn(move |request| {
+            handle(shared.clone(), destination.clone(), client, request)
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %client, "outbound connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "outbound connections still open after the grace period"
+        );
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    destination: Arc<Destination>,
+    client: SocketAddr,
+    request: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Body>, Infallible> {
+    let started = Instant::now();
+    let snapshot = shared.config.load_full();
+    let telemetry = shared.telemetry.load_full();
+    let to = destination.service.as_str();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let parent = telemetry.extract(request.headers());
+    let expected = SpiffeId::new(&snapshot.mesh, to);
+    let cx = telemetry.client_span(
+        &parent,
+        format!("{method} {to}"),
+        vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.path", path.clone()),
+            KeyValue::new("server.address", to.to_string()),
+            KeyValue::new("peer.service", to.to_string()),
+            KeyValue::new("weft.mesh.peer_identity", expected.to_string()),
+        ],
+    );
+    let endpoints: Vec<SocketAddr> = snapshot
+        .services
+        .get(to)
+        .map(|s| s.endpoints.iter().filter_map(|e| e.parse().ok()).collect())
+        .unwrap_or_default();
+    let (connect_timeout, request_timeout) = snapshot.policies.timeouts(to);
+    let (mut parts, body) = request.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    telemetry.inject(&cx, &mut parts.headers);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let replayable = is_idempotent(&method) && hyper::body::Body::is_end_stream(&body);
+    let attempts = if replayable {
+        1 + snapshot.policies.retries(to)
+    } else {
+        1
+    };
+    let mut body = Some(Body::new(body));
+    let mut answer = None;
+    let mut endpoint_used = None;
+    if endpoints.is_empty() {
+        answer = Some(sidecar_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no sidecar of {to} is registered with the control plane"),
+        ));
+    }
+    let first = destination.next.fetch_add(1, Ordering::Relaxed);
+    for attempt in 0..attempts as usize {
+        if endpoints.is_empty() {
+            break;
+        }
+        let endpoint = endpoints[(first + attempt) % endpoints.len()];
+        endpoint_used = Some(endpoint);
+        let mut request = http::Request::new(body.take().unwrap_or_else(Body::empty));
+        *request.method_mut() = method.clone();
+        *request.headers_mut() = parts.headers.clone();
+        *request.version_mut() = http::Version::HTTP_2;
+        *request.uri_mut() = match format!("http://{to}{path_and_query}").parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                answer = Some(sidecar_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid request target",
+                ));
+                break;
+            }
+        };
+        let last = attempt + 1 == attempts as usize;
+        let outcome = tokio::time::timeout(
+            request_timeout,
+            destination.send(&shared, &expected, endpoint, connect_timeout, request),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(response)) => {
+                let retryable = matches!(response.status().as_u16(), 502..=504);
+                answer = Some(response);
+                if !retryable || last {
+                    break;
+                }
+            }
+            Ok(Err(AttemptError::Connect(e))) => {
+                tracing::warn!(%to, %endpoint, error = %e, "cannot reach the callee's sidecar");
+                answer = Some(sidecar_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("cannot reach {to}: {e}"),
+                ));
+            }
+            Ok(Err(AttemptError::Send(e))) => {
+                answer = Some(sidecar_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("{to} did not answer: {e}"),
+                ));
+                if !replayable {
+                    break;
+                }
+            }
+            Err(_) => {
+                answer = Some(sidecar_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "{to} did not answer within {}",
+                        humantime::format_duration(request_timeout)
+                    ),
+                ));
+            }
+        }
+    }
+    let response = answer.unwrap_or_else(|| {
+        sidecar_response(StatusCode::BAD_GATEWAY, &format!("cannot reach {to}"))
+    });
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    end_span(&cx, Some(status), None, true);
+    shared.metrics.observe("outbound", to, status, elapsed);
+    let millis = elapsed.as_secs_f64() * 1000.0;
+    let mut attributes: Vec<(&'static str, AnyValue)> = vec![
+        ("http.request.method", method.to_string().into()),
+        ("url.path", path.clone().into()),
+        ("http.response.status_code", i64::from(status).into()),
+        ("peer.service", to.to_string().into()),
+        ("weft.mesh.direction", "outbound".into()),
+        ("client.address", client.ip().to_string().into()),
+        ("duration_ms", millis.into()),
+    ];
+    if let Some(endpoint) = endpoint_used {
+        attributes.push(("server.socket.address", endpoint.to_string().into()));
+    }
+    telemetry.access_log(
+        &cx,
+        status,
+        format!("outbound {to} \"{method} {path}\" {status} {millis:.1}ms"),
+        attributes,
+    );
+    Ok(response)
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl Destination {
+    pub(crate) fn new(service: String) -> Self {
+        Self {
+            service,
+            next: AtomicUsize::new(0),
+            connections: Mutex::new(HashMap::new()),
+            client_configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client_config(
+        &self,
+        shared: &Shared,
+        expected: &SpiffeId,
+        tcp: bool,
+    ) -> Result<Arc<ClientConfig>, String> {
+        let tls = shared.tls.load();
+        let mut configs = self.client_configs.lock();
+        if let Some((generation, config)) = configs.get(&tcp) {
+            if *generation == tls.generation {
+                return Ok(config.clone());
+            }
+        }
+        let config = tls
+            .client_config(expected.clone(), tcp)
+            .map_err(|e| e.to_string())?;
+        configs.insert(tcp, (tls.generation, config.clone()));
+        Ok(config)
+    }
+
+    async fn connect_tls(
+        &self,
+        shared: &Shared,
+        expected: &SpiffeId,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+        tcp: bool,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let config = self.client_config(shared, expected, tcp)?;
+        let connect = async {
+            let stream = TcpStream::connect(endpoint)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            TlsConnector::from(config)
+                .connect(ServerName::IpAddress(endpoint.ip().into()), stream)
+                .await
+                .map_err(|e| format!("mTLS handshake failed: {e}"))
+        };
+        tokio::time::timeout(connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no connection within {}",
+                    humantime::format_duration(connect_timeout)
+                )
+            })?
+    }
+
+    /// The open HTTP/2 connection to `endpoint`, or a new one.
+    async fn sender(
+        &self,
+        shared: &Shared,
+        expected: &SpiffeId,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<Body>, String> {
+        if let Some(sender) = self.connections.lock().get(&endpoint) {
+            if !sender.is_closed() {
+                return Ok(sender.clone());
+            }
+        }
+        let stream = self
+            .connect_tls(shared, expected, endpoint, connect_timeout, false)
+            .await?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%endpoint, error = %e, "mesh connection closed");
+            }
+        });
+        self.connections.lock().insert(endpoint, sender.clone());
+        Ok(sender)
+    }
+
+    async fn send(
+        &self,
+        shared: &Shared,
+        expected: &SpiffeId,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, AttemptError> {
+        let mut sender = self
+            .sender(shared, expected, endpoint, connect_timeout)
+            .await
+            .map_err(AttemptError::Connect)?;
+        if sender.ready().await.is_err() {
+            self.connections.lock().remove(&endpoint);
+            return Err(AttemptError::Connect("the connection closed".to_string()));
+        }
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| AttemptError::Send(e.to_string()))?;
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Ok(http::Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// A TCP connection from the app, tunnelled to a sidecar of the service.
+async fn tunnel(shared: Arc<Shared>, destination: Arc<Destination>, mut app: TcpStream) {
+    let snapshot = shared.config.load_full();
+    let to = destination.service.as_str();
+    let expected = SpiffeId::new(&snapshot.mesh, to);
+    let endpoints: Vec<SocketAddr> = snapshot
+        .services
+        .get(to)
+        .map(|s| s.endpoints.iter().filter_map(|e| e.parse().ok()).collect())
+        .unwrap_or_default();
+    let (connect_timeout, _) = snapshot.policies.timeouts(to);
+    let first = destination.next.fetch_add(1, Ordering::Relaxed);
+    for attempt in 0..endpoints.len() {
+        let endpoint = endpoints[(first + attempt) % endpoints.len()];
+        match destination
+            .connect_tls(&shared, &expected, endpoint, connect_timeout, true)
+            .await
+        {
+            Ok(mut stream) => {
+                shared.metrics.connection("outbound", to, "opened");
+                if let Err(e) = tokio::io::copy_bidirectional(&mut app, &mut stream).await {
+                    tracing::debug!(error = %e, "outbound TCP tunnel ended with an error");
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(%to, %endpoint, error = %e, "cannot open a TCP tunnel"),
+        }
+    }
+    shared.metrics.connection("outbound", to, "unreachable");
+}

@@ -1,0 +1,809 @@
+//! `weft mesh` end to end: the real binary as control plane and sidecars on
+//! loopback, real app servers behind them, the test playing the calling app;
+//! traces checked in a real `weft serve`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, Method, Uri};
+use axum::routing::any;
+use axum::{Json, Router};
+use rustls::pki_types::pem::PemObject;
+use support::*;
+
+/// An app behind a sidecar: answers every request with what it received.
+struct App {
+    addr: SocketAddr,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn echo_app(name: &'static str) -> App {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = Router::new().fallback(any(
+        move |method: Method, uri: Uri, headers: HeaderMap| async move {
+            let headers: HashMap<String, String> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                .collect();
+            Json(serde_json::json!({
+                "app": name,
+                "method": method.as_str(),
+                "path": uri.path(),
+                "headers": headers,
+            }))
+        },
+    ));
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    App {
+        addr,
+        _runtime: runtime,
+    }
+}
+
+/// A TCP app that echoes every byte back.
+fn tcp_echo_app() -> App {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    App {
+        addr,
+        _runtime: runtime,
+    }
+}
+
+struct ControlPlane {
+    process: Process,
+    addr: SocketAddr,
+}
+
+impl ControlPlane {
+    /// `weft mesh control-plane` with `yaml` as its file in `dir`, on `addr`.
+    fn start_on(dir: &Path, yaml: &str, addr: &str) -> Self {
+        let config = dir.join("mesh.yaml");
+        if !config.exists() {
+            std::fs::write(&config, yaml).unwrap();
+        }
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command
+            .args(["mesh", "control-plane", "--addr", addr, "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .env("WEFT_LOG", "info");
+        let (process, line) = Process::spawn(command, "control-plane");
+        Self {
+            addr: logged_addr(&line, "addr"),
+            process,
+        }
+    }
+
+    fn start(dir: &Path, yaml: &str) -> Self {
+        Self::start_on(dir, yaml, "127.0.0.1:0")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn put_policies(&self, yaml: &str) {
+        let response = client()
+            .put(self.url("/policies"))
+            .body(yaml.to_string())
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+    }
+
+    fn dataplanes(&self) -> Vec<serde_json::Value> {
+        let body: serde_json::Value = client()
+            .get(self.url("/dataplanes"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        body["dataplanes"].as_array().unwrap().clone()
+    }
+}
+
+struct Sidecar {
+    process: Process,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+    outbound: HashMap<String, SocketAddr>,
+}
+
+impl Sidecar {
+    fn start(
+        control_plane: &ControlPlane,
+        service: &str,
+        app: SocketAddr,
+        protocol: &str,
+        outbound: &[&str],
+    ) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command
+            .args(["mesh", "sidecar", "--service", service])
+            .args(["--inbound", "127.0.0.1:0", "--app", &app.to_string()])
+            .args(["--app-protocol", protocol])
+            .args(["--control-plane", &control_plane.url("")])
+            .args(["--shutdown-grace", "2s"])
+            .env("WEFT_LOG", "info");
+        if !outbound.is_empty() {
+            let listeners: Vec<String> = outbound
+                .iter()
+                .map(|s| format!("{s}=127.0.0.1:0"))
+                .collect();
+            command.args(["--outbound", &listeners.join(",")]);
+        }
+        let (process, line) = Process::spawn(command, "sidecar");
+        let outbound = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("outbound="))
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| {
+                let (service, addr) = pair.split_once('=')?;
+                Some((service.to_string(), addr.parse().ok()?))
+            })
+            .collect();
+        Self {
+            inbound: logged_addr(&line, "inbound"),
+            admin: logged_addr(&line, "admin"),
+            outbound,
+            process,
+        }
+    }
+
+    /// The app's URL for calls to `service` through this sidecar.
+    fn call(&self, service: &str, path: &str) -> String {
+        format!("http://{}{path}", self.outbound[service])
+    }
+
+    fn admin_json(&self, path: &str) -> serde_json::Value {
+        client()
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    fn metrics(&self) -> String {
+        client()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn get_json(response: reqwest::blocking::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(serde_json::Value::Null))
+}
+
+/// Polls `check` until it holds or `what` times out.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A control plane, `crm-database` behind a sidecar, and the sidecar of
+/// `crm-conductor` (whose app is the test) with outbound listeners.
+struct Mesh {
+    control_plane: ControlPlane,
+    database: Sidecar,
+    conductor: Sidecar,
+    _apps: Vec<App>,
+    _dir: tempfile::TempDir,
+}
+
+fn mesh(yaml: &str, outbound: &[&str]) -> Mesh {
+    let dir = tempfile::tempdir().unwrap();
+    let control_plane = ControlPlane::start(dir.path(), yaml);
+    let database_app = echo_app("crm-database");
+    let conductor_app = echo_app("crm-conductor");
+    let database = Sidecar::start(
+        &control_plane,
+        "crm-database",
+        database_app.addr,
+        "http",
+        &[],
+    );
+    let conductor = Sidecar::start(
+        &control_plane,
+        "crm-conductor",
+        conductor_app.addr,
+        "http",
+        outbound,
+    );
+    let c = client();
+    eventually(
+        "the conductor's sidecar to learn where crm-database is",
+        || {
+            c.get(conductor.call("crm-database", "/ready"))
+                .send()
+                .is_ok_and(|r| r.status() != 503)
+        },
+    );
+    Mesh {
+        control_plane,
+        database,
+        conductor,
+        _apps: vec![database_app, conductor_app],
+        _dir: dir,
+    }
+}
+
+const MESH: &str = "mesh: crm\n";
+
+#[test]
+fn calls_cross_the_mesh_over_mtls_and_other_clients_are_refused() {
+    let mesh = mesh(MESH, &["crm-database", "crm-salesforce"]);
+    let c = client();
+    let (status, body) = get_json(
+        c.get(mesh.conductor.call("crm-database", "/accounts/42?x=1"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["app"], "crm-database");
+    assert_eq!(body["path"], "/accounts/42");
+    assert_eq!(
+        body["headers"]["x-forwarded-client-cert"],
+        "By=spiffe://crm/crm-database;URI=spiffe://crm/crm-conductor",
+        "the app learns who called, as mTLS proved it"
+    );
+    let (status, body) = get_json(
+        c.post(mesh.conductor.call("crm-database", "/accounts"))
+            .body("{\"name\":\"ACME\"}")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!((status, body["method"].as_str()), (200, Some("POST")));
+
+    // Plain text to the inbound listener: no HTTP answer.
+    let plain = c
+        .get(format!("http://{}/accounts/42", mesh.database.inbound))
+        .send();
+    assert!(plain.is_err(), "plain text got {plain:?}");
+
+    // A certificate from another CA, with the right name: refused too.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_ca = ControlPlane::start(other_dir.path(), MESH);
+    let answer = foreign_client_request(&other_ca, mesh.database.inbound);
+    assert!(
+        !answer.contains("HTTP/"),
+        "a client the mesh CA did not sign got an answer: {answer:?}"
+    );
+    assert!(
+        mesh.database.metrics().lines().any(|l| l
+            .starts_with("weft_mesh_sidecar_tls_handshake_failures_total")
+            && !l.ends_with(" 0")),
+        "refused handshakes are counted"
+    );
+
+    // A peer that is not who the registry says: the caller's sidecar refuses it.
+    let bogus = serde_json::json!({
+        "service": "crm-salesforce",
+        "address": mesh.database.inbound.to_string(),
+        "protocol": "http",
+        "certificate_not_after": 0,
+        "config_version": "",
+    });
+    let response = c
+        .put(mesh.control_plane.url("/sidecar/v1/dataplanes/impostor"))
+        .json(&bogus)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let mut last = (0, serde_json::Value::Null);
+    eventually("the impostor to be refused", || {
+        last = get_json(
+            c.get(mesh.conductor.call("crm-salesforce", "/"))
+                .send()
+                .unwrap(),
+        );
+        last.0 == 502
+    });
+    let message = last.1["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("spiffe://crm/crm-database")
+            && message.contains("spiffe://crm/crm-salesforce"),
+        "{message}"
+    );
+}
+
+/// Speaks TLS to `inbound` with a certificate signed by `other`'s CA, sends
+/// an HTTP/2 preface, and returns whatever comes back before the close.
+fn foreign_client_request(other: &ControlPlane, inbound: SocketAddr) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let signed: serde_json::Value = client()
+        .post(other.url("/sidecar/v1/certificate"))
+        .json(&serde_json::json!({"service": "crm-conductor", "csr": csr}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+        PemObject::pem_slice_iter(signed["certificate"].as_str().unwrap().as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Accept any server: the point is what the server does with our certificate.
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(
+            chain,
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let mut connection = rustls::ClientConnection::new(
+        Arc::new(config),
+        rustls::pki_types::ServerName::IpAddress(inbound.ip().into()),
+    )
+    .unwrap();
+    let mut socket = std::net::TcpStream::connect(inbound).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut tls = rustls::Stream::new(&mut connection, &mut socket);
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[test]
+fn permission_and_rego_changes_reach_live_sidecars() {
+    let mesh = mesh(MESH, &["crm-database"]);
+    let c = client();
+    let status = |method: Method| {
+        c.request(method, mesh.conductor.call("crm-database", "/accounts/7"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status(Method::GET), 200);
+
+    // Zero trust on, and no rule: denied, with the reason logged by the callee.
+    mesh.control_plane
+        .put_policies("traffic_permissions: {enabled: true}");
+    eventually("deny by default", || status(Method::GET) == 403);
+    let (_, body) = get_json(
+        c.get(mesh.conductor.call("crm-database", "/accounts/7"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        body["message"],
+        "crm-conductor is not permitted to call crm-database"
+    );
+    eventually("the denial in the callee's log", || {
+        mesh.database.process.log().contains("request denied")
+    });
+
+    // A rule allows it; another, more specific, denies someone else.
+    mesh.control_plane.put_policies(
+        "
+traffic_permissions:
+  enabled: true
+  rules:
+    - {name: conductor-to-database, from: crm-conductor, to: crm-database, action: allow}
+    - {name: nobody-else, from: '*', to: crm-database, action: deny}
+",
+    );
+    eventually("the allow rule", || status(Method::GET) == 200);
+
+    // Rego: reads only.
+    mesh.control_plane.put_policies(
+        r#"
+authorization:
+  - name: reads-only
+    to: crm-database
+    rego: |
+      package weft.authz
+      default allow := false
+      allow if {
+        input.request.method == "GET"
+        input.source.spiffe_id == "spiffe://crm/crm-conductor"
+        startswith(input.request.path, "/accounts/")
+      }
+"#,
+    );
+    eventually("the Rego policy", || status(Method::POST) == 403);
+    assert_eq!(status(Method::GET), 200);
+    let (_, body) = get_json(
+        c.delete(mesh.conductor.call("crm-database", "/accounts/7"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(body["message"], "request denied by policy reads-only");
+    eventually("the policy named in the callee's log", || {
+        mesh.database.process.log().contains("rule=reads-only")
+    });
+
+    // An invalid policy is refused with the reason, and the running one stays.
+    let response = c
+        .put(mesh.control_plane.url("/policies"))
+        .body("authorization: [{name: x, to: crm-database, rego: 'package x\nallow if {'}]")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let message = response.text().unwrap();
+    assert!(
+        message.contains("policies.authorization[0].rego"),
+        "{message}"
+    );
+    assert_eq!(status(Method::POST), 403);
+
+    // The control plane shows who runs what.
+    let dataplanes = mesh.control_plane.dataplanes();
+    let database = dataplanes
+        .iter()
+        .find(|d| d["service"] == "crm-database")
+        .expect("the database's sidecar is listed");
+    assert_eq!(database["spiffe_id"], "spiffe://crm/crm-database");
+    assert_eq!(database["policies"]["authorization"][0], "reads-only");
+    assert!(database["certificate_expires_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+}
+
+#[test]
+fn certificates_rotate_under_traffic_without_a_failed_request() {
+    let mesh = mesh("mesh: crm\ncertificates: {ttl: 3s}\n", &["crm-database"]);
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = mesh.conductor.call("crm-database", "/accounts/1");
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (failures, done, stop, url) =
+                (failures.clone(), done.clone(), stop.clone(), url.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                while !stop.load(Ordering::Relaxed) {
+                    match c.get(&url).send() {
+                        Ok(r) if r.status() == 200 => {}
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    eventually("two rotations on both sides", || {
+        [&mesh.conductor, &mesh.database]
+            .iter()
+            .all(|s| s.admin_json("/")["certificate_generation"].as_u64() >= Some(2))
+    });
+    // New connections after the rotations work too: a fresh sidecar calls in.
+    let mobile_app = echo_app("crm-mobile");
+    let mobile = Sidecar::start(
+        &mesh.control_plane,
+        "crm-mobile",
+        mobile_app.addr,
+        "http",
+        &["crm-database"],
+    );
+    eventually("a new caller after the rotations", || {
+        client()
+            .get(mobile.call("crm-database", "/accounts/2"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    });
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) > 20, "traffic flowed");
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(mesh
+        .database
+        .metrics()
+        .contains("weft_mesh_sidecar_certificate_rotations_total"));
+}
+
+#[test]
+fn sidecars_keep_their_last_config_while_the_control_plane_is_down() {
+    let mesh = mesh(
+        "
+mesh: crm
+policies:
+  traffic_permissions:
+    enabled: true
+    rules: [{name: conductor-to-database, from: crm-conductor, to: crm-database, action: allow}]
+",
+        &["crm-database", "crm-cache"],
+    );
+    let Mesh {
+        control_plane,
+        database,
+        conductor,
+        _apps,
+        _dir,
+    } = mesh;
+    let c = client();
+    let addr = control_plane.addr.to_string();
+    control_plane.process.kill9();
+    for _ in 0..20 {
+        let (status, _) = get_json(
+            c.get(conductor.call("crm-database", "/accounts/3"))
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(status, 200, "served with the last config");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eventually("the sidecar to notice", || {
+        conductor
+            .process
+            .log()
+            .contains("serving with the last config")
+    });
+
+    // The control plane comes back on the same address with the same CA:
+    // sidecars report in again and receive changes.
+    let control_plane = ControlPlane::start_on(_dir.path(), "", &addr);
+    eventually("both sidecars registered again", || {
+        control_plane.dataplanes().len() == 2
+    });
+    control_plane.put_policies("traffic_permissions: {enabled: true}");
+    eventually("the change after the restart", || {
+        c.get(conductor.call("crm-database", "/accounts/3"))
+            .send()
+            .unwrap()
+            .status()
+            == 403
+    });
+    let (status, _) = get_json(c.get(conductor.call("crm-cache", "/")).send().unwrap());
+    assert_eq!(status, 503, "no sidecar of crm-cache is known");
+    assert!(conductor.process.stop().success());
+    assert!(database.process.stop().success());
+}
+
+#[test]
+fn every_hop_is_traced_into_weft_as_children_of_the_apps_spans() {
+    let data = tempfile::tempdir().unwrap();
+    let weft = Weft::start(data.path(), &[]);
+    let mesh = mesh(
+        &format!(
+            "mesh: crm\npolicies:\n  tracing: {{backend: '{}', sampling: 1.0}}\n",
+            weft.grpc_url()
+        ),
+        &["crm-database"],
+    );
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let app_span = "10f067aa0ba902b7";
+    let (status, body) = get_json(
+        client()
+            .get(mesh.conductor.call("crm-database", "/accounts/9"))
+            .header("traceparent", format!("00-{trace_id}-{app_span}-01"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200);
+    let seen = body["headers"]["traceparent"].as_str().unwrap().to_string();
+    let parent_of_app = seen.split('-').nth(2).unwrap().to_string();
+
+    let sql = format!(
+        "SELECT span_id, parent_span_id, kind, service_name, attributes['peer.service'], \
+         attributes['weft.mesh.peer_identity'], attributes['http.response.status_code'] \
+         FROM spans WHERE trace_id = '{trace_id}' ORDER BY start_time"
+    );
+    let mut rows = Vec::new();
+    eventually("both hops' spans in weft", || {
+        rows = weft.sql_rows(&sql);
+        rows.len() == 2
+    });
+    let (client_span, server_span) = (&rows[0], &rows[1]);
+    assert_eq!(
+        client_span[1], app_span,
+        "the caller's sidecar continues the app's trace"
+    );
+    assert_eq!(client_span[2], "CLIENT");
+    assert_eq!(client_span[3], "crm-conductor");
+    assert_eq!(client_span[4], "crm-database");
+    assert_eq!(client_span[5], "spiffe://crm/crm-database");
+    assert_eq!(
+        server_span[1], client_span[0],
+        "the callee's SERVER span is the CLIENT span's child"
+    );
+    assert_eq!(server_span[2], "SERVER");
+    assert_eq!(server_span[3], "crm-database");
+    assert_eq!(server_span[4], "crm-conductor");
+    assert_eq!(server_span[5], "spiffe://crm/crm-conductor");
+    assert_eq!(server_span[6], "200");
+    assert_eq!(
+        server_span[0],
+        parent_of_app.as_str(),
+        "the app's span is the SERVER span's child"
+    );
+
+    let logs_sql = format!(
+        "SELECT service_name, span_id, body FROM logs WHERE trace_id = '{trace_id}' ORDER BY service_name"
+    );
+    let mut logs = Vec::new();
+    eventually("an access log per hop", || {
+        logs = weft.sql_rows(&logs_sql);
+        logs.len() == 2
+    });
+    assert_eq!(logs[0][0], "crm-conductor");
+    assert_eq!(logs[0][1], client_span[0]);
+    assert_eq!(logs[1][0], "crm-database");
+    assert_eq!(logs[1][1], server_span[0]);
+    assert!(logs[1][2]
+        .as_str()
+        .unwrap()
+        .contains("\"GET /accounts/9\" 200"));
+    assert!(weft.stop().success());
+}
+
+#[test]
+fn tcp_streams_are_tunnelled_and_permissions_apply_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let control_plane = ControlPlane::start(dir.path(), MESH);
+    let cache_app = tcp_echo_app();
+    let cache = Sidecar::start(&control_plane, "crm-cache", cache_app.addr, "tcp", &[]);
+    let conductor_app = echo_app("crm-conductor");
+    let conductor = Sidecar::start(
+        &control_plane,
+        "crm-conductor",
+        conductor_app.addr,
+        "http",
+        &["crm-cache"],
+    );
+    let roundtrip = |payload: &[u8]| -> Vec<u8> {
+        let mut stream = std::net::TcpStream::connect(conductor.outbound["crm-cache"]).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(payload).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        answer
+    };
+    let payload = b"SET account:42 ACME\r\n".repeat(1000);
+    eventually("bytes through the tunnel", || {
+        roundtrip(&payload) == payload
+    });
+
+    control_plane.put_policies("traffic_permissions: {enabled: true}");
+    eventually("the connection refused", || {
+        roundtrip(b"PING\r\n").is_empty()
+    });
+    eventually("the denial in the callee's log", || {
+        cache.process.log().contains("TCP connection denied")
+    });
+}
+
+#[test]
+fn a_busy_port_or_a_bad_flag_stops_the_sidecar_with_the_reason() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["mesh", "sidecar", "--service", "crm-database"])
+        .args(["--inbound", &busy.local_addr().unwrap().to_string()])
+        .args(["--app", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains("the inbound listener"),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["mesh", "sidecar", "--service", "crm database"])
+        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not a service name"), "{stderr}");
+}
