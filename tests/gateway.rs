@@ -176,27 +176,6 @@ fn unused_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-fn get_json(response: reqwest::blocking::Response) -> (u16, serde_json::Value) {
-    let status = response.status().as_u16();
-    (status, response.json().unwrap_or(serde_json::Value::Null))
-}
-
-/// Polls `check` until it holds or `what` times out.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn routes_pick_the_service_by_path_host_method_and_header_and_strip_their_prefix() {
     let (mobile, legacy) = (backend("crm-mobile"), backend("crm-legacy"));

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::any;
@@ -205,27 +205,6 @@ impl Sidecar {
             .unwrap()
             .text()
             .unwrap()
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-fn get_json(response: reqwest::blocking::Response) -> (u16, serde_json::Value) {
-    let status = response.status().as_u16();
-    (status, response.json().unwrap_or(serde_json::Value::Null))
-}
-
-/// Polls `check` until it holds or `what` times out.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -12,6 +12,7 @@ cd "$(dirname "$0")/../.."
 DURATION=${1:-20s}
 CONNECTIONS=${2:-64}
 WORK=$(mktemp -d)
+source bench/lib.sh
 trap 'kill $(jobs -p) 2>/dev/null; wait; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
@@ -57,26 +58,8 @@ $WEFT gateway --config "$WORK/gateway.yaml" --proxy-addr 127.0.0.1:$GATEWAY --ad
   2>"$WORK/gateway.log" &
 $WEFT gateway --config "$WORK/gateway.yaml" --proxy-addr 127.0.0.1:$GATEWAY_TRACED --admin-addr 127.0.0.1:18201 \
   --otlp-endpoint http://127.0.0.1:14317 2>"$WORK/gateway-traced.log" &
-wait_for() {
-  for _ in $(seq 150); do curl -fs -o /dev/null "$1" && return 0; sleep 0.2; done
-  echo "not answering: $1" >&2; exit 1
-}
 wait_for http://127.0.0.1:16687/api/v1/services
 for port in $NGINX $GATEWAY $GATEWAY_TRACED; do wait_for "http://127.0.0.1:$port/"; done
-
-# Requests/s, p50 and p99 (ms) from wrk's --latency output.
-measure() {
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" > "$WORK/wrk.out"
-  local rps p50 p99 errors
-  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
-  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
-  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
-  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk.out" | tr '\n' ' ')
-  echo "$rps|$p50|$p99|${errors:-none}"
-}
-to_ms() { # wrk prints 1.23ms, 850.00us or 1.20s
-  awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else printf "%.3f", v*1000 }'
-}
 
 wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$NGINX/" >/dev/null   # warm-up
 wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$GATEWAY/" >/dev/null
@@ -89,12 +72,10 @@ exported=$(curl -s http://127.0.0.1:18201/status)
 
 echo "| proxy | requests/s | × nginx | p50 ms | p99 ms | errors |"
 echo "|---|---:|---:|---:|---:|---|"
-for row in "nginx (proxy_pass, upstream keepalive)|$n_rps|$n_p50|$n_p99|$n_err" \
+for r in "nginx (proxy_pass, upstream keepalive)|$n_rps|$n_p50|$n_p99|$n_err" \
            "weft gateway, telemetry off|$g_rps|$g_p50|$g_p99|$g_err" \
            "weft gateway, 100% traced + access logs into weft serve|$t_rps|$t_p50|$t_p99|$t_err"; do
-  IFS='|' read -r name rps p50 p99 err <<<"$row"
-  printf "| %s | %.0f | %.2f | %s | %s | %s |\n" "$name" "$rps" "$(awk -v a="$rps" -v b="$n_rps" 'BEGIN{print a/b}')" \
-    "$(to_ms "$p50")" "$(to_ms "$p99")" "$err"
+  row "$r" "$n_rps"
 done
 echo
 echo "p99 added by tracing (traced − untraced gateway): $(awk -v a="$(to_ms "$t_p99")" -v b="$(to_ms "$g_p99")" 'BEGIN{printf "%.3f", a-b}') ms"

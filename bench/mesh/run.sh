@@ -15,6 +15,7 @@ cd "$(dirname "$0")/../.."
 DURATION=${1:-20s}
 CONNECTIONS=${2:-64}
 WORK=$(mktemp -d)
+source bench/lib.sh
 trap 'kill $(jobs -p) 2>/dev/null; wait; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
@@ -87,26 +88,8 @@ $WEFT mesh sidecar --service bench-server --inbound 127.0.0.1:$SIDECAR_IN --app 
 $WEFT mesh sidecar --service bench-client --inbound 127.0.0.1:19103 --app 127.0.0.1:$APP \
   --outbound bench-server=127.0.0.1:$SIDECAR_OUT --control-plane http://127.0.0.1:$CP \
   --admin-addr 127.0.0.1:19104 2>"$WORK/client.log" &
-wait_for() {
-  for _ in $(seq 150); do curl -fs -o /dev/null "$1" && return 0; sleep 0.2; done
-  echo "not answering: $1" >&2; exit 1
-}
 wait_for http://127.0.0.1:16687/api/v1/services
 for port in $NGINX_OUT $SIDECAR_OUT; do wait_for "http://127.0.0.1:$port/"; done
-
-# Requests/s, p50 and p99 (ms) from wrk's --latency output.
-measure() {
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" > "$WORK/wrk.out"
-  local rps p50 p99 errors
-  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
-  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
-  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
-  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk.out" | tr '\n' ' ')
-  echo "$rps|$p50|$p99|${errors:-none}"
-}
-to_ms() { # wrk prints 1.23ms, 850.00us or 1.20s
-  awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else printf "%.3f", v*1000 }'
-}
 
 wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$NGINX_OUT/" >/dev/null   # warm-up
 wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$SIDECAR_OUT/" >/dev/null
@@ -116,11 +99,9 @@ sleep 2
 
 echo "| hop | requests/s | × nginx pair | p50 ms | p99 ms | errors |"
 echo "|---|---:|---:|---:|---:|---|"
-for row in "nginx → TLS (client cert) → nginx|$n_rps|$n_p50|$n_p99|$n_err" \
-           "weft sidecar → mTLS (SPIFFE) → weft sidecar, 100% traced + access logs|$w_rps|$w_p50|$w_p99|$w_err"; do
-  IFS='|' read -r name rps p50 p99 err <<<"$row"
-  printf "| %s | %.0f | %.2f | %s | %s | %s |\n" "$name" "$rps" "$(awk -v a="$rps" -v b="$n_rps" 'BEGIN{print a/b}')" \
-    "$(to_ms "$p50")" "$(to_ms "$p99")" "$err"
+for r in "nginx → TLS (client cert) → nginx|$n_rps|$n_p50|$n_p99|$n_err" \
+         "weft sidecar → mTLS (SPIFFE) → weft sidecar, 100% traced + access logs|$w_rps|$w_p50|$w_p99|$w_err"; do
+  row "$r" "$n_rps"
 done
 echo
 echo "telemetry (client sidecar): $(curl -s http://127.0.0.1:19104/metrics | grep '^weft_mesh_sidecar_telemetry' | tr '\n' ' ')"

@@ -3,21 +3,20 @@
 //! Naming rule (as in the rest of weft): `weft_<component>_<what>_<unit>`,
 //! counters ending in `_total`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::server::Runtime;
-use weft_proxy::TelemetryCounters;
+use weft_proxy::{TelemetryCollector, TelemetryCounters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -69,7 +68,8 @@ impl Metrics {
             "Configuration reloads, applied or rejected",
             reloads.clone(),
         );
-        registry.register_collector(Box::new(StateCollector { runtime, telemetry }));
+        registry.register_collector(Box::new(StateCollector { runtime }));
+        registry.register_collector(Box::new(TelemetryCollector::new("weft_gateway", telemetry)));
         Self {
             registry,
             requests,
@@ -109,7 +109,6 @@ impl Metrics {
 
 struct StateCollector {
     runtime: Arc<ArcSwap<Runtime>>,
-    telemetry: Arc<TelemetryCounters>,
 }
 
 impl std::fmt::Debug for StateCollector {
@@ -135,24 +134,6 @@ impl Collector for StateCollector {
                 ];
                 ConstGauge::new(i64::from(target.health == "HEALTHY"))
                     .encode(healthy.encode_family(&labels)?)?;
-            }
-        }
-        let telemetry = &self.telemetry;
-        for (name, help, readings) in [
-            (
-                "weft_gateway_telemetry_exported",
-                "Spans and log records the collector accepted",
-                [("spans", &telemetry.spans_exported), ("logs", &telemetry.logs_exported)],
-            ),
-            (
-                "weft_gateway_telemetry_dropped",
-                "Spans and log records dropped because the export queue was full or the export failed",
-                [("spans", &telemetry.spans_dropped), ("logs", &telemetry.logs_dropped)],
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
-            for (signal, reading) in readings {
-                ConstCounter::new(reading.load(Ordering::Relaxed)).encode(family.encode_family(&[("signal", signal)])?)?;
             }
         }
         Ok(())

@@ -339,43 +339,24 @@ pub(crate) async fn serve_proxy(
     grace: Duration,
 ) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    weft_proxy::accept_until(
+        listener,
+        shutdown,
+        grace,
+        "proxy",
+        |stream, client, watcher| {
+            let shared = shared.clone();
+            let service =
+                hyper::service::service_fn(move |request| handle(shared.clone(), client, request));
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            tokio::spawn(async move {
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::debug!(error = %e, %client, "proxy connection ended with an error");
                 }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let service =
-            hyper::service::service_fn(move |request| handle(shared.clone(), client, request));
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %client, "proxy connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "connections still open after the shutdown grace period; closing them"
-        );
-    }
+            });
+        },
+    )
+    .await;
 }

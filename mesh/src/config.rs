@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use weft_proxy::TelemetryConfig;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +162,19 @@ impl Default for TracingPolicy {
     }
 }
 
+impl TracingPolicy {
+    /// The telemetry settings of a sidecar of `service` under this policy.
+    pub(crate) fn telemetry_config(&self, service: Option<&str>) -> TelemetryConfig {
+        TelemetryConfig {
+            otlp_endpoint: self.backend.clone(),
+            service_name: service.map(str::to_string),
+            sampling: self.sampling,
+            access_log: self.access_log,
+            ..TelemetryConfig::default()
+        }
+    }
+}
+
 /// Timeouts of calls to `to`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,24 +291,13 @@ impl Policies {
             check_target(&format!("{at}.from"), &rule.from)?;
             check_target(&format!("{at}.to"), &rule.to)?;
         }
-        let tracing = &self.tracing;
-        if !(0.0..=1.0).contains(&tracing.sampling) {
-            return invalid(
-                format!("{at}.tracing.sampling"),
-                format!("must be between 0 and 1, got {}", tracing.sampling),
-            );
-        }
-        if let Some(backend) = &tracing.backend {
-            if backend
-                .parse::<http::Uri>()
-                .map(|u| u.host().is_none())
-                .unwrap_or(true)
-            {
-                return invalid(
-                    format!("{at}.tracing.backend"),
-                    format!("{backend:?} is not an absolute URL such as http://127.0.0.1:4317"),
-                );
-            }
+        if let Err((field, reason)) = self.tracing.telemetry_config(None).validate() {
+            let field = if field == "otlp_endpoint" {
+                "backend"
+            } else {
+                field
+            };
+            return invalid(format!("{at}.tracing.{field}"), reason);
         }
         for (i, timeout) in self.timeouts.iter().enumerate() {
             check_target(&format!("{at}.timeouts[{i}].to"), &timeout.to)?;

@@ -3,15 +3,21 @@
 //!
 //! [`Telemetry`] is a proxy's own tracing and access logging through the
 //! OpenTelemetry SDK, exported over OTLP from bounded queues that the request
-//! path never waits on. [`headers`] holds the HTTP header rules every hop
-//! applies (hop-by-hop headers, upgrades).
+//! path never waits on, with a [`TelemetryCollector`] for `/metrics`.
+//! [`headers`] holds the HTTP header rules every hop applies (hop-by-hop
+//! headers, upgrades), [`accept_until`] the accept loop with graceful
+//! shutdown, and [`message_response`] the shape of a proxy's own answers.
 //!
 //! Not here: routing, balancing or anything else one proxy does and the other
 //! does not.
 
 pub mod headers;
+mod listener;
+mod response;
 mod telemetry;
 
+pub use crate::listener::accept_until;
+pub use crate::response::message_response;
 pub use crate::telemetry::{
-    end_span, Telemetry, TelemetryConfig, TelemetryCounters, TelemetryError,
+    end_span, Telemetry, TelemetryCollector, TelemetryConfig, TelemetryCounters, TelemetryError,
 };

@@ -26,6 +26,10 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
 use tokio::sync::{mpsc, watch};
 
 use serde::{Deserialize, Serialize};
@@ -515,5 +519,46 @@ impl Injector for HeaderInjector<'_> {
         ) {
             self.0.insert(name, value);
         }
+    }
+}
+
+/// Reports [`TelemetryCounters`] at scrape time as
+/// `<prefix>_telemetry_exported_total` and `<prefix>_telemetry_dropped_total`,
+/// labelled by `signal` (`spans`, `logs`).
+#[derive(Debug)]
+pub struct TelemetryCollector {
+    prefix: &'static str,
+    counters: Arc<TelemetryCounters>,
+}
+
+impl TelemetryCollector {
+    pub fn new(prefix: &'static str, counters: Arc<TelemetryCounters>) -> Self {
+        Self { prefix, counters }
+    }
+}
+
+impl Collector for TelemetryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.counters;
+        for (what, help, readings) in [
+            (
+                "exported",
+                "Spans and log records the collector accepted",
+                [("spans", &t.spans_exported), ("logs", &t.logs_exported)],
+            ),
+            (
+                "dropped",
+                "Spans and log records dropped because the export queue was full or the export failed",
+                [("spans", &t.spans_dropped), ("logs", &t.logs_dropped)],
+            ),
+        ] {
+            let name = format!("{}_telemetry_{what}", self.prefix);
+            let mut family = encoder.encode_descriptor(&name, help, None, MetricType::Counter)?;
+            for (signal, reading) in readings {
+                ConstCounter::new(reading.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&[("signal", signal)])?)?;
+            }
+        }
+        Ok(())
     }
 }

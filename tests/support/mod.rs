@@ -427,3 +427,26 @@ pub fn stored_span_ids(data_dir: &Path) -> Vec<u64> {
         })
         .collect()
 }
+
+/// A blocking HTTP client with a 10 s timeout.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The status and JSON body of a response (`null` when it has none).
+pub fn get_json(response: reqwest::blocking::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(serde_json::Value::Null))
+}
+
+/// Polls `check` until it holds, or fails naming `what` after 20 s.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

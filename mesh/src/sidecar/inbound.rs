@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::Watcher;
 use opentelemetry::logs::AnyValue;
 use opentelemetry::{Context, KeyValue};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{end_span, Telemetry};
+use weft_proxy::{accept_until, end_span, message_response, Telemetry};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -30,83 +31,63 @@ pub(super) async fn serve(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tcp = shared.app_protocol == AppProtocol::Tcp;
-            let acceptor = TlsAcceptor::from(shared.tls.load().server_config(tcp));
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        shared.metrics.handshake_failed();
-                        tracing::info!(%remote, error = %e, "inbound mTLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        shared.metrics.handshake_failed();
-                        return;
-                    }
-                };
-            let mesh = shared.config.load().mesh.clone();
-            let peer = match peer_identity(stream.get_ref().1) {
-                Some(peer) if peer.trust_domain() == mesh => peer,
-                other => {
-                    shared.metrics.handshake_failed();
-                    tracing::info!(%remote, peer = ?other, "inbound client has no identity of this mesh");
-                    return;
-                }
-            };
-            if tcp {
-                tunnel(shared, peer, remote, stream).await;
-                return;
-            }
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let service = hyper::service::service_fn(move |request| {
-                handle(shared.clone(), peer.clone(), remote, request)
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(error = %e, %remote, "inbound connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "inbound connections still open after the grace period"
-        );
-    }
+    let shutdown = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    accept_until(
+        listener,
+        shutdown,
+        grace,
+        "inbound",
+        |stream, remote, watcher| {
+            tokio::spawn(serve_connection(shared.clone(), stream, remote, watcher));
+        },
+    )
+    .await;
 }
 
-/// A JSON answer of the sidecar's own, `{"message": "…"}`.
-pub(crate) fn sidecar_response(status: StatusCode, message: &str) -> http::Response<Body> {
-    let body = serde_json::json!({ "message": message }).to_string();
-    let mut response = http::Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
+/// The mTLS handshake, the caller's identity, then HTTP or a TCP tunnel.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    watcher: Watcher,
+) {
+    let tcp = shared.app_protocol == AppProtocol::Tcp;
+    let acceptor = TlsAcceptor::from(shared.tls.load().server_config(tcp));
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            shared.metrics.handshake_failed();
+            tracing::info!(%remote, error = %e, "inbound mTLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.handshake_failed();
+            return;
+        }
+    };
+    let mesh = shared.config.load().mesh.clone();
+    let peer = match peer_identity(stream.get_ref().1) {
+        Some(peer) if peer.trust_domain() == mesh => peer,
+        other => {
+            shared.metrics.handshake_failed();
+            tracing::info!(%remote, peer = ?other, "inbound client has no identity of this mesh");
+            return;
+        }
+    };
+    if tcp {
+        tunnel(shared, peer, remote, stream).await;
+        return;
+    }
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let service = hyper::service::service_fn(move |request| {
+        handle(shared.clone(), peer.clone(), remote, request)
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(error = %e, %remote, "inbound connection ended with an error");
+    }
 }
 
 async fn handle(
@@ -169,7 +150,7 @@ async fn handle(
                 kind = denial.kind, rule = %denial.rule, "request denied"
             );
             (
-                sidecar_response(StatusCode::FORBIDDEN, &denial.message),
+                message_response::<Body>(StatusCode::FORBIDDEN, &denial.message),
                 Some(denial),
             )
         }
@@ -239,7 +220,9 @@ async fn forward_to_app(
         .to_string();
     parts.uri = match format!("http://{}{path}", shared.app).parse() {
         Ok(uri) => uri,
-        Err(_) => return sidecar_response(StatusCode::BAD_REQUEST, "invalid request target"),
+        Err(_) => {
+            return message_response::<Body>(StatusCode::BAD_REQUEST, "invalid request target")
+        }
     };
     parts.version = if shared.app_protocol == AppProtocol::Http2 {
         http::Version::HTTP_2
@@ -261,7 +244,7 @@ async fn forward_to_app(
         }
         Err(e) => {
             tracing::warn!(app = %shared.app, error = %e, "the app did not answer");
-            sidecar_response(
+            message_response::<Body>(
                 StatusCode::BAD_GATEWAY,
                 &format!("{} did not answer", shared.service),
             )

@@ -3,20 +3,17 @@
 //! Naming rule (as in the rest of weft): `weft_<component>_<what>_<unit>`,
 //! counters ending in `_total`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use weft_proxy::TelemetryCounters;
+use weft_proxy::{TelemetryCollector, TelemetryCounters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -125,7 +122,10 @@ impl SidecarMetrics {
     pub(crate) fn watch_telemetry(&self, counters: Arc<TelemetryCounters>) {
         self.registry
             .lock()
-            .register_collector(Box::new(TelemetryCollector(counters)));
+            .register_collector(Box::new(TelemetryCollector::new(
+                "weft_mesh_sidecar",
+                counters,
+            )));
     }
 
     pub(crate) fn observe(
@@ -190,33 +190,5 @@ impl SidecarMetrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry.lock())
             .expect("writing to a String");
         text
-    }
-}
-
-#[derive(Debug)]
-struct TelemetryCollector(Arc<TelemetryCounters>);
-
-impl Collector for TelemetryCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let t = &self.0;
-        for (name, help, readings) in [
-            (
-                "weft_mesh_sidecar_telemetry_exported",
-                "Spans and log records the collector accepted",
-                [("spans", &t.spans_exported), ("logs", &t.logs_exported)],
-            ),
-            (
-                "weft_mesh_sidecar_telemetry_dropped",
-                "Spans and log records dropped because the export queue was full or the export failed",
-                [("spans", &t.spans_dropped), ("logs", &t.logs_dropped)],
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (signal, reading) in readings {
-                ConstCounter::new(reading.load(Ordering::Relaxed))
-                    .encode(family.encode_family(&[("signal", signal)])?)?;
-            }
-        }
-        Ok(())
     }
 }

@@ -27,7 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use rcgen::{CertificateParams, KeyPair};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weft_proxy::{Telemetry, TelemetryConfig, TelemetryCounters};
+use weft_proxy::{Telemetry, TelemetryCounters};
 
 use crate::api::{
     AppProtocol, CertificateRequest, CertificateResponse, Registration, ServiceEndpoints,
@@ -291,6 +291,14 @@ impl Sidecar {
 }
 
 impl Snapshot {
+    /// Where the sidecars of `service` listen, as the control plane last said.
+    pub(crate) fn endpoints(&self, service: &str) -> Vec<SocketAddr> {
+        self.services
+            .get(service)
+            .map(|s| s.endpoints.iter().filter_map(|e| e.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     fn compile(config: SidecarConfig) -> Result<Self, String> {
         Ok(Self {
             policies: CompiledPolicies::compile(config.policies)?,
@@ -354,13 +362,7 @@ fn start_telemetry(
     policy: &TracingPolicy,
     counters: &Arc<TelemetryCounters>,
 ) -> Result<Telemetry, String> {
-    let config = TelemetryConfig {
-        otlp_endpoint: policy.backend.clone(),
-        service_name: Some(service.to_string()),
-        sampling: policy.sampling,
-        access_log: policy.access_log,
-        ..TelemetryConfig::default()
-    };
+    let config = policy.telemetry_config(Some(service));
     Telemetry::start_counting(&config, "weft-mesh", counters.clone()).map_err(|e| e.to_string())
 }
 

@@ -22,10 +22,9 @@ use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
-use weft_proxy::end_span;
 use weft_proxy::headers::remove_hop_by_hop;
+use weft_proxy::{accept_until, end_span, message_response};
 
-use super::inbound::sidecar_response;
 use super::{Body, Shared};
 use crate::api::AppProtocol;
 use crate::spiffe::SpiffeId;
@@ -56,55 +55,41 @@ pub(super) async fn serve(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let shutdown = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let (shared, destination) = (shared.clone(), destination.clone());
-        let tcp = shared
-            .config
-            .load()
-            .services
-            .get(&destination.service)
-            .is_some_and(|s| s.protocol == AppProtocol::Tcp);
-        if tcp {
-            tokio::spawn(tunnel(shared, destination, stream));
-            continue;
-        }
-        let service = hyper::service::service_fn(move |request| {
-            handle(shared.clone(), destination.clone(), client, request)
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %client, "outbound connection ended with an error");
+    accept_until(
+        listener,
+        shutdown,
+        grace,
+        "outbound",
+        |stream, client, watcher| {
+            let (shared, destination) = (shared.clone(), destination.clone());
+            let tcp = shared
+                .config
+                .load()
+                .services
+                .get(&destination.service)
+                .is_some_and(|s| s.protocol == AppProtocol::Tcp);
+            if tcp {
+                tokio::spawn(tunnel(shared, destination, stream));
+                return;
             }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "outbound connections still open after the grace period"
-        );
-    }
+            let service = hyper::service::service_fn(move |request| {
+                handle(shared.clone(), destination.clone(), client, request)
+            });
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            tokio::spawn(async move {
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::debug!(error = %e, %client, "outbound connection ended with an error");
+                }
+            });
+        },
+    )
+    .await;
 }
 
 async fn handle(
@@ -132,11 +117,7 @@ async fn handle(
             KeyValue::new("weft.mesh.peer_identity", expected.to_string()),
         ],
     );
-    let endpoints: Vec<SocketAddr> = snapshot
-        .services
-        .get(to)
-        .map(|s| s.endpoints.iter().filter_map(|e| e.parse().ok()).collect())
-        .unwrap_or_default();
+    let endpoints = snapshot.endpoints(to);
     let (connect_timeout, request_timeout) = snapshot.policies.timeouts(to);
     let (mut parts, body) = request.into_parts();
     remove_hop_by_hop(&mut parts.headers);
@@ -156,7 +137,7 @@ async fn handle(
     let mut answer = None;
     let mut endpoint_used = None;
     if endpoints.is_empty() {
-        answer = Some(sidecar_response(
+        answer = Some(message_response::<Body>(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("no sidecar of {to} is registered with the control plane"),
         ));
@@ -175,7 +156,7 @@ async fn handle(
         *request.uri_mut() = match format!("http://{to}{path_and_query}").parse() {
             Ok(uri) => uri,
             Err(_) => {
-                answer = Some(sidecar_response(
+                answer = Some(message_response::<Body>(
                     StatusCode::BAD_REQUEST,
                     "invalid request target",
                 ));
@@ -198,13 +179,13 @@ async fn handle(
             }
             Ok(Err(AttemptError::Connect(e))) => {
                 tracing::warn!(%to, %endpoint, error = %e, "cannot reach the callee's sidecar");
-                answer = Some(sidecar_response(
+                answer = Some(message_response::<Body>(
                     StatusCode::BAD_GATEWAY,
                     &format!("cannot reach {to}: {e}"),
                 ));
             }
             Ok(Err(AttemptError::Send(e))) => {
-                answer = Some(sidecar_response(
+                answer = Some(message_response::<Body>(
                     StatusCode::BAD_GATEWAY,
                     &format!("{to} did not answer: {e}"),
                 ));
@@ -213,7 +194,7 @@ async fn handle(
                 }
             }
             Err(_) => {
-                answer = Some(sidecar_response(
+                answer = Some(message_response::<Body>(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!(
                         "{to} did not answer within {}",
@@ -224,7 +205,7 @@ async fn handle(
         }
     }
     let response = answer.unwrap_or_else(|| {
-        sidecar_response(StatusCode::BAD_GATEWAY, &format!("cannot reach {to}"))
+        message_response::<Body>(StatusCode::BAD_GATEWAY, &format!("cannot reach {to}"))
     });
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -380,11 +361,7 @@ async fn tunnel(shared: Arc<Shared>, destination: Arc<Destination>, mut app: Tcp
     let snapshot = shared.config.load_full();
     let to = destination.service.as_str();
     let expected = SpiffeId::new(&snapshot.mesh, to);
-    let endpoints: Vec<SocketAddr> = snapshot
-        .services
-        .get(to)
-        .map(|s| s.endpoints.iter().filter_map(|e| e.parse().ok()).collect())
-        .unwrap_or_default();
+    let endpoints = snapshot.endpoints(to);
     let (connect_timeout, _) = snapshot.policies.timeouts(to);
     let first = destination.next.fetch_add(1, Ordering::Relaxed);
     for attempt in 0..endpoints.len() {

@@ -1,0 +1,32 @@
+# Shared by the proxy benchmarks (bench/gateway, bench/mesh); sourced after
+# DURATION, CONNECTIONS and WORK are set.
+
+# Waits up to 30 s for a URL to answer 2xx.
+wait_for() {
+  for _ in $(seq 150); do curl -fs -o /dev/null "$1" && return 0; sleep 0.2; done
+  echo "not answering: $1" >&2; exit 1
+}
+
+# Requests/s, p50 and p99 (as wrk prints them) and errors of one wrk run on a port.
+measure() {
+  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" > "$WORK/wrk.out"
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
+  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
+  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk.out" | tr '\n' ' ')
+  echo "$rps|$p50|$p99|${errors:-none}"
+}
+
+# wrk prints 1.23ms, 850.00us or 1.20s; this prints milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else printf "%.3f", v*1000 }'
+}
+
+# One Markdown row: name|rps|p50|p99|errors, with the ratio to a baseline rps.
+row() {
+  local name rps p50 p99 err
+  IFS='|' read -r name rps p50 p99 err <<<"$1"
+  printf "| %s | %.0f | %.2f | %s | %s | %s |\n" "$name" "$rps" "$(awk -v a="$rps" -v b="$2" 'BEGIN{print a/b}')" \
+    "$(to_ms "$p50")" "$(to_ms "$p99")" "$err"
+}
