@@ -1,5 +1,19 @@
-# Shared by the proxy benchmarks (bench/gateway, bench/mesh); sourced after
-# DURATION, CONNECTIONS and WORK are set.
+# Shared by the proxy benchmarks (bench/gateway, bench/mesh); sourced from
+# the repository root after DURATION, CONNECTIONS and WORK are set. It stops
+# everything the script started, and nginx, on exit.
+trap 'kill $(jobs -p) 2>/dev/null; wait; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+# Installs nginx, wrk and openssl if missing, and sets WEFT to a release build
+# (unless WEFT=path/to/weft names another build to measure).
+prepare() {
+  if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v openssl >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk openssl >/dev/null
+  fi
+  if [ -z "${WEFT:-}" ]; then
+    cargo build --release --bin weft -q
+    WEFT=target/release/weft
+  fi
+}
 
 # Waits up to 30 s for a URL to answer 2xx.
 wait_for() {

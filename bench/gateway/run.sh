@@ -13,15 +13,7 @@ DURATION=${1:-20s}
 CONNECTIONS=${2:-64}
 WORK=$(mktemp -d)
 source bench/lib.sh
-trap 'kill $(jobs -p) 2>/dev/null; wait; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
-fi
-if [ -z "${WEFT:-}" ]; then   # WEFT=path/to/weft measures another build
-  cargo build --release --bin weft -q
-  WEFT=target/release/weft
-fi
+prepare
 
 UPSTREAM=18080 NGINX=18000 GATEWAY=18100 GATEWAY_TRACED=18200
 cat > "$WORK/nginx.conf" <<CONF

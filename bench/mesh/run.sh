@@ -16,15 +16,7 @@ DURATION=${1:-20s}
 CONNECTIONS=${2:-64}
 WORK=$(mktemp -d)
 source bench/lib.sh
-trap 'kill $(jobs -p) 2>/dev/null; wait; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk openssl >/dev/null
-fi
-if [ -z "${WEFT:-}" ]; then   # WEFT=path/to/weft measures another build
-  cargo build --release --bin weft -q
-  WEFT=target/release/weft
-fi
+prepare
 
 APP=19080 NGINX_OUT=19000 NGINX_IN=19443 SIDECAR_OUT=19100 SIDECAR_IN=19101 CP=19681
 

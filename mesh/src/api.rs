@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,18 @@ impl fmt::Display for AppProtocol {
             Self::Tcp => "tcp",
         })
     }
+}
+
+/// A time as the API carries it: whole seconds since the Unix epoch (0 for
+/// anything before it).
+pub(crate) fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The inverse of [`unix_seconds`], for signed timestamps (negative is the epoch).
+pub(crate) fn from_unix_seconds(seconds: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64)
 }
 
 /// `POST /sidecar/v1/certificate`: sign this CSR for `service`.

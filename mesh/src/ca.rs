@@ -14,6 +14,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+use crate::api::from_unix_seconds;
 use crate::config::MeshConfig;
 use crate::spiffe::SpiffeId;
 
@@ -191,16 +192,14 @@ fn random_serial() -> SerialNumber {
 }
 
 fn to_system_time(t: OffsetDateTime) -> SystemTime {
-    let seconds = t.unix_timestamp();
-    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64)
+    from_unix_seconds(t.unix_timestamp())
 }
 
 /// The end of the first certificate's validity in a PEM text.
 pub(crate) fn not_after_of(pem: &str) -> Option<SystemTime> {
     let der = rustls_pemfile::certs(&mut pem.as_bytes()).next()?.ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    let seconds = cert.validity().not_after.timestamp();
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64))
+    Some(from_unix_seconds(cert.validity().not_after.timestamp()))
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {

@@ -29,7 +29,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::{
-    CertificateRequest, CertificateResponse, Registration, ServiceEndpoints, SidecarConfig,
+    from_unix_seconds, unix_seconds, CertificateRequest, CertificateResponse, Registration,
+    ServiceEndpoints, SidecarConfig,
 };
 use crate::ca::{CaError, CertificateAuthority};
 use crate::config::{is_service_name, ConfigError, MeshConfig, Policies};
@@ -206,14 +207,8 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "message": message.into() }))).into_response()
 }
 
-fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(unix))
-        .to_string()
+    humantime::format_rfc3339_seconds(from_unix_seconds(unix as i64)).to_string()
 }
 
 impl CpState {

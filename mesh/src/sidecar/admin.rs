@@ -11,23 +11,19 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use super::Shared;
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let app = Router::new()
         .route("/", get(overview))
         .route("/config", get(config))
         .route("/metrics", get(metrics))
         .with_state(shared);
-    let shutdown = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -51,7 +47,7 @@ async fn overview(State(shared): State<Arc<Shared>>) -> Response {
         "config_version": snapshot.version,
         "app": shared.app.to_string(),
         "app_protocol": shared.app_protocol,
-        "outbound": super::outbound_map(&shared),
+        "outbound": shared.outbound,
     }))
     .into_response()
 }

@@ -12,7 +12,6 @@ use hyper_util::server::graceful::Watcher;
 use opentelemetry::logs::AnyValue;
 use opentelemetry::{Context, KeyValue};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use weft_proxy::headers::remove_hop_by_hop;
 use weft_proxy::{accept_until, end_span, message_response, Telemetry};
@@ -28,12 +27,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
-    let shutdown = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    };
     accept_until(
         listener,
         shutdown,

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use weft_proxy::{TelemetryCollector, TelemetryCounters};
+
+use crate::api::unix_seconds;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -41,7 +42,7 @@ struct ConnectionLabels {
 }
 
 pub(crate) struct SidecarMetrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<DirectionLabels, Histogram>,
     denied: Family<DenialLabels, Counter>,
@@ -53,7 +54,8 @@ pub(crate) struct SidecarMetrics {
 }
 
 impl SidecarMetrics {
-    pub(crate) fn new() -> Self {
+    /// `telemetry` outlives telemetry restarts, so it is reported from here.
+    pub(crate) fn new(telemetry: Arc<TelemetryCounters>) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -105,8 +107,12 @@ impl SidecarMetrics {
             "Config versions received from the control plane after the first",
             config_updates.clone(),
         );
+        registry.register_collector(Box::new(TelemetryCollector::new(
+            "weft_mesh_sidecar",
+            telemetry,
+        )));
         Self {
-            registry: Mutex::new(registry),
+            registry,
             requests,
             latency,
             denied,
@@ -116,16 +122,6 @@ impl SidecarMetrics {
             rotations,
             config_updates,
         }
-    }
-
-    /// Reports the telemetry counters, which outlive telemetry restarts.
-    pub(crate) fn watch_telemetry(&self, counters: Arc<TelemetryCounters>) {
-        self.registry
-            .lock()
-            .register_collector(Box::new(TelemetryCollector::new(
-                "weft_mesh_sidecar",
-                counters,
-            )));
     }
 
     pub(crate) fn observe(
@@ -171,10 +167,7 @@ impl SidecarMetrics {
     }
 
     pub(crate) fn certificate_issued(&self, not_after: SystemTime) {
-        let seconds = not_after
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.certificate_expiry.set(seconds as i64);
+        self.certificate_expiry.set(unix_seconds(not_after) as i64);
     }
 
     pub(crate) fn rotated(&self) {
@@ -187,7 +180,7 @@ impl SidecarMetrics {
 
     pub(crate) fn render(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry.lock())
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String");
         text
     }

@@ -15,7 +15,7 @@ mod inbound;
 mod metrics;
 mod outbound;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,8 +30,8 @@ use tokio::sync::watch;
 use weft_proxy::{Telemetry, TelemetryCounters};
 
 use crate::api::{
-    AppProtocol, CertificateRequest, CertificateResponse, Registration, ServiceEndpoints,
-    SidecarConfig,
+    unix_seconds, AppProtocol, CertificateRequest, CertificateResponse, Registration,
+    ServiceEndpoints, SidecarConfig,
 };
 use crate::config::{is_service_name, TracingPolicy};
 use crate::policy::CompiledPolicies;
@@ -183,7 +183,7 @@ impl Sidecar {
             .http2_only(options.app_protocol == AppProtocol::Http2)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(HttpConnector::new());
-        let metrics = SidecarMetrics::new();
+        let metrics = SidecarMetrics::new(telemetry_counters.clone());
         metrics.certificate_issued(tls.not_after);
         let instance = format!(
             "{}-{}",
@@ -208,9 +208,6 @@ impl Sidecar {
                 .filter_map(|(service, l)| Some((service.clone(), l.local_addr().ok()?)))
                 .collect(),
         });
-        shared
-            .metrics
-            .watch_telemetry(shared.telemetry_counters.clone());
         shared.register().await.ok();
         let outbound = outbound_listeners
             .into_iter()
@@ -257,7 +254,7 @@ impl Sidecar {
         let mut servers = vec![tokio::spawn(inbound::serve(
             shared.clone(),
             self.inbound,
-            stopped.clone(),
+            until_stopped(stopped.clone()),
             grace,
         ))];
         for (destination, listener) in self.outbound {
@@ -265,14 +262,14 @@ impl Sidecar {
                 shared.clone(),
                 destination,
                 listener,
-                stopped.clone(),
+                until_stopped(stopped.clone()),
                 grace,
             )));
         }
         servers.push(tokio::spawn(admin::serve(
             shared.clone(),
             self.admin,
-            stopped.clone(),
+            until_stopped(stopped),
         )));
         shutdown.await;
         let _ = stop.send(true);
@@ -315,12 +312,7 @@ impl Shared {
             service: self.service.clone(),
             address: self.advertise.to_string(),
             protocol: self.app_protocol,
-            certificate_not_after: self
-                .tls
-                .load()
-                .not_after
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            certificate_not_after: unix_seconds(self.tls.load().not_after),
             config_version: self.config.load().version.clone(),
         };
         self.control_plane
@@ -364,6 +356,11 @@ fn start_telemetry(
 ) -> Result<Telemetry, String> {
     let config = policy.telemetry_config(Some(service));
     Telemetry::start_counting(&config, "weft-mesh", counters.clone()).map_err(|e| e.to_string())
+}
+
+/// Resolves once `run` says stop.
+async fn until_stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Retries `attempt` until it works, saying once that it waits.
@@ -579,13 +576,4 @@ async fn answer(response: reqwest::Response) -> Result<reqwest::Response, String
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     Err(format!("control plane answered {status}: {body}"))
-}
-
-/// Outbound listeners by service, for the admin API.
-pub(crate) fn outbound_map(shared: &Shared) -> HashMap<String, String> {
-    shared
-        .outbound
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_string()))
-        .collect()
 }

@@ -20,7 +20,6 @@ use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use weft_proxy::headers::remove_hop_by_hop;
 use weft_proxy::{accept_until, end_span, message_response};
@@ -52,12 +51,9 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     destination: Arc<Destination>,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
-    let shutdown = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     accept_until(
         listener,
