@@ -1,6 +1,7 @@
 //! The `weft` binary: one command per role, wiring the crates together.
 
 mod config;
+mod demo;
 mod gateway;
 mod mesh;
 mod serve;
@@ -34,18 +35,16 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Run the service mesh's control plane or a sidecar (mTLS, permissions, a traced hop each).
     Mesh(mesh::MeshArgs),
+    /// Run everything on one machine: weft, the CRM services behind the gateway and inside the mesh, live load, faults on demand.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let instrumented_by_sdk = matches!(&cli.command, Command::Demo(demo) if demo.runs_a_service());
+    if !instrumented_by_sdk {
+        init_log();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weft")
@@ -61,5 +60,18 @@ fn main() -> anyhow::Result<()> {
         Command::Sql(args) => runtime.block_on(sql::run(args)),
         Command::Gateway(args) => runtime.block_on(gateway::run(args)),
         Command::Mesh(args) => runtime.block_on(mesh::run(args)),
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
     }
+}
+
+/// weft's own log: stderr, filtered by `WEFT_LOG` (default `info`).
+fn init_log() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

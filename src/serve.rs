@@ -67,6 +67,20 @@ pub async fn run_query(config: Config) -> anyhow::Result<()> {
 
 pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
+    run_until(config, role, axum::Router::new(), async move {
+        signals.recv().await
+    })
+    .await
+}
+
+/// Runs until `shutdown` completes (its value names the reason in the log).
+/// `extra` routes are served on the API port beside the query API and the UI.
+pub async fn run_until(
+    config: Config,
+    role: Role,
+    extra: axum::Router,
+    shutdown: impl Future<Output = &'static str>,
+) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(config.store_config()).with_context(|| {
         format!(
             "cannot open the data directory {}",
@@ -133,7 +147,8 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         let source: Arc<dyn SnapshotSource> = store.clone();
         let api = weft_query::api::router(query_engine(&config, source)?)
             .merge(weft_ui::router())
-            .merge(metrics.router());
+            .merge(metrics.router())
+            .merge(extra);
         servers.spawn(serve_http(listener, api, until_stopped(), "HTTP API"));
     }
     tracing::info!(
@@ -145,7 +160,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     );
 
     let failure = tokio::select! {
-        signal = signals.recv() => {
+        signal = shutdown => {
             tracing::info!(signal, "shutting down: finishing in-flight requests, then flushing to Parquet");
             None
         }

@@ -1,0 +1,579 @@
+//! `weft demo`: the whole platform on one machine. weft itself runs in this
+//! process; the mesh control plane, the four CRM services, their sidecars
+//! and the gateway run as child processes of this same binary (as a user
+//! would run them), started in dependency order and stopped in reverse; the
+//! load generator runs here and reports on one progress line.
+//!
+//! `weft demo service <name>` runs one CRM service; the demo starts four.
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use weft_demo::control::Control;
+use weft_demo::load::{self, LoadOptions, LoadStats};
+use weft_demo::telemetry::ServiceTelemetry;
+use weft_demo::topology::{ProcessPlan, API_KEY};
+use weft_demo::{CrmService, Fault, Ports, ServiceOptions, Topology};
+
+use crate::config::{Config, HttpConfig, OtlpConfig};
+use crate::serve::{self, ShutdownSignals};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DemoArgs {
+    #[command(subcommand)]
+    command: Option<DemoCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+impl DemoArgs {
+    /// `weft demo service` instruments itself with the OpenTelemetry SDK
+    /// instead of weft's own log output.
+    pub fn runs_a_service(&self) -> bool {
+        matches!(self.command, Some(DemoCommand::Service(_)))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoCommand {
+    /// Run one CRM service (what `weft demo` starts four of, each behind a sidecar).
+    Service(ServiceArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServiceArgs {
+    /// crm-mobile, crm-conductor, crm-salesforce or crm-database.
+    service: CrmService,
+    /// The app's listen address (its sidecar's --app).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Where the service sends its spans and logs (OTLP/gRPC).
+    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    otlp_endpoint: String,
+    /// A service it calls and the base URL to call it at (its sidecar's
+    /// outbound listener), e.g. crm-database=http://127.0.0.1:15003; repeatable.
+    #[arg(long = "callee", value_parser = parse_callee)]
+    callees: Vec<(CrmService, String)>,
+    /// A fault to inject from the start (see `weft demo --help`); repeatable.
+    #[arg(long = "fault")]
+    faults: Vec<Fault>,
+}
+
+fn parse_callee(text: &str) -> Result<(CrmService, String), String> {
+    let (service, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not service=url"))?;
+    Ok((service.parse()?, url.to_string()))
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Where the demo keeps weft's data, the mesh CA and the generated configs.
+    #[arg(long, env = "WEFT_DEMO_DIR", default_value = "weft-demo")]
+    dir: PathBuf,
+    /// Start with no data: delete what an earlier run left in --dir (by default it is kept and added to).
+    #[arg(long)]
+    fresh: bool,
+    /// Requests per second the load generator sends through the gateway (0: no load).
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// A fault to inject, e.g. crm-database:latency=300ms:p=0.2, crm-salesforce:error=0.1,
+    /// crm-database:latency=500ms:when=customer.tier=gold; repeatable. Change them while
+    /// the demo runs with PUT/POST/DELETE /api/v1/demo/faults.
+    #[arg(long = "fault")]
+    faults: Vec<Fault>,
+    /// Stop by itself after this long (default: run until Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// The UI and query API (also serves /api/v1/demo); port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:16686")]
+    http_addr: SocketAddr,
+    /// weft's OTLP/gRPC receiver, where every process sends its telemetry.
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    otlp_grpc_addr: SocketAddr,
+    /// weft's OTLP/HTTP receiver.
+    #[arg(long, default_value = "127.0.0.1:4318")]
+    otlp_http_addr: SocketAddr,
+    /// The gateway's proxy port: the CRM's public API.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    gateway_addr: SocketAddr,
+    /// The gateway's Admin API.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    gateway_admin_addr: SocketAddr,
+    /// The mesh control plane.
+    #[arg(long, default_value = "127.0.0.1:5681")]
+    control_plane_addr: SocketAddr,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(DemoCommand::Service(service)) => run_service(service).await,
+        None => run_demo(args.run).await,
+    }
+}
+
+async fn run_service(args: ServiceArgs) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install()?;
+    let telemetry = ServiceTelemetry::install(args.service.name(), &args.otlp_endpoint)?;
+    let options = ServiceOptions {
+        service: args.service,
+        listen: args.listen,
+        callees: args.callees.into_iter().collect(),
+        faults: args.faults,
+    };
+    let served = weft_demo::services::run(options, async move {
+        signals.recv().await;
+    })
+    .await;
+    telemetry.shutdown().await;
+    Ok(served?)
+}
+
+/// The address to use for a user-facing listener: the given one if it is
+/// free, a free one for port 0, a clear error when it is taken.
+fn claim(addr: SocketAddr, flag: &str, what: &str) -> anyhow::Result<SocketAddr> {
+    match TcpListener::bind(addr) {
+        Ok(listener) => Ok(listener.local_addr()?),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "{addr} ({what}) is already in use: stop what listens there, or choose another address with {flag}"
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr} ({what}, {flag})")),
+    }
+}
+
+/// A free loopback port for an internal listener. The port is released
+/// before the child that uses it starts; the kernel does not hand a port it
+/// just gave out to the next bind(0), so the window is harmless in practice.
+fn free_loopback_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+async fn run_demo(args: RunArgs) -> anyhow::Result<()> {
+    if !(0.0..=100_000.0).contains(&args.rate) {
+        bail!(
+            "--rate {} must be between 0 and 100000 requests per second",
+            args.rate
+        );
+    }
+    let mut signals = ShutdownSignals::install()?;
+    let ports = Ports {
+        http: claim(args.http_addr, "--http-addr", "the UI and query API")?,
+        otlp_grpc: claim(args.otlp_grpc_addr, "--otlp-grpc-addr", "OTLP/gRPC")?,
+        otlp_http: claim(args.otlp_http_addr, "--otlp-http-addr", "OTLP/HTTP")?,
+        gateway: claim(args.gateway_addr, "--gateway-addr", "the gateway")?,
+        gateway_admin: claim(
+            args.gateway_admin_addr,
+            "--gateway-admin-addr",
+            "the gateway Admin API",
+        )?,
+        control_plane: claim(
+            args.control_plane_addr,
+            "--control-plane-addr",
+            "the mesh control plane",
+        )?,
+    };
+    let topology = Topology::new(ports, &args.dir, free_loopback_port);
+    prepare_dir(&topology, &args)?;
+
+    let load_stats = Arc::new(LoadStats::default());
+    let control = Control::new(
+        topology.clone(),
+        args.rate,
+        load_stats.clone(),
+        args.faults.clone(),
+    );
+    let config = Config {
+        data_dir: topology.data_dir(),
+        otlp: OtlpConfig {
+            grpc_addr: ports.otlp_grpc,
+            http_addr: ports.otlp_http,
+            ..OtlpConfig::default()
+        },
+        http: HttpConfig { addr: ports.http },
+        ..Config::default()
+    };
+    let (stop_weft, weft_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut weft = tokio::spawn(serve::run_until(
+        config,
+        serve::Role::Serve,
+        control.router(),
+        async move {
+            let _ = weft_stopped.await;
+            "the demo is stopping"
+        },
+    ));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+
+    let mut children = Children::default();
+    let started = async {
+        wait_ready(
+            &client,
+            &format!("http://{}/api/v1/services", ports.http),
+            "weft",
+            || weft.is_finished().then(|| "weft stopped".to_string()),
+        )
+        .await?;
+        for plan in topology.processes(&args.faults) {
+            let child = children.spawn(&plan)?;
+            wait_ready(&client, &plan.ready_url, &plan.name, || child.failure()).await?;
+        }
+        anyhow::Ok(())
+    };
+    let outcome = tokio::select! {
+        started = started => started.map(|()| None),
+        signal = signals.recv() => Ok(Some(signal)),
+    };
+    let outcome = match outcome {
+        Ok(None) => {
+            print_banner(&topology, &args);
+            supervise(
+                &args,
+                &topology,
+                &load_stats,
+                &mut children,
+                &mut signals,
+                &mut weft,
+            )
+            .await
+        }
+        Ok(Some(signal)) => {
+            tracing::info!(signal, "stopped while starting");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    children.stop_all().await;
+    let _ = stop_weft.send(());
+    match (&mut weft).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "weft stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "weft panicked"),
+    }
+    if outcome.is_ok() {
+        eprintln!(
+            "weft demo stopped; the data stays in {} (--fresh starts empty)",
+            args.dir.display()
+        );
+    }
+    outcome
+}
+
+/// Runs the load and the progress line until a signal, the duration, or a
+/// process that dies.
+async fn supervise(
+    args: &RunArgs,
+    topology: &Topology,
+    stats: &Arc<LoadStats>,
+    children: &mut Children,
+    signals: &mut ShutdownSignals,
+    weft: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let (stop_load, load_stopped) = watch::channel(false);
+    let load = (args.rate > 0.0).then(|| {
+        let mut load_stopped = load_stopped.clone();
+        tokio::spawn(load::run(
+            LoadOptions {
+                gateway: topology.gateway_url(),
+                rate: args.rate,
+                max_in_flight: ((args.rate * 2.0) as usize).clamp(64, 20_000),
+            },
+            stats.clone(),
+            async move {
+                let _ = load_stopped.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
+    let progress = tokio::spawn(progress_line(stats.clone(), args.rate, load_stopped));
+    let until = async {
+        match args.duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        signal = signals.recv() => {
+            tracing::info!(signal, "stopping the demo");
+            Ok(())
+        }
+        () = until => Ok(()),
+        (name, status) = children.next_exit() => Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping the demo")),
+        result = &mut *weft => Err(match result {
+            Ok(Ok(())) => anyhow::anyhow!("weft stopped unexpectedly"),
+            Ok(Err(e)) => e.context("weft failed"),
+            Err(e) => anyhow::anyhow!("weft panicked: {e}"),
+        }),
+    };
+    let _ = stop_load.send(true);
+    if let Some(load) = load {
+        let _ = load.await;
+    }
+    let _ = progress.await;
+    outcome
+}
+
+/// Redrawn in place on a terminal every 2 s; a plain line every 10 s otherwise.
+async fn progress_line(stats: Arc<LoadStats>, rate: f64, mut stopped: watch::Receiver<bool>) {
+    let terminal = std::io::stderr().is_terminal();
+    let every = Duration::from_secs(if terminal { 2 } else { 10 });
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let report = stats.report(rate, last.elapsed());
+        last = Instant::now();
+        if rate == 0.0 {
+            continue;
+        }
+        if terminal {
+            eprint!("\r\x1b[2K{report}");
+        } else {
+            eprintln!("{report}");
+        }
+    }
+    if terminal {
+        eprintln!();
+    }
+}
+
+fn prepare_dir(topology: &Topology, args: &RunArgs) -> anyhow::Result<()> {
+    let data = topology.data_dir();
+    if args.fresh {
+        for dir in [
+            data.clone(),
+            topology.dir.join("mesh"),
+            topology.config_dir(),
+        ] {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot delete {}", dir.display()))
+                }
+            }
+        }
+    } else if data.exists() {
+        tracing::info!(dir = %args.dir.display(), "keeping the data of the earlier run (--fresh starts empty)");
+    }
+    std::fs::create_dir_all(topology.config_dir())
+        .with_context(|| format!("cannot create {}", topology.config_dir().display()))?;
+    write(&topology.mesh_config_path(), &topology.mesh_config())?;
+    write(
+        &topology.gateway_config_path(),
+        &topology.gateway_config(args.rate),
+    )
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn print_banner(topology: &Topology, args: &RunArgs) {
+    let ports = &topology.ports;
+    println!(
+        "\nweft demo is running: the CRM behind the gateway, inside the mesh, {rate} requests/s{faults}\n\
+         \n  UI          http://{ui}  (traces, logs, service map, analysis)\
+         \n  CRM API     curl -H 'apikey: {API_KEY}' {gateway}/api/accounts/42\
+         \n  faults      curl -X POST {ui}/api/v1/demo/faults -d '{{\"fault\":\"crm-database:latency=300ms:p=0.2\"}}'\
+         \n              curl -X DELETE {ui}/api/v1/demo/faults\
+         \n  mesh        http://{cp}/dataplanes\
+         \n  gateway     http://{admin}/status\
+         \n  data        {dir}\n\
+         \nCtrl-C stops everything.\n",
+        rate = args.rate,
+        faults = if args.faults.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", faults: {}",
+                args.faults.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )
+        },
+        ui = ports.http,
+        gateway = topology.gateway_url(),
+        cp = ports.control_plane,
+        admin = ports.gateway_admin,
+        dir = args.dir.display(),
+    );
+    tracing::info!(
+        ui = %ports.http,
+        gateway = %ports.gateway,
+        otlp_grpc = %ports.otlp_grpc,
+        control_plane = %ports.control_plane,
+        "weft demo running"
+    );
+}
+
+/// Polls `url` until it answers 2xx; `failed` says whether the process behind it died.
+async fn wait_ready(
+    client: &reqwest::Client,
+    url: &str,
+    name: &str,
+    failed: impl Fn() -> Option<String>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(failure) = failed() {
+            bail!("{name} did not start: {failure}");
+        }
+        if let Ok(response) = client.get(url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not become ready within 60 s ({url} does not answer)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The demo's child processes: their stderr forwarded with a prefix, their
+/// exits reported, stopped in reverse start order.
+struct Children {
+    started: Vec<Arc<Child>>,
+    exit_tx: mpsc::UnboundedSender<(String, ExitStatus)>,
+    exits: mpsc::UnboundedReceiver<(String, ExitStatus)>,
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        let (exit_tx, exits) = mpsc::unbounded_channel();
+        Self {
+            started: Vec::new(),
+            exit_tx,
+            exits,
+        }
+    }
+}
+
+struct Child {
+    name: String,
+    pid: u32,
+    exited: watch::Receiver<Option<ExitStatus>>,
+    /// The last lines it logged, for the error when it fails to start.
+    recent: Mutex<VecDeque<String>>,
+}
+
+impl Child {
+    fn failure(&self) -> Option<String> {
+        let status = (*self.exited.borrow())?;
+        let recent: Vec<String> = self.recent.lock().iter().cloned().collect();
+        Some(format!(
+            "it exited ({status}); its last lines:\n{}",
+            recent.join("\n")
+        ))
+    }
+}
+
+impl Children {
+    fn spawn(&mut self, plan: &ProcessPlan) -> anyhow::Result<Arc<Child>> {
+        let exe = std::env::current_exe().context("cannot find the weft binary to start")?;
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args(&plan.args)
+            .env(
+                "WEFT_LOG",
+                std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group: Ctrl-C reaches only the demo, which
+            // stops the children in order (callers before callees).
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: prctl(2) is async-signal-safe and touches only the child.
+        // If the demo dies without stopping its children, they get SIGTERM.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut process = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", plan.name))?;
+        let pid = process.id().context("the child has no pid")?;
+        let (exit_tx, exited) = watch::channel(None);
+        let child = Arc::new(Child {
+            name: plan.name.clone(),
+            pid,
+            exited,
+            recent: Mutex::new(VecDeque::new()),
+        });
+        if let Some(stderr) = process.stderr.take() {
+            let child = child.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[{}] {line}", child.name);
+                    let mut recent = child.recent.lock();
+                    if recent.len() == 20 {
+                        recent.pop_front();
+                    }
+                    recent.push_back(line);
+                }
+            });
+        }
+        let exits = self.exit_tx.clone();
+        let name = plan.name.clone();
+        tokio::spawn(async move {
+            let status = process.wait().await;
+            if let Ok(status) = status {
+                let _ = exit_tx.send(Some(status));
+                let _ = exits.send((name, status));
+            }
+        });
+        self.started.push(child.clone());
+        Ok(child)
+    }
+
+    /// The next child to exit.
+    async fn next_exit(&mut self) -> (String, ExitStatus) {
+        match self.exits.recv().await {
+            Some(exit) => exit,
+            // Never: `self` holds a sender.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// SIGTERM to each, the last started first, so nobody loses a callee
+    /// while requests are still flowing; SIGKILL after a grace period.
+    async fn stop_all(&mut self) {
+        for child in self.started.drain(..).rev() {
+            let mut exited = child.exited.clone();
+            if exited.borrow().is_some() {
+                continue;
+            }
+            // SAFETY: kill(2) on our own child's pid, which its waiter task has not reaped yet.
+            unsafe { libc::kill(child.pid as i32, libc::SIGTERM) };
+            let stopped =
+                tokio::time::timeout(Duration::from_secs(15), exited.wait_for(Option::is_some))
+                    .await
+                    .is_ok();
+            if !stopped {
+                tracing::warn!(process = %child.name, "did not stop within 15 s; killing it");
+                // SAFETY: as above.
+                unsafe { libc::kill(child.pid as i32, libc::SIGKILL) };
+                let _ = exited.wait_for(Option::is_some).await;
+            }
+        }
+    }
+}
