@@ -6,9 +6,9 @@
 //!
 //! `weft demo service <name>` runs one CRM service; the demo starts four.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -140,25 +140,68 @@ async fn run_service(args: ServiceArgs) -> anyhow::Result<()> {
     Ok(served?)
 }
 
-/// The address to use for a user-facing listener: the given one if it is
-/// free, a free one for port 0, a clear error when it is taken.
-fn claim(addr: SocketAddr, flag: &str, what: &str) -> anyhow::Result<SocketAddr> {
-    match TcpListener::bind(addr) {
-        Ok(listener) => Ok(listener.local_addr()?),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
-            "{addr} ({what}) is already in use: stop what listens there, or choose another address with {flag}"
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr} ({what}, {flag})")),
-    }
+/// Ports the demo has chosen, held open until the process that listens on
+/// them starts, so nothing else takes them in between.
+#[derive(Default)]
+struct Reservations {
+    held: HashMap<SocketAddr, TcpListener>,
 }
 
-/// A free loopback port for an internal listener. The port is released
-/// before the child that uses it starts; the kernel does not hand a port it
-/// just gave out to the next bind(0), so the window is harmless in practice.
-fn free_loopback_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+impl Reservations {
+    /// A user-facing address: the given one if it is free (port 0: one the
+    /// demo picks), a clear error when it is taken.
+    fn claim(&mut self, addr: SocketAddr, flag: &str, what: &str) -> anyhow::Result<SocketAddr> {
+        if addr.port() == 0 {
+            return self.internal(addr.ip());
+        }
+        match TcpListener::bind(addr) {
+            Ok(listener) => {
+                self.held.insert(addr, listener);
+                Ok(addr)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+                "{addr} ({what}) is already in use: stop what listens there, or choose another address with {flag}"
+            ),
+            Err(e) => Err(e).with_context(|| format!("cannot listen on {addr} ({what}, {flag})")),
+        }
+    }
+
+    /// A free port for an internal listener, below the kernel's ephemeral
+    /// range: ports from that range are also what outgoing connections get,
+    /// and one could take a port between its release and the child's bind.
+    fn internal(&mut self, ip: IpAddr) -> anyhow::Result<SocketAddr> {
+        let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32_768);
+        let (low, high) = (
+            ephemeral_from.saturating_sub(12_000).max(10_000),
+            ephemeral_from,
+        );
+        if low < high {
+            // A random start, so two demos starting together rarely race for one port.
+            let span = high - low;
+            let start = fastrand::u16(0..span);
+            for offset in 0..span {
+                let addr = SocketAddr::new(ip, low + (start + offset) % span);
+                if let Ok(listener) = TcpListener::bind(addr) {
+                    self.held.insert(addr, listener);
+                    return Ok(addr);
+                }
+            }
+        }
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).context("no free port")?;
+        let addr = listener.local_addr()?;
+        self.held.insert(addr, listener);
+        Ok(addr)
+    }
+
+    /// Lets the process that uses `addrs` bind them.
+    fn release(&mut self, addrs: &[SocketAddr]) {
+        for addr in addrs {
+            self.held.remove(addr);
+        }
+    }
 }
 
 async fn run_demo(args: RunArgs) -> anyhow::Result<()> {
@@ -169,23 +212,34 @@ async fn run_demo(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let mut signals = ShutdownSignals::install()?;
+    let mut reserved = Reservations::default();
     let ports = Ports {
-        http: claim(args.http_addr, "--http-addr", "the UI and query API")?,
-        otlp_grpc: claim(args.otlp_grpc_addr, "--otlp-grpc-addr", "OTLP/gRPC")?,
-        otlp_http: claim(args.otlp_http_addr, "--otlp-http-addr", "OTLP/HTTP")?,
-        gateway: claim(args.gateway_addr, "--gateway-addr", "the gateway")?,
-        gateway_admin: claim(
+        http: reserved.claim(args.http_addr, "--http-addr", "the UI and query API")?,
+        otlp_grpc: reserved.claim(args.otlp_grpc_addr, "--otlp-grpc-addr", "OTLP/gRPC")?,
+        otlp_http: reserved.claim(args.otlp_http_addr, "--otlp-http-addr", "OTLP/HTTP")?,
+        gateway: reserved.claim(args.gateway_addr, "--gateway-addr", "the gateway")?,
+        gateway_admin: reserved.claim(
             args.gateway_admin_addr,
             "--gateway-admin-addr",
             "the gateway Admin API",
         )?,
-        control_plane: claim(
+        control_plane: reserved.claim(
             args.control_plane_addr,
             "--control-plane-addr",
             "the mesh control plane",
         )?,
     };
-    let topology = Topology::new(ports, &args.dir, free_loopback_port);
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let mut shortage = None;
+    let topology = Topology::new(ports, &args.dir, || {
+        reserved.internal(loopback).unwrap_or_else(|e| {
+            shortage = Some(e);
+            SocketAddr::new(loopback, 0)
+        })
+    });
+    if let Some(e) = shortage {
+        return Err(e.context("cannot find free ports for the demo's services"));
+    }
     prepare_dir(&topology, &args)?;
 
     let load_stats = Arc::new(LoadStats::default());
@@ -206,6 +260,7 @@ async fn run_demo(args: RunArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     let (stop_weft, weft_stopped) = tokio::sync::oneshot::channel::<()>();
+    reserved.release(&[ports.http, ports.otlp_grpc, ports.otlp_http]);
     let mut weft = tokio::spawn(serve::run_until(
         config,
         serve::Role::Serve,
@@ -229,6 +284,7 @@ async fn run_demo(args: RunArgs) -> anyhow::Result<()> {
         )
         .await?;
         for plan in topology.processes(&args.faults) {
+            reserved.release(&plan.listens);
             let child = children.spawn(&plan)?;
             wait_ready(&client, &plan.ready_url, &plan.name, || child.failure()).await?;
         }

@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -121,7 +122,7 @@ async fn status(State(control): State<Arc<Control>>) -> Response {
         "gateway_sidecar_admin": topology.sidecar_admin[GATEWAY].to_string(),
         "api_key": API_KEY,
         "rate": control.rate,
-        "load": control.load.last(),
+        "load": {"latest": control.load.last(), "totals": control.load.totals()},
         "services": services,
         "faults": *control.faults.lock().await,
     }))
@@ -144,26 +145,31 @@ struct OneFault {
     fault: Fault,
 }
 
-async fn replace(
-    State(control): State<Arc<Control>>,
-    body: Result<Json<FaultSet>, JsonRejection>,
-) -> Response {
-    match body {
-        Ok(Json(set)) => match control.change(|_| set.faults).await {
-            Ok(faults) => faults_answer(&faults),
-            Err(response) => response,
-        },
-        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
+/// The body as JSON whatever its declared type: `curl -d` sends form encoding.
+fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not {shape}: {e}"),
+        )
+    })
+}
+
+async fn replace(State(control): State<Arc<Control>>, body: Bytes) -> Response {
+    let set: FaultSet = match parse(&body, r#"{"faults": ["service:latency=300ms", ...]}"#) {
+        Ok(set) => set,
+        Err(response) => return response,
+    };
+    match control.change(|_| set.faults).await {
+        Ok(faults) => faults_answer(&faults),
+        Err(response) => response,
     }
 }
 
-async fn add(
-    State(control): State<Arc<Control>>,
-    body: Result<Json<OneFault>, JsonRejection>,
-) -> Response {
-    let fault = match body {
-        Ok(Json(one)) => one.fault,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+async fn add(State(control): State<Arc<Control>>, body: Bytes) -> Response {
+    let fault = match parse::<OneFault>(&body, r#"{"fault": "service:latency=300ms"}"#) {
+        Ok(one) => one.fault,
+        Err(response) => return response,
     };
     let added = control
         .change(|current| current.iter().cloned().chain([fault]).collect())

@@ -49,9 +49,18 @@ pub struct Report {
     pub p99_ms: Option<f64>,
     /// Fraction of the window's answers that were 5xx or failed to arrive.
     pub error_rate: f64,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// Counts since the load started.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Totals {
     pub sent: u64,
+    /// Answers that were 5xx, or no answer.
     pub errors: u64,
     pub rate_limited: u64,
+    /// Not sent because too many requests were waiting for answers.
     pub skipped: u64,
 }
 
@@ -66,8 +75,8 @@ impl LoadStats {
                 f64::from(window[index]) / 1_000.0
             })
         };
-        let errors_before = self.last.lock().as_ref().map_or(0, |r| r.errors);
-        let errors = self.errors.load(Ordering::Relaxed);
+        let errors_before = self.last.lock().as_ref().map_or(0, |r| r.totals.errors);
+        let totals = self.totals();
         let report = Report {
             target_rate,
             achieved_rate: window.len() as f64 / elapsed.as_secs_f64().max(1e-3),
@@ -76,15 +85,21 @@ impl LoadStats {
             error_rate: if window.is_empty() {
                 0.0
             } else {
-                (errors - errors_before) as f64 / window.len() as f64
+                (totals.errors - errors_before) as f64 / window.len() as f64
             },
-            sent: self.sent.load(Ordering::Relaxed),
-            errors,
-            rate_limited: self.rate_limited.load(Ordering::Relaxed),
-            skipped: self.skipped.load(Ordering::Relaxed),
+            totals,
         };
         *self.last.lock() = Some(report.clone());
         report
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            sent: self.sent.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+        }
     }
 
     /// The latest report, if one was made.
@@ -118,13 +133,13 @@ impl fmt::Display for Report {
             ms(self.p50_ms),
             ms(self.p99_ms),
             self.error_rate * 100.0,
-            self.sent
+            self.totals.sent
         )?;
-        if self.rate_limited > 0 {
-            write!(f, "  rate-limited {}", self.rate_limited)?;
+        if self.totals.rate_limited > 0 {
+            write!(f, "  rate-limited {}", self.totals.rate_limited)?;
         }
-        if self.skipped > 0 {
-            write!(f, "  skipped {} (too many in flight)", self.skipped)?;
+        if self.totals.skipped > 0 {
+            write!(f, "  skipped {} (too many in flight)", self.totals.skipped)?;
         }
         Ok(())
     }
@@ -245,7 +260,7 @@ mod tests {
         assert!((report.error_rate - 1.0 / 101.0).abs() < 1e-9);
         let empty = stats.report(50.0, Duration::from_secs(2));
         assert_eq!(empty.p50_ms, None);
-        assert_eq!(empty.errors, 1);
+        assert_eq!(empty.totals.errors, 1);
         assert_eq!(empty.error_rate, 0.0);
     }
 }

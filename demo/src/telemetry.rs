@@ -5,19 +5,24 @@
 //! both exported in batches over OTLP/gRPC. W3C `traceparent` and `baggage`
 //! cross every call.
 
+use std::time::Duration;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_otlp::{LogExporter, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::logs::{self, BatchLogProcessor, SdkLoggerProvider};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{self, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// Longest a span or log record waits in the SDK before it is exported.
+const EXPORT_DELAY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -64,12 +69,31 @@ impl ServiceTelemetry {
             .with_endpoint(otlp_endpoint)
             .build()
             .map_err(exporter_error)?;
+        // The SDK's default 5 s between exports would leave the apps' spans
+        // seconds behind the proxies' around every request; a trace looked at
+        // live should be whole.
         let tracer_provider = SdkTracerProvider::builder()
-            .with_batch_exporter(spans)
+            .with_span_processor(
+                BatchSpanProcessor::builder(spans)
+                    .with_batch_config(
+                        trace::BatchConfigBuilder::default()
+                            .with_scheduled_delay(EXPORT_DELAY)
+                            .build(),
+                    )
+                    .build(),
+            )
             .with_resource(resource.clone())
             .build();
         let logger_provider = SdkLoggerProvider::builder()
-            .with_batch_exporter(logs)
+            .with_log_processor(
+                BatchLogProcessor::builder(logs)
+                    .with_batch_config(
+                        logs::BatchConfigBuilder::default()
+                            .with_scheduled_delay(EXPORT_DELAY)
+                            .build(),
+                    )
+                    .build(),
+            )
             .with_resource(resource)
             .build();
         opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![

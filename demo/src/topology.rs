@@ -62,6 +62,8 @@ pub struct ProcessPlan {
     pub args: Vec<String>,
     /// Answers 200 once the process is ready.
     pub ready_url: String,
+    /// The addresses it listens on.
+    pub listens: Vec<SocketAddr>,
 }
 
 impl Topology {
@@ -128,6 +130,7 @@ impl Topology {
                 &self.ports.control_plane.to_string(),
             ]),
             ready_url: format!("http://{}/", self.ports.control_plane),
+            listens: vec![self.ports.control_plane],
         }];
         // Callees first, so a caller's first requests find them.
         for service in CrmService::ALL.into_iter().rev() {
@@ -155,6 +158,7 @@ impl Topology {
                 name: service.name().into(),
                 args,
                 ready_url: format!("http://{}/health", self.apps[&service]),
+                listens: vec![self.apps[&service]],
             });
         }
         for service in CrmService::ALL.into_iter().rev() {
@@ -188,6 +192,7 @@ impl Topology {
                 &self.ports.gateway_admin.to_string(),
             ]),
             ready_url: format!("http://{}/status", self.ports.gateway_admin),
+            listens: vec![self.ports.gateway, self.ports.gateway_admin],
         });
         plans
     }
@@ -211,10 +216,18 @@ impl Topology {
             args.push("--outbound".into());
             args.push(outbound.join(","));
         }
+        let mut listens = vec![self.inbound[member], self.sidecar_admin[member]];
+        listens.extend(
+            self.outbound
+                .iter()
+                .filter(|((caller, _), _)| *caller == member)
+                .map(|(_, addr)| *addr),
+        );
         ProcessPlan {
             name: format!("sidecar {member}"),
             args,
             ready_url: format!("http://{}/", self.sidecar_admin[member]),
+            listens,
         }
     }
 

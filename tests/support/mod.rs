@@ -73,6 +73,12 @@ impl Process {
         self.wait()
     }
 
+    /// SIGINT (Ctrl-C), then waits for the exit.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        self.signal(libc::SIGINT);
+        self.wait()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(mut self) {
         self.signal(libc::SIGKILL);
@@ -443,8 +449,13 @@ pub fn get_json(response: reqwest::blocking::Response) -> (u16, serde_json::Valu
 }
 
 /// Polls `check` until it holds, or fails naming `what` after 20 s.
-pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(20), check);
+}
+
+/// Polls `check` until it holds, or fails naming `what` after `limit`.
+pub fn eventually_within(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));

@@ -3,8 +3,11 @@
 //! apart from the healthy ones.
 //!
 //! Window analysis, step by step:
-//! 1. SQL over the window summarises every trace (duration, failed or not),
-//!    finds the window's slow threshold (a duration quantile), classifies
+//! 1. SQL over the window summarises every trace (duration, failed or not:
+//!    a span with status `ERROR` that is not a client call; OpenTelemetry
+//!    marks a CLIENT span `ERROR` for any 4xx answer, and a 404 its caller
+//!    handles is no failure of the request — the failures that matter show
+//!    on a SERVER or INTERNAL span, or on a root), finds the window's slow threshold (a duration quantile), classifies
 //!    each trace as `error`, `slow` or `baseline`, and keeps a deterministic
 //!    sample of each class (ordered by trace id, which is random).
 //! 2. The sampled traces' spans come back in one query; each becomes a
@@ -952,7 +955,8 @@ async fn sample_traces(
         "WITH traces AS ( \
            SELECT trace_id, \
                   CAST(max(end_time) AS BIGINT) - CAST(min(start_time) AS BIGINT) AS duration_ns, \
-                  max(CASE WHEN status_code = 'ERROR' THEN 1 ELSE 0 END) AS failed \
+                  max(CASE WHEN status_code = 'ERROR' AND (kind <> 'CLIENT' OR parent_span_id IS NULL) \
+                           THEN 1 ELSE 0 END) AS failed \
            FROM spans WHERE {window}{through_service} GROUP BY trace_id), \
          threshold AS (SELECT approx_percentile_cont(duration_ns, {q}) AS slow_ns FROM traces), \
          classified AS ( \
