@@ -145,20 +145,16 @@ struct OneFault {
     fault: Fault,
 }
 
-/// The body as JSON whatever its declared type: `curl -d` sends form encoding.
-fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not {shape}: {e}"),
-        )
-    })
+/// The body as JSON whatever its declared type (`curl -d` sends form encoding);
+/// a `400` naming the expected shape otherwise.
+fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the body is not {shape}: {e}"))
 }
 
 async fn replace(State(control): State<Arc<Control>>, body: Bytes) -> Response {
     let set: FaultSet = match parse(&body, r#"{"faults": ["service:latency=300ms", ...]}"#) {
         Ok(set) => set,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match control.change(|_| set.faults).await {
         Ok(faults) => faults_answer(&faults),
@@ -169,7 +165,7 @@ async fn replace(State(control): State<Arc<Control>>, body: Bytes) -> Response {
 async fn add(State(control): State<Arc<Control>>, body: Bytes) -> Response {
     let fault = match parse::<OneFault>(&body, r#"{"fault": "service:latency=300ms"}"#) {
         Ok(one) => one.fault,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let added = control
         .change(|current| current.iter().cloned().chain([fault]).collect())
