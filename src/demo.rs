@@ -49,6 +49,24 @@ impl DemoArgs {
 enum DemoCommand {
     /// Run one CRM service (what `weft demo` starts four of, each behind a sidecar).
     Service(ServiceArgs),
+    /// Send the demo's load to its gateway from another process (more load, or a benchmark).
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The demo's gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    gateway: String,
+    /// Requests per second, sent open-loop.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Stop after this long (after the warm-up) and print the measurement as JSON on stdout.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Load sent first and left out of the measurement.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +137,7 @@ struct RunArgs {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     match args.command {
         Some(DemoCommand::Service(service)) => run_service(service).await,
+        Some(DemoCommand::Load(load)) => run_load(load).await,
         None => run_demo(args.run).await,
     }
 }
@@ -138,6 +157,59 @@ async fn run_service(args: ServiceArgs) -> anyhow::Result<()> {
     .await;
     telemetry.shutdown().await;
     Ok(served?)
+}
+
+fn validate_rate(rate: f64) -> anyhow::Result<()> {
+    if !(0.0..=100_000.0).contains(&rate) {
+        bail!("--rate {rate} must be between 0 and 100000 requests per second");
+    }
+    Ok(())
+}
+
+/// At most this many requests wait for answers; more are counted as skipped.
+fn max_in_flight(rate: f64) -> usize {
+    ((rate * 2.0) as usize).clamp(64, 20_000)
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    validate_rate(args.rate)?;
+    if args.rate == 0.0 {
+        bail!("--rate must be more than 0");
+    }
+    let mut signals = ShutdownSignals::install()?;
+    let stats = Arc::new(LoadStats::default());
+    let (stop, stopped) = watch::channel(false);
+    let mut load_stopped = stopped.clone();
+    let load = tokio::spawn(load::run(
+        LoadOptions {
+            gateway: args.gateway.trim_end_matches('/').to_string(),
+            rate: args.rate,
+            max_in_flight: max_in_flight(args.rate),
+        },
+        stats.clone(),
+        async move {
+            let _ = load_stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+    let progress = tokio::spawn(progress_line(stats.clone(), args.rate, stopped));
+    let measured = async {
+        tokio::time::sleep(args.warmup).await;
+        stats.start_measuring();
+        match args.duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        signal = signals.recv() => tracing::info!(signal, "stopping the load"),
+        () = measured => {}
+    }
+    let report = stats.measured(args.rate);
+    let _ = stop.send(true);
+    let _ = load.await;
+    let _ = progress.await;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 /// Ports the demo has chosen, held open until the process that listens on
@@ -205,12 +277,7 @@ impl Reservations {
 }
 
 async fn run_demo(args: RunArgs) -> anyhow::Result<()> {
-    if !(0.0..=100_000.0).contains(&args.rate) {
-        bail!(
-            "--rate {} must be between 0 and 100000 requests per second",
-            args.rate
-        );
-    }
+    validate_rate(args.rate)?;
     let mut signals = ShutdownSignals::install()?;
     let mut reserved = Reservations::default();
     let ports = Ports {
@@ -346,7 +413,7 @@ async fn supervise(
             LoadOptions {
                 gateway: topology.gateway_url(),
                 rate: args.rate,
-                max_in_flight: ((args.rate * 2.0) as usize).clamp(64, 20_000),
+                max_in_flight: max_in_flight(args.rate),
             },
             stats.clone(),
             async move {
@@ -382,15 +449,15 @@ async fn supervise(
     outcome
 }
 
-/// Redrawn in place on a terminal every 2 s; a plain line every 10 s otherwise.
+/// A report every 2 s (what `/api/v1/demo` shows): redrawn in place on a
+/// terminal, printed as a line every 10 s otherwise.
 async fn progress_line(stats: Arc<LoadStats>, rate: f64, mut stopped: watch::Receiver<bool>) {
     let terminal = std::io::stderr().is_terminal();
-    let every = Duration::from_secs(if terminal { 2 } else { 10 });
     let mut last = Instant::now();
-    loop {
+    for tick in 1u64.. {
         tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => break,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         let report = stats.report(rate, last.elapsed());
         last = Instant::now();
@@ -399,7 +466,7 @@ async fn progress_line(stats: Arc<LoadStats>, rate: f64, mut stopped: watch::Rec
         }
         if terminal {
             eprint!("\r\x1b[2K{report}");
-        } else {
+        } else if tick % 5 == 0 {
             eprintln!("{report}");
         }
     }
@@ -430,10 +497,7 @@ fn prepare_dir(topology: &Topology, args: &RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(topology.config_dir())
         .with_context(|| format!("cannot create {}", topology.config_dir().display()))?;
     write(&topology.mesh_config_path(), &topology.mesh_config())?;
-    write(
-        &topology.gateway_config_path(),
-        &topology.gateway_config(args.rate),
-    )
+    write(&topology.gateway_config_path(), &topology.gateway_config())
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
@@ -28,26 +29,38 @@ pub struct LoadOptions {
 }
 
 /// What the load saw, shared with the progress line and the demo's API.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LoadStats {
     sent: AtomicU64,
     errors: AtomicU64,
     rate_limited: AtomicU64,
     skipped: AtomicU64,
     in_flight: AtomicUsize,
-    /// Latencies (µs) of the answers since the last report.
-    window: Mutex<Vec<u32>>,
+    latencies: Mutex<Latencies>,
     last: Mutex<Option<Report>>,
 }
 
-/// One progress report: the window since the previous one, and totals.
+/// Answer latencies in µs: since the last progress report, and since the
+/// measurement started (the whole run unless restarted after a warm-up).
+#[derive(Debug)]
+struct Latencies {
+    window: Histogram<u64>,
+    errors_before_window: u64,
+    measured: Histogram<u64>,
+    measured_since: Instant,
+    errors_before_measured: u64,
+}
+
+/// One report over a stretch of the run, with totals since the start.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub target_rate: f64,
+    /// Answers per second in the stretch.
     pub achieved_rate: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
-    /// Fraction of the window's answers that were 5xx or failed to arrive.
+    pub max_ms: Option<f64>,
+    /// Fraction of the stretch's answers that were 5xx or failed to arrive.
     pub error_rate: f64,
     #[serde(flatten)]
     pub totals: Totals,
@@ -64,33 +77,73 @@ pub struct Totals {
     pub skipped: u64,
 }
 
+fn latency_histogram() -> Histogram<u64> {
+    // 1 µs to an hour at 3 significant digits: ~0.1 % error, fixed memory.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("the bounds are valid")
+}
+
+impl Default for LoadStats {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            latencies: Mutex::new(Latencies {
+                window: latency_histogram(),
+                errors_before_window: 0,
+                measured: latency_histogram(),
+                measured_since: Instant::now(),
+                errors_before_measured: 0,
+            }),
+            last: Mutex::new(None),
+        }
+    }
+}
+
 impl LoadStats {
-    /// Drains the latency window into a report over `elapsed`.
+    /// A report over the answers since the previous one (`elapsed` ago),
+    /// which starts the next window.
     pub fn report(&self, target_rate: f64, elapsed: Duration) -> Report {
-        let mut window = std::mem::take(&mut *self.window.lock());
-        window.sort_unstable();
-        let quantile = |q: f64| {
-            (!window.is_empty()).then(|| {
-                let index = ((window.len() as f64 * q).ceil() as usize).clamp(1, window.len()) - 1;
-                f64::from(window[index]) / 1_000.0
-            })
-        };
-        let errors_before = self.last.lock().as_ref().map_or(0, |r| r.totals.errors);
         let totals = self.totals();
-        let report = Report {
-            target_rate,
-            achieved_rate: window.len() as f64 / elapsed.as_secs_f64().max(1e-3),
-            p50_ms: quantile(0.5),
-            p99_ms: quantile(0.99),
-            error_rate: if window.is_empty() {
-                0.0
-            } else {
-                (totals.errors - errors_before) as f64 / window.len() as f64
-            },
-            totals,
+        let report = {
+            let mut latencies = self.latencies.lock();
+            let report = summary(
+                &latencies.window,
+                target_rate,
+                elapsed,
+                totals,
+                latencies.errors_before_window,
+            );
+            latencies.window.reset();
+            latencies.errors_before_window = totals.errors;
+            report
         };
         *self.last.lock() = Some(report.clone());
         report
+    }
+
+    /// Forgets what was measured so far (a warm-up) and measures from now.
+    pub fn start_measuring(&self) {
+        let errors = self.errors.load(Ordering::Relaxed);
+        let mut latencies = self.latencies.lock();
+        latencies.measured.reset();
+        latencies.measured_since = Instant::now();
+        latencies.errors_before_measured = errors;
+    }
+
+    /// A report over everything since the measurement started.
+    pub fn measured(&self, target_rate: f64) -> Report {
+        let totals = self.totals();
+        let latencies = self.latencies.lock();
+        summary(
+            &latencies.measured,
+            target_rate,
+            latencies.measured_since.elapsed(),
+            totals,
+            latencies.errors_before_measured,
+        )
     }
 
     pub fn totals(&self) -> Totals {
@@ -102,7 +155,7 @@ impl LoadStats {
         }
     }
 
-    /// The latest report, if one was made.
+    /// The latest progress report, if one was made.
     pub fn last(&self) -> Option<Report> {
         self.last.lock().clone()
     }
@@ -117,8 +170,34 @@ impl LoadStats {
                 self.rate_limited.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        self.window.lock().push(micros);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let mut latencies = self.latencies.lock();
+        latencies.window.saturating_record(micros);
+        latencies.measured.saturating_record(micros);
+    }
+}
+
+fn summary(
+    latencies: &Histogram<u64>,
+    target_rate: f64,
+    elapsed: Duration,
+    totals: Totals,
+    errors_before: u64,
+) -> Report {
+    let answers = latencies.len();
+    let ms = |micros: u64| (answers > 0).then(|| micros as f64 / 1_000.0);
+    Report {
+        target_rate,
+        achieved_rate: answers as f64 / elapsed.as_secs_f64().max(1e-3),
+        p50_ms: ms(latencies.value_at_quantile(0.5)),
+        p99_ms: ms(latencies.value_at_quantile(0.99)),
+        max_ms: ms(latencies.max()),
+        error_rate: if answers == 0 {
+            0.0
+        } else {
+            totals.errors.saturating_sub(errors_before) as f64 / answers as f64
+        },
+        totals,
     }
 }
 
@@ -152,8 +231,11 @@ enum Outcome {
     RateLimited,
 }
 
-/// Sends requests until `stop` completes.
+/// Sends requests until `stop` completes (none at a rate of 0).
 pub async fn run(options: LoadOptions, stats: Arc<LoadStats>, stop: impl Future<Output = ()>) {
+    if options.rate.is_nan() || options.rate <= 0.0 {
+        return stop.await;
+    }
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(options.max_in_flight.min(512))
@@ -254,13 +336,28 @@ mod tests {
         }
         stats.answered(Duration::from_millis(500), Outcome::Error);
         let report = stats.report(50.0, Duration::from_secs(2));
-        assert_eq!(report.p50_ms, Some(51.0));
-        assert_eq!(report.p99_ms, Some(100.0));
+        let close = |value: Option<f64>, expected: f64| {
+            let value = value.unwrap();
+            assert!(
+                (value - expected).abs() <= expected * 0.001,
+                "{value} vs {expected}"
+            );
+        };
+        close(report.p50_ms, 51.0);
+        close(report.p99_ms, 100.0);
+        close(report.max_ms, 500.0);
         assert!((report.achieved_rate - 50.5).abs() < 1e-9);
         assert!((report.error_rate - 1.0 / 101.0).abs() < 1e-9);
         let empty = stats.report(50.0, Duration::from_secs(2));
         assert_eq!(empty.p50_ms, None);
         assert_eq!(empty.totals.errors, 1);
         assert_eq!(empty.error_rate, 0.0);
+        // The measurement still holds everything since it started.
+        assert_eq!(stats.measured(50.0).error_rate, 1.0 / 101.0);
+        stats.start_measuring();
+        stats.answered(Duration::from_millis(7), Outcome::Ok);
+        let measured = stats.measured(50.0);
+        close(measured.p99_ms, 7.0);
+        assert_eq!(measured.error_rate, 0.0);
     }
 }

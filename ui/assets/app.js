@@ -12,9 +12,10 @@ const PAGES = [
   [/^\/map$/, 'map', () => import('./pages/map.js')],
   [/^\/sql$/, 'sql', () => import('./pages/sql.js')],
   [/^\/analysis$/, 'analysis', () => import('./pages/analysis.js')],
+  [/^\/demo$/, 'demo', () => import('./pages/demo.js')],
 ];
 
-const TITLES = { search: 'Search', trace: 'Trace', logs: 'Logs', map: 'Service map', sql: 'SQL', analysis: 'Analysis' };
+const TITLES = { search: 'Search', trace: 'Trace', logs: 'Logs', map: 'Service map', sql: 'SQL', analysis: 'Analysis', demo: 'Demo' };
 
 let current = null;
 
@@ -85,5 +86,12 @@ document.getElementById('jump').addEventListener('submit', (event) => {
   input.value = '';
   navigate(`/trace/${id.toLowerCase()}`);
 });
+
+// The Demo page exists only when `weft demo` runs this weft.
+fetch('/api/v1/demo', { headers: { accept: 'application/json' } })
+  .then((response) => {
+    if (response.ok) document.querySelector('.topbar nav a[data-page="demo"]')?.removeAttribute('hidden');
+  })
+  .catch(() => {});
 
 route();

@@ -3,7 +3,7 @@
 //!
 //! The pages talk only to the public HTTP API (`/api/v1/*`); this crate
 //! serves files and nothing else. Page URLs (`/search`, `/trace/{id}`,
-//! `/logs`, `/map`, `/sql`, `/analysis`) all answer with `index.html`, so a shared link
+//! `/logs`, `/map`, `/sql`, `/analysis`, `/demo`) all answer with `index.html`, so a shared link
 //! opens the page it names.
 
 use std::borrow::Cow;
@@ -91,6 +91,7 @@ pub fn router() -> Router {
         .route("/map", get(page))
         .route("/sql", get(page))
         .route("/analysis", get(page))
+        .route("/demo", get(page))
         .route("/ui/{*path}", get(asset))
         .with_state(source)
 }
