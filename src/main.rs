@@ -43,7 +43,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let instrumented_by_sdk = matches!(&cli.command, Command::Demo(demo) if demo.runs_a_service());
     if !instrumented_by_sdk {
-        init_log();
+        // The demo talks through its banner and progress line; its parts'
+        // start-up and flush messages would only bury them.
+        let quiet = matches!(&cli.command, Command::Demo(_));
+        init_log(if quiet { "warn,weft::demo=info" } else { "info" });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,12 +67,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// weft's own log: stderr, filtered by `WEFT_LOG` (default `info`).
-fn init_log() {
+/// weft's own log: stderr, filtered by `WEFT_LOG` (else `default`).
+fn init_log(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
