@@ -207,6 +207,8 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     let report = stats.measured(args.rate);
     let _ = stop.send(true);
     let _ = load.await;
+    // Answers still on their way are not measured, but their traces should be whole.
+    stats.drained(Duration::from_secs(10)).await;
     let _ = progress.await;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -444,6 +446,7 @@ async fn supervise(
     let _ = stop_load.send(true);
     if let Some(load) = load {
         let _ = load.await;
+        stats.drained(Duration::from_secs(10)).await;
     }
     let _ = progress.await;
     outcome

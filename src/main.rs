@@ -46,7 +46,11 @@ fn main() -> anyhow::Result<()> {
         // The demo talks through its banner and progress line; its parts'
         // start-up and flush messages would only bury them.
         let quiet = matches!(&cli.command, Command::Demo(_));
-        init_log(if quiet { "warn,weft::demo=info" } else { "info" });
+        init_log(if quiet {
+            "warn,weft::demo=info"
+        } else {
+            "info"
+        });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

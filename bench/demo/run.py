@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 PORTS = {
@@ -45,6 +46,15 @@ def get(url, body=None):
     request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.read().decode()
+
+
+def ready(url):
+    request = urllib.request.Request(url, headers={"apikey": "demo-key"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200
+    except urllib.error.HTTPError:
+        return False
 
 
 def sql(query):
@@ -134,7 +144,8 @@ def measure(weft, rate, warmup, duration, work):
         stdout=demo_log, stderr=subprocess.STDOUT,
     )
     try:
-        wait_until("the demo", lambda: json.loads(get(f"{API}/api/v1/demo"))["rate"] == 0)
+        # The API answers as soon as weft is up; the gateway, once everything behind it is.
+        wait_until("the demo", lambda: ready(f"{GATEWAY}/api/accounts/1"))
         load = subprocess.Popen(
             [weft, "demo", "load", "--gateway", GATEWAY, "--rate", str(rate),
              "--warmup", f"{warmup}s", "--duration", f"{duration}s"],
@@ -143,13 +154,15 @@ def measure(weft, rate, warmup, duration, work):
         time.sleep(warmup)
         pids = processes({demo.pid, load.pid})
         cpu_before, dropped_before, started = cpu_seconds(pids), dropped_telemetry(), time.time()
-        output, _ = load.communicate(timeout=duration + warmup + 120)
+        # Read the CPU just before the load generator ends its measurement and exits.
+        time.sleep(max(duration - 0.5, 0))
         cpu_after, elapsed = cpu_seconds(pids), time.time() - started
+        output, _ = load.communicate(timeout=120)
         report = json.loads(output.strip().splitlines()[-1])
         # Every request's spans reach weft within a second or two; then count them.
         time.sleep(3)
         dropped = dropped_telemetry() - dropped_before
-        sent = report["sent"] - report["skipped"]
+        sent = report["sent"] + 1  # and the readiness probe (skipped requests were never sent)
         gateway_spans = sql("SELECT count(*) FROM spans WHERE service_name = 'weft-gateway' AND kind = 'SERVER'")[0][0]
         mobile_spans = sql(
             "SELECT count(*) FROM spans WHERE service_name = 'crm-mobile' AND kind = 'SERVER' AND name LIKE '% /api/%'"

@@ -155,6 +155,14 @@ impl LoadStats {
         }
     }
 
+    /// Waits (up to `limit`) for the requests still out to be answered.
+    pub async fn drained(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The latest progress report, if one was made.
     pub fn last(&self) -> Option<Report> {
         self.last.lock().clone()

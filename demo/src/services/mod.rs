@@ -21,6 +21,7 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Json;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::KeyValue;
@@ -35,7 +36,6 @@ use crate::telemetry::{HeaderExtractor, HeaderInjector};
 
 /// The services of the CRM, in call order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum CrmService {
     #[serde(rename = "crm-mobile")]
     Mobile,
@@ -121,6 +121,8 @@ pub enum ServiceError {
     },
     #[error("cannot seed the CRM database: {0}")]
     Database(#[from] rusqlite::Error),
+    #[error("cannot build the HTTP client for calls: {0}")]
+    Client(reqwest::Error),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -164,6 +166,9 @@ pub async fn run(
             source,
         })?;
     tracing::info!(%service, addr = %options.listen, "CRM service listening");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -310,7 +315,7 @@ impl Callees {
             .timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| ServiceError::Serve(std::io::Error::other(e)))?;
+            .map_err(ServiceError::Client)?;
         Ok(Self { client, base })
     }
 

@@ -179,10 +179,14 @@ impl Sidecar {
             &telemetry_counters,
         )
         .map_err(SidecarError::Invalid)?;
+        // Without TCP_NODELAY a request body written after its head waits
+        // for the head's delayed ACK: 40 ms on Linux.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
         let app_client = Client::builder(TokioExecutor::new())
             .http2_only(options.app_protocol == AppProtocol::Http2)
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(HttpConnector::new());
+            .build(connector);
         let metrics = SidecarMetrics::new(telemetry_counters.clone());
         metrics.certificate_issued(tls.not_after);
         let instance = format!(
