@@ -27,7 +27,7 @@ openssl req -x509 -new -key ca.key -subj "/CN=bench CA" -days 2 -out ca.pem 2>/d
 for who in server client; do
   openssl ecparam -name prime256v1 -genkey -noout -out $who.key
   openssl req -new -key $who.key -subj "/CN=$who" -out $who.csr 2>/dev/null
-  printf "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n" > $who.ext
+  printf "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n" > $who.ext
   openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile $who.ext -out $who.pem 2>/dev/null
 done
 cd - >/dev/null
@@ -54,7 +54,7 @@ http {
       proxy_pass https://peer;
       proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_ssl_certificate $WORK/client.pem; proxy_ssl_certificate_key $WORK/client.key;
-      proxy_ssl_trusted_certificate $WORK/ca.pem; proxy_ssl_verify on; proxy_ssl_name 127.0.0.1;
+      proxy_ssl_trusted_certificate $WORK/ca.pem; proxy_ssl_verify on; proxy_ssl_name localhost;  # nginx checks names, not IP SANs
       proxy_ssl_session_reuse on;
     }
   }
