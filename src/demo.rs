@@ -166,9 +166,56 @@ fn validate_rate(rate: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// At most this many requests wait for answers; more are counted as skipped.
-fn max_in_flight(rate: f64) -> usize {
-    ((rate * 2.0) as usize).clamp(64, 20_000)
+/// The load generator and its progress line, running until stopped.
+struct RunningLoad {
+    stats: Arc<LoadStats>,
+    stop: watch::Sender<bool>,
+    load: tokio::task::JoinHandle<()>,
+    progress: tokio::task::JoinHandle<()>,
+}
+
+impl RunningLoad {
+    /// Starts sending `rate` requests a second (none at 0) to `gateway`.
+    fn start(gateway: String, rate: f64, stats: Arc<LoadStats>) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let mut load_stopped = stopped.clone();
+        let load = tokio::spawn(load::run(
+            LoadOptions {
+                gateway,
+                rate,
+                // More requests waiting for answers than this are counted as skipped.
+                max_in_flight: ((rate * 2.0) as usize).clamp(64, 20_000),
+            },
+            stats.clone(),
+            async move {
+                let _ = load_stopped.wait_for(|stop| *stop).await;
+            },
+        ));
+        let progress = tokio::spawn(progress_line(stats.clone(), rate, stopped));
+        Self {
+            stats,
+            stop,
+            load,
+            progress,
+        }
+    }
+
+    /// Stops sending, waits (up to 10 s) for the answers still on their way,
+    /// so their traces are whole, and ends the progress line.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.load.await;
+        self.stats.drained(Duration::from_secs(10)).await;
+        let _ = self.progress.await;
+    }
+}
+
+/// Completes after `duration`, or never.
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
@@ -178,50 +225,52 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     }
     let mut signals = ShutdownSignals::install()?;
     let stats = Arc::new(LoadStats::default());
-    let (stop, stopped) = watch::channel(false);
-    let mut load_stopped = stopped.clone();
-    let load = tokio::spawn(load::run(
-        LoadOptions {
-            gateway: args.gateway.trim_end_matches('/').to_string(),
-            rate: args.rate,
-            max_in_flight: max_in_flight(args.rate),
-        },
+    let load = RunningLoad::start(
+        args.gateway.trim_end_matches('/').to_string(),
+        args.rate,
         stats.clone(),
-        async move {
-            let _ = load_stopped.wait_for(|stop| *stop).await;
-        },
-    ));
-    let progress = tokio::spawn(progress_line(stats.clone(), args.rate, stopped));
+    );
     let measured = async {
         tokio::time::sleep(args.warmup).await;
         stats.start_measuring();
-        match args.duration {
-            Some(duration) => tokio::time::sleep(duration).await,
-            None => std::future::pending().await,
-        }
+        sleep_or_forever(args.duration).await;
     };
     tokio::select! {
         signal = signals.recv() => tracing::info!(signal, "stopping the load"),
         () = measured => {}
     }
+    // Answers still on their way are not measured.
     let report = stats.measured(args.rate);
-    let _ = stop.send(true);
-    let _ = load.await;
-    // Answers still on their way are not measured, but their traces should be whole.
-    stats.drained(Duration::from_secs(10)).await;
-    let _ = progress.await;
+    load.stop().await;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 
 /// Ports the demo has chosen, held open until the process that listens on
 /// them starts, so nothing else takes them in between.
-#[derive(Default)]
 struct Reservations {
     held: HashMap<SocketAddr, TcpListener>,
+    /// Where internal ports are picked from: below the kernel's ephemeral
+    /// range, whose ports are also what outgoing connections get, so one
+    /// could take a port between its release and the child's bind.
+    internal_range: (u16, u16),
 }
 
 impl Reservations {
+    fn new() -> Self {
+        let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32_768);
+        Self {
+            held: HashMap::new(),
+            internal_range: (
+                ephemeral_from.saturating_sub(12_000).max(10_000),
+                ephemeral_from,
+            ),
+        }
+    }
+
     /// A user-facing address: the given one if it is free (port 0: one the
     /// demo picks), a clear error when it is taken.
     fn claim(&mut self, addr: SocketAddr, flag: &str, what: &str) -> anyhow::Result<SocketAddr> {
@@ -240,18 +289,9 @@ impl Reservations {
         }
     }
 
-    /// A free port for an internal listener, below the kernel's ephemeral
-    /// range: ports from that range are also what outgoing connections get,
-    /// and one could take a port between its release and the child's bind.
+    /// A free port for an internal listener, from `internal_range`.
     fn internal(&mut self, ip: IpAddr) -> anyhow::Result<SocketAddr> {
-        let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-            .unwrap_or(32_768);
-        let (low, high) = (
-            ephemeral_from.saturating_sub(12_000).max(10_000),
-            ephemeral_from,
-        );
+        let (low, high) = self.internal_range;
         if low < high {
             // A random start, so two demos starting together rarely race for one port.
             let span = high - low;
@@ -281,7 +321,7 @@ impl Reservations {
 async fn run_demo(args: RunArgs) -> anyhow::Result<()> {
     validate_rate(args.rate)?;
     let mut signals = ShutdownSignals::install()?;
-    let mut reserved = Reservations::default();
+    let mut reserved = Reservations::new();
     let ports = Ports {
         http: reserved.claim(args.http_addr, "--http-addr", "the UI and query API")?,
         otlp_grpc: reserved.claim(args.otlp_grpc_addr, "--otlp-grpc-addr", "OTLP/gRPC")?,
@@ -408,34 +448,13 @@ async fn supervise(
     signals: &mut ShutdownSignals,
     weft: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    let (stop_load, load_stopped) = watch::channel(false);
-    let load = (args.rate > 0.0).then(|| {
-        let mut load_stopped = load_stopped.clone();
-        tokio::spawn(load::run(
-            LoadOptions {
-                gateway: topology.gateway_url(),
-                rate: args.rate,
-                max_in_flight: max_in_flight(args.rate),
-            },
-            stats.clone(),
-            async move {
-                let _ = load_stopped.wait_for(|stop| *stop).await;
-            },
-        ))
-    });
-    let progress = tokio::spawn(progress_line(stats.clone(), args.rate, load_stopped));
-    let until = async {
-        match args.duration {
-            Some(duration) => tokio::time::sleep(duration).await,
-            None => std::future::pending().await,
-        }
-    };
+    let load = RunningLoad::start(topology.gateway_url(), args.rate, stats.clone());
     let outcome = tokio::select! {
         signal = signals.recv() => {
             tracing::info!(signal, "stopping the demo");
             Ok(())
         }
-        () = until => Ok(()),
+        () = sleep_or_forever(args.duration) => Ok(()),
         (name, status) = children.next_exit() => Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping the demo")),
         result = &mut *weft => Err(match result {
             Ok(Ok(())) => anyhow::anyhow!("weft stopped unexpectedly"),
@@ -443,12 +462,7 @@ async fn supervise(
             Err(e) => anyhow::anyhow!("weft panicked: {e}"),
         }),
     };
-    let _ = stop_load.send(true);
-    if let Some(load) = load {
-        let _ = load.await;
-        stats.drained(Duration::from_secs(10)).await;
-    }
-    let _ = progress.await;
+    load.stop().await;
     outcome
 }
 

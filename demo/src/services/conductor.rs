@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 
-use super::{failure, internal, CallFailure, Callees, CrmService, CustomerTier};
+use super::{internal, json_body, passed_on, Callees, CrmService, CustomerTier, Failure};
 
 const SALESFORCE: CrmService = CrmService::Salesforce;
 const DATABASE: CrmService = CrmService::Database;
@@ -25,37 +25,18 @@ pub(crate) fn routes(callees: Callees) -> Router {
         .with_state(callees)
 }
 
-/// A callee's 4xx answer, passed on to our caller as it is.
-fn passed_on(status: StatusCode, body: Value) -> Response {
-    (status, Json(body)).into_response()
-}
-
 async fn profile(
     State(callees): State<Callees>,
     Extension(tier): Extension<CustomerTier>,
     Path(id): Path<u64>,
-) -> Result<Response, CallFailure> {
+) -> Result<Response, Failure> {
     let (remote_path, local_path) = (
         format!("{SF_API}/sobjects/Account/{id}"),
         format!("/accounts/{id}"),
     );
     let (remote, local) = futures::join!(
-        callees.call(
-            SALESFORCE,
-            Method::GET,
-            "/sobjects/Account/{id}",
-            &remote_path,
-            &tier,
-            None
-        ),
-        callees.call(
-            DATABASE,
-            Method::GET,
-            "/accounts/{id}",
-            &local_path,
-            &tier,
-            None
-        ),
+        callees.get(SALESFORCE, "/sobjects/Account/{id}", &remote_path, &tier),
+        callees.get(DATABASE, "/accounts/{id}", &local_path, &tier),
     );
     let (remote_status, remote) = remote?;
     let (local_status, local) = local?;
@@ -102,15 +83,13 @@ async fn contacts(
     State(callees): State<Callees>,
     Extension(tier): Extension<CustomerTier>,
     Path(id): Path<u64>,
-) -> Result<Response, CallFailure> {
+) -> Result<Response, Failure> {
     let (status, contacts) = callees
-        .call(
+        .get(
             DATABASE,
-            Method::GET,
             "/accounts/{id}/contacts",
             &format!("/accounts/{id}/contacts"),
             &tier,
-            None,
         )
         .await?;
     if !status.is_success() {
@@ -138,28 +117,19 @@ async fn opportunities(
     State(callees): State<Callees>,
     Extension(tier): Extension<CustomerTier>,
     Path(id): Path<u64>,
-) -> Result<Response, CallFailure> {
+) -> Result<Response, Failure> {
     let (remote_path, local_path) = (
         format!("{SF_API}/sobjects/Account/{id}/Opportunities"),
         format!("/accounts/{id}/opportunities"),
     );
     let (remote, local) = futures::join!(
-        callees.call(
+        callees.get(
             SALESFORCE,
-            Method::GET,
             "/sobjects/Account/{id}/Opportunities",
             &remote_path,
-            &tier,
-            None
+            &tier
         ),
-        callees.call(
-            DATABASE,
-            Method::GET,
-            "/accounts/{id}/opportunities",
-            &local_path,
-            &tier,
-            None
-        ),
+        callees.get(DATABASE, "/accounts/{id}/opportunities", &local_path, &tier),
     );
     let (_, remote) = remote?;
     let (local_status, local) = local?;
@@ -191,10 +161,8 @@ async fn create_opportunity(
     State(callees): State<Callees>,
     Extension(tier): Extension<CustomerTier>,
     body: Option<Json<Value>>,
-) -> Result<Response, CallFailure> {
-    let Some(Json(body)) = body else {
-        return Ok(failure(StatusCode::BAD_REQUEST, "the body is not JSON"));
-    };
+) -> Result<Response, Failure> {
+    let body = json_body(body)?;
     let (status, created) = callees
         .call(
             DATABASE,

@@ -3,13 +3,13 @@
 //! `crm-conductor` for the data and shapes it into the app's screens.
 
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
-use super::{failure, internal, CallFailure, Callees, CrmService, CustomerTier};
+use super::{internal, json_body, passed_on, Callees, CrmService, CustomerTier, Failure};
 
 const CONDUCTOR: CrmService = CrmService::Conductor;
 
@@ -27,14 +27,12 @@ async fn fetch(
     tier: &CustomerTier,
     route: &str,
     path: String,
-) -> Result<Result<Value, Response>, CallFailure> {
-    let (status, body) = callees
-        .call(CONDUCTOR, Method::GET, route, &path, tier, None)
-        .await?;
+) -> Result<Result<Value, Response>, Failure> {
+    let (status, body) = callees.get(CONDUCTOR, route, &path, tier).await?;
     Ok(if status.is_success() {
         Ok(body)
     } else {
-        Err((status, Json(body)).into_response())
+        Err(passed_on(status, body))
     })
 }
 
@@ -42,7 +40,7 @@ async fn account(
     State(callees): State<Callees>,
     Extension(tier): Extension<CustomerTier>,
     Path(id): Path<u64>,
-) -> Result<Response, CallFailure> {
+) -> Result<Response, Failure> {
     let profile = match fetch(
         &callees,
         &tier,
@@ -70,7 +68,7 @@ async fn contacts(
     State(callees): State<Callees>,
     Extension(tier): Extension<CustomerTier>,
     Path(id): Path<u64>,
-) -> Result<Response, CallFailure> {
+) -> Result<Response, Failure> {
     Ok(
         match fetch(
             &callees,
@@ -90,7 +88,7 @@ async fn opportunities(
     State(callees): State<Callees>,
     Extension(tier): Extension<CustomerTier>,
     Path(id): Path<u64>,
-) -> Result<Response, CallFailure> {
+) -> Result<Response, Failure> {
     let list = match fetch(
         &callees,
         &tier,
@@ -118,10 +116,8 @@ async fn create_opportunity(
     State(callees): State<Callees>,
     Extension(tier): Extension<CustomerTier>,
     body: Option<Json<Value>>,
-) -> Result<Response, CallFailure> {
-    let Some(Json(body)) = body else {
-        return Ok(failure(StatusCode::BAD_REQUEST, "the body is not JSON"));
-    };
+) -> Result<Response, Failure> {
+    let body = json_body(body)?;
     let (status, created) = callees
         .call(
             CONDUCTOR,
@@ -135,5 +131,5 @@ async fn create_opportunity(
     if status.is_success() {
         tracing::info!(opportunity.id = %created["id"], "opportunity created from the mobile app");
     }
-    Ok((status, Json(created)).into_response())
+    Ok(passed_on(status, created))
 }

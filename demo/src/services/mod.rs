@@ -280,6 +280,19 @@ pub(crate) fn failure(status: StatusCode, message: impl Into<String>) -> Respons
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// A callee's answer passed on to our caller as it is (its 4xx, or what we created).
+pub(crate) fn passed_on(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// A request's JSON body, or the `400` that says it is not JSON.
+pub(crate) fn json_body(body: Option<Json<Value>>) -> Result<Value, Failure> {
+    body.map(|Json(body)| body).ok_or_else(|| Failure {
+        status: StatusCode::BAD_REQUEST,
+        message: "the body is not JSON".to_string(),
+    })
+}
+
 /// The services this one calls, each through its sidecar's outbound listener.
 #[derive(Clone)]
 pub(crate) struct Callees {
@@ -287,13 +300,14 @@ pub(crate) struct Callees {
     base: BTreeMap<CrmService, String>,
 }
 
-/// A call to another service failed; the caller answers `status` with the message.
-pub(crate) struct CallFailure {
+/// What ends a request early — a call to another service that failed, or a
+/// bad request — answered as `status` with the message.
+pub(crate) struct Failure {
     pub status: StatusCode,
     pub message: String,
 }
 
-impl IntoResponse for CallFailure {
+impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         failure(self.status, self.message)
     }
@@ -319,6 +333,18 @@ impl Callees {
         Ok(Self { client, base })
     }
 
+    /// `GET` from `callee`, as [`Callees::call`].
+    pub(crate) async fn get(
+        &self,
+        callee: CrmService,
+        route: &str,
+        path: &str,
+        tier: &CustomerTier,
+    ) -> Result<(StatusCode, Value), Failure> {
+        self.call(callee, Method::GET, route, path, tier, None)
+            .await
+    }
+
     /// Calls `callee` inside a CLIENT span, with trace context and the
     /// customer tier as baggage. A 4xx answer comes back as it is; a 5xx or a
     /// transport error becomes a `502` naming the callee.
@@ -330,9 +356,9 @@ impl Callees {
         path: &str,
         tier: &CustomerTier,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), CallFailure> {
+    ) -> Result<(StatusCode, Value), Failure> {
         let Some(base) = self.base.get(&callee) else {
-            return Err(CallFailure {
+            return Err(Failure {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: format!("no route to {callee}"),
             });
@@ -360,7 +386,7 @@ impl Callees {
             request = request.json(body);
         }
         let outcome = async {
-            let response = request.send().await.map_err(|e| CallFailure {
+            let response = request.send().await.map_err(|e| Failure {
                 status: StatusCode::BAD_GATEWAY,
                 message: format!("{callee} unreachable: {e}"),
             })?;
@@ -369,7 +395,7 @@ impl Callees {
             let body: Value = response.json().await.unwrap_or(Value::Null);
             if status.is_server_error() {
                 let reason = body["error"].as_str().unwrap_or("no reason given");
-                return Err(CallFailure {
+                return Err(Failure {
                     status: StatusCode::BAD_GATEWAY,
                     message: format!("{callee} answered {status}: {reason}"),
                 });
