@@ -2,6 +2,7 @@
 //! validated configuration. Precedence: flag or environment variable, then the
 //! config file, then the default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::{Deserialize, Serialize};
+use weft_store::TenantId;
 
 /// The configuration of `weft serve`, `weft collector` and `weft query`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -20,6 +22,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreSettings,
     pub query: QuerySettings,
+    pub auth: AuthSettings,
+    pub quotas: QuotaSettings,
     /// How long shutdown waits for in-flight requests and open connections
     /// before closing them and flushing.
     #[serde(with = "humantime_serde")]
@@ -67,6 +71,37 @@ pub struct StoreSettings {
     pub max_buffered_bytes: usize,
 }
 
+/// Who may call weft. Off by default: on localhost everyone is the default
+/// tenant. On: every request needs a token or user from the credentials file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub enabled: bool,
+    /// The tokens and users, as `weft token` and `weft user` write them
+    /// [default: credentials.toml in the data directory].
+    pub credentials_file: Option<PathBuf>,
+    /// Failed attempts one address may make per minute before it gets 429.
+    pub max_failures_per_minute: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            credentials_file: None,
+            max_failures_per_minute: 10,
+        }
+    }
+}
+
+/// Per-tenant limits: `default` for every tenant, `tenants.<name>` for one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaSettings {
+    pub default: weft_collector::TenantLimits,
+    pub tenants: BTreeMap<TenantId, weft_collector::TenantLimits>,
+}
+
 /// Limits on SQL and search queries.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -99,6 +134,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             store: StoreSettings::default(),
             query: QuerySettings::default(),
+            auth: AuthSettings::default(),
+            quotas: QuotaSettings::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -181,6 +218,12 @@ pub struct ServerArgs {
     /// Memory all queries together may use for sorts, joins and aggregations [default: 2147483648]
     #[arg(long, env = "WEFT_QUERY_MEMORY_LIMIT_BYTES", value_name = "BYTES")]
     pub query_memory_limit_bytes: Option<usize>,
+    /// Require a token or user and password on every request (see `weft token`)
+    #[arg(long, env = "WEFT_AUTH")]
+    pub auth: bool,
+    /// The tokens and users [default: credentials.toml in the data directory]
+    #[arg(long, env = "WEFT_CREDENTIALS_FILE", value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
     /// On SIGTERM, wait this long for in-flight requests before closing connections [default: 10s]
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -228,6 +271,12 @@ impl Config {
             &args.query_memory_limit_bytes,
         );
         set(&mut self.shutdown_grace, &args.shutdown_grace);
+        if args.auth {
+            self.auth.enabled = true;
+        }
+        if args.credentials_file.is_some() {
+            self.auth.credentials_file = args.credentials_file.clone();
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -251,6 +300,9 @@ impl Config {
                 self.store.max_buffered_bytes
             );
         }
+        if self.auth.max_failures_per_minute == 0 {
+            bail!("auth.max_failures_per_minute must be greater than 0");
+        }
         if self.query.timeout.is_zero() || self.query.max_rows == 0 {
             bail!("query.timeout and query.max_rows must be greater than 0");
         }
@@ -272,6 +324,38 @@ impl Config {
             max_buffered_bytes: self.store.max_buffered_bytes,
             ..weft_store::StoreConfig::new(&self.data_dir)
         }
+    }
+
+    pub fn auth_config(&self) -> weft_access::AuthConfig {
+        weft_access::AuthConfig {
+            enabled: self.auth.enabled,
+            credentials_file: self
+                .auth
+                .credentials_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("credentials.toml")),
+            max_failures_per_minute: self.auth.max_failures_per_minute,
+            reload_interval: Duration::from_secs(1),
+        }
+    }
+
+    pub fn quotas(&self) -> weft_collector::Quotas {
+        weft_collector::Quotas::new(
+            self.quotas.default.clone(),
+            self.quotas.tenants.clone().into_iter().collect(),
+        )
+    }
+
+    /// The listeners reachable from other machines while anyone may call
+    /// them, to warn about at start-up.
+    pub fn open_to_the_network(&self) -> Vec<SocketAddr> {
+        if self.auth.enabled {
+            return Vec::new();
+        }
+        [self.otlp.grpc_addr, self.otlp.http_addr, self.http.addr]
+            .into_iter()
+            .filter(|addr| !addr.ip().is_loopback())
+            .collect()
     }
 
     pub fn ingest_limits(&self) -> weft_collector::IngestLimits {

@@ -1,5 +1,6 @@
 //! The `weft` binary: one command per role, wiring the crates together.
 
+mod access;
 mod config;
 mod demo;
 mod gateway;
@@ -35,6 +36,10 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Run the service mesh's control plane or a sidecar (mTLS, permissions, a traced hop each).
     Mesh(mesh::MeshArgs),
+    /// Create, list and revoke the tokens that may send or read data when auth is on.
+    Token(access::TokenArgs),
+    /// Add and remove the users who log in to the UI and API when auth is on.
+    User(access::UserArgs),
     /// Run everything on one machine: weft, the CRM services behind the gateway and inside the mesh, live load, faults on demand.
     Demo(demo::DemoArgs),
 }
@@ -52,22 +57,26 @@ fn main() -> anyhow::Result<()> {
             "info"
         });
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("weft")
-        .build()?;
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("weft")
+            .build()
+    };
     match cli.command {
         Command::Serve(args) => {
-            runtime.block_on(serve::run(Config::resolve(&args)?, serve::Role::Serve))
+            runtime()?.block_on(serve::run(Config::resolve(&args)?, serve::Role::Serve))
         }
         Command::Collector(args) => {
-            runtime.block_on(serve::run(Config::resolve(&args)?, serve::Role::Collector))
+            runtime()?.block_on(serve::run(Config::resolve(&args)?, serve::Role::Collector))
         }
-        Command::Query(args) => runtime.block_on(serve::run_query(Config::resolve(&args)?)),
-        Command::Sql(args) => runtime.block_on(sql::run(args)),
-        Command::Gateway(args) => runtime.block_on(gateway::run(args)),
-        Command::Mesh(args) => runtime.block_on(mesh::run(args)),
-        Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Query(args) => runtime()?.block_on(serve::run_query(Config::resolve(&args)?)),
+        Command::Sql(args) => runtime()?.block_on(sql::run(args)),
+        Command::Gateway(args) => runtime()?.block_on(gateway::run(args)),
+        Command::Mesh(args) => runtime()?.block_on(mesh::run(args)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Token(args) => access::run_token(args),
+        Command::User(args) => access::run_user(args),
     }
 }
 

@@ -10,9 +10,10 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use weft_access::{Authenticator, Role as Access};
 use weft_collector::{grpc, http, Ingest, IngestMetrics, MetricsEndpoint, StoreCollector};
-use weft_query::{QueryEngine, SnapshotSource};
-use weft_store::{Store, StoreReader};
+use weft_query::{QueryEngines, QueryError, SnapshotSource, TenantSources};
+use weft_store::{StoreReader, TenantId, TenantStores};
 
 use crate::config::Config;
 
@@ -24,26 +25,78 @@ pub enum Role {
     Collector,
 }
 
-fn query_engine(
-    config: &Config,
-    source: Arc<dyn SnapshotSource>,
-) -> anyhow::Result<Arc<QueryEngine>> {
+fn query_engines(config: &Config, sources: TenantSources) -> anyhow::Result<Arc<QueryEngines>> {
     Ok(Arc::new(
-        QueryEngine::new(source, config.query_config()).context("cannot start the query engine")?,
+        QueryEngines::new(sources, config.query_config())
+            .context("cannot start the query engine")?,
     ))
+}
+
+/// Loads the credentials and keeps them current until the returned guard
+/// is dropped; warns when anyone could reach weft from the network.
+fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, AbortOnDrop)> {
+    let auth = Authenticator::new(config.auth_config())?;
+    for addr in config.open_to_the_network() {
+        tracing::warn!(
+            %addr,
+            "LISTENING BEYOND LOCALHOST WITHOUT AUTHENTICATION: anyone who reaches this address can send and read all data; start with --auth (see `weft token create`)"
+        );
+    }
+    let watcher = AbortOnDrop(auth.watch());
+    Ok((auth, watcher))
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The query API, UI and `extra` routes for readers of a tenant, plus
+/// `/metrics` for admins.
+fn api_router(
+    engines: Arc<QueryEngines>,
+    extra: axum::Router,
+    metrics: Option<&MetricsEndpoint>,
+    auth: &Arc<Authenticator>,
+) -> axum::Router {
+    let api = weft_query::api::router(engines)
+        .merge(weft_ui::router())
+        .merge(extra);
+    let router = weft_access::http::require(api, auth.clone(), Access::Read);
+    match metrics {
+        Some(metrics) => router.merge(weft_access::http::require(
+            metrics.router(),
+            auth.clone(),
+            Access::Admin,
+        )),
+        None => router,
+    }
 }
 
 /// `weft query`: the query API alone, over a data directory that a separate
 /// `weft collector` writes. It never takes the directory's lock.
 pub async fn run_query(config: Config) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
-    let engine = query_engine(&config, Arc::new(StoreReader::new(&config.data_dir)))?;
+    let (auth, _watcher) = authenticator(&config)?;
+    let root = config.data_dir.clone();
+    let engines = query_engines(
+        &config,
+        Box::new(move |tenant: &TenantId| {
+            Ok(Arc::new(StoreReader::new(tenant.data_dir(&root))) as Arc<dyn SnapshotSource>)
+        }),
+    )?;
     let listener = bind(config.http.addr, "HTTP API").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let mut server = tokio::spawn(serve_http(
         listener,
-        weft_query::api::router(engine).merge(weft_ui::router()),
+        api_router(engines, axum::Router::new(), None, &auth),
         async move {
             let mut stopped = stopped;
             let _ = stopped.wait_for(|s| *s).await;
@@ -81,7 +134,8 @@ pub async fn run_until(
     extra: axum::Router,
     shutdown: impl Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
-    let store = Arc::new(Store::open(config.store_config()).with_context(|| {
+    let (auth, _watcher) = authenticator(&config)?;
+    let stores = Arc::new(TenantStores::open(config.store_config()).with_context(|| {
         format!(
             "cannot open the data directory {}",
             config.data_dir.display()
@@ -89,11 +143,12 @@ pub async fn run_until(
     })?);
     let mut registry = Registry::default();
     let ingest_metrics = IngestMetrics::register(&mut registry);
-    StoreCollector::register(&mut registry, store.clone());
+    StoreCollector::register(&mut registry, stores.clone());
     let metrics = MetricsEndpoint::new(registry);
     let ingest = Arc::new(Ingest::new(
-        store.clone(),
+        stores.clone(),
         config.ingest_limits(),
+        config.quotas(),
         ingest_metrics,
     ));
 
@@ -119,7 +174,10 @@ pub async fn run_until(
     };
     let mut servers = tokio::task::JoinSet::new();
     {
-        let routes = grpc::routes(ingest.clone());
+        let routes = grpc::routes(
+            ingest.clone(),
+            weft_access::grpc::Interceptor::new(auth.clone(), Access::Ingest),
+        );
         let max_requests = grpc::max_concurrent_requests(ingest.limits());
         let shutdown = until_stopped();
         servers.spawn(async move {
@@ -137,18 +195,31 @@ pub async fn run_until(
                 .context("OTLP/gRPC server failed")
         });
     }
+    let otlp_http =
+        weft_access::http::require(http::router(ingest.clone()), auth.clone(), Access::Ingest)
+            .merge(weft_access::http::require(
+                metrics.router(),
+                auth.clone(),
+                Access::Admin,
+            ));
     servers.spawn(serve_http(
         http_listener,
-        http::router(ingest.clone(), metrics.clone()),
+        otlp_http,
         until_stopped(),
         "OTLP/HTTP",
     ));
     if let Some(listener) = api_listener {
-        let source: Arc<dyn SnapshotSource> = store.clone();
-        let api = weft_query::api::router(query_engine(&config, source)?)
-            .merge(weft_ui::router())
-            .merge(metrics.router())
-            .merge(extra);
+        let tenant_stores = stores.clone();
+        let engines = query_engines(
+            &config,
+            Box::new(move |tenant: &TenantId| {
+                let store = tenant_stores
+                    .get(tenant)
+                    .map_err(|e| QueryError::Internal(e.to_string()))?;
+                Ok(store as Arc<dyn SnapshotSource>)
+            }),
+        )?;
+        let api = api_router(engines, extra, Some(&metrics), &auth);
         servers.spawn(serve_http(listener, api, until_stopped(), "HTTP API"));
     }
     tracing::info!(
@@ -180,7 +251,7 @@ pub async fn run_until(
         tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the shutdown grace period; closing them");
         servers.shutdown().await;
     }
-    store.shutdown().await.context(
+    stores.shutdown().await.context(
         "final flush failed; the data stays in the WAL and is replayed at the next start",
     )?;
     tracing::info!("all data flushed; bye");
@@ -202,10 +273,14 @@ async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
     what: &'static str,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .with_context(|| format!("{what} server failed"))
+    // The peer address lets authentication throttle sources that keep failing.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .with_context(|| format!("{what} server failed"))
 }
 
 /// SIGTERM and SIGINT, listened for from start-up on, so a signal that

@@ -27,38 +27,54 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+use weft_access::grpc::Interceptor;
 
 use weft_store::convert::{logs_to_batch, spans_to_batch};
-use weft_store::Signal;
+use weft_store::{Signal, TenantId};
 
 use crate::ingest::{
     count_data_points, Admission, Ingest, IngestError, IngestLimits, Transport, METRICS_NOT_STORED,
 };
 
-/// The OTLP gRPC services, ready to add to a tonic server.
-pub fn routes(ingest: Arc<Ingest>) -> tonic::service::Routes {
+/// The OTLP gRPC services, ready to add to a tonic server, each request
+/// authenticated by `auth` (which names its tenant) before it is read.
+pub fn routes(ingest: Arc<Ingest>, auth: Interceptor) -> tonic::service::Routes {
     let limit = ingest.limits().max_request_bytes;
     let receiver = Receiver { ingest };
-    tonic::service::Routes::new(
+    tonic::service::Routes::new(InterceptedService::new(
         TraceServiceServer::new(receiver.clone())
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(limit),
-    )
-    .add_service(
+        auth.clone(),
+    ))
+    .add_service(InterceptedService::new(
         LogsServiceServer::new(receiver.clone())
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(limit),
-    )
-    .add_service(
+        auth.clone(),
+    ))
+    .add_service(InterceptedService::new(
         MetricsServiceServer::new(receiver)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(limit),
-    )
+        auth,
+    ))
+}
+
+/// The tenant the interceptor found; a request without one is refused,
+/// never stored under some other tenant.
+fn tenant<T>(request: &Request<T>) -> Result<TenantId, Status> {
+    request
+        .extensions()
+        .get::<TenantId>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the request was not authenticated to a tenant"))
 }
 
 /// How many gRPC exports may be read and processed at once.
@@ -100,6 +116,10 @@ impl Receiver {
                 let details = ErrorDetails::with_retry_info(Some(self.ingest.limits().retry_after));
                 Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
             }
+            IngestError::QuotaExceeded { retry_after, .. } => {
+                let details = ErrorDetails::with_retry_info(Some(retry_after));
+                Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
+            }
             IngestError::ShuttingDown => Status::unavailable(message),
             IngestError::Internal(_) => Status::internal(message),
         }
@@ -112,14 +132,20 @@ impl TraceService for Receiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let tenant = tenant(&request)?;
         let request = request.into_inner();
         let len = request.encoded_len();
         let admission = self.admit(Signal::Spans, len)?;
         let outcome = self
             .ingest
-            .store(Signal::Spans, admission, Transport::Grpc, len, move || {
-                Ok(spans_to_batch(&request))
-            })
+            .store(
+                &tenant,
+                Signal::Spans,
+                admission,
+                Transport::Grpc,
+                len,
+                move || Ok(spans_to_batch(&request)),
+            )
             .await
             .map_err(|e| self.status(e))?;
         Ok(Response::new(outcome.trace_response()))
@@ -132,14 +158,20 @@ impl LogsService for Receiver {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let tenant = tenant(&request)?;
         let request = request.into_inner();
         let len = request.encoded_len();
         let admission = self.admit(Signal::Logs, len)?;
         let outcome = self
             .ingest
-            .store(Signal::Logs, admission, Transport::Grpc, len, move || {
-                Ok(logs_to_batch(&request))
-            })
+            .store(
+                &tenant,
+                Signal::Logs,
+                admission,
+                Transport::Grpc,
+                len,
+                move || Ok(logs_to_batch(&request)),
+            )
             .await
             .map_err(|e| self.status(e))?;
         Ok(Response::new(outcome.logs_response()))

@@ -1,4 +1,4 @@
-//! OTLP/HTTP: `POST /v1/traces`, `/v1/logs`, `/v1/metrics`, and `/metrics`.
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/logs` and `/v1/metrics`.
 //!
 //! Responses follow the OTLP/HTTP spec: success is an `Export*ServiceResponse`
 //! in the request's encoding (with `partialSuccess` when records were left
@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Extension;
 use axum::Router;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -26,22 +27,22 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use serde_json::json;
 use weft_store::convert::{logs_to_batch, spans_to_batch, Converted};
-use weft_store::Signal;
+use weft_store::{Signal, TenantId};
 
 use crate::ingest::{
     count_data_points, Admission, Ingest, IngestError, Outcome, Transport, METRICS_NOT_STORED,
 };
-use crate::metrics::MetricsEndpoint;
 use crate::payload::{self, Compression, Encoding};
 
-/// The OTLP/HTTP receiver's routes, plus `/metrics`.
-pub fn router(ingest: Arc<Ingest>, metrics: MetricsEndpoint) -> Router {
+/// The OTLP/HTTP receiver's routes. Each request must carry its sender's
+/// [`TenantId`] as an extension (put there by `weft_access::http::require`);
+/// one without is answered 500, never stored under some other tenant.
+pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
         .route("/v1/metrics", post(export_metrics))
         .with_state(ingest)
-        .merge(metrics.router())
 }
 
 /// A request's body, read within the size limit and decompressed, and the
@@ -166,6 +167,7 @@ impl Endpoint for Logs {
 
 async fn export<E: Endpoint>(
     State(ingest): State<Arc<Ingest>>,
+    Extension(tenant): Extension<TenantId>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -184,9 +186,16 @@ async fn export<E: Endpoint>(
     };
     let len = body.len();
     let result = ingest
-        .store(E::SIGNAL, admission, Transport::Http, len, move || {
-            payload::decode::<E::Request>(encoding, &body, E::normalize).map(|r| E::convert(&r))
-        })
+        .store(
+            &tenant,
+            E::SIGNAL,
+            admission,
+            Transport::Http,
+            len,
+            move || {
+                payload::decode::<E::Request>(encoding, &body, E::normalize).map(|r| E::convert(&r))
+            },
+        )
         .await;
     match result {
         Ok(outcome) => {
@@ -292,7 +301,7 @@ fn error_response(ingest: &Ingest, encoding: Encoding, error: IngestError) -> Re
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             tonic::Code::InvalidArgument,
         ),
-        IngestError::Busy(_) => (
+        IngestError::Busy(_) | IngestError::QuotaExceeded { .. } => (
             StatusCode::TOO_MANY_REQUESTS,
             tonic::Code::ResourceExhausted,
         ),
@@ -300,6 +309,10 @@ fn error_response(ingest: &Ingest, encoding: Encoding, error: IngestError) -> Re
             (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable)
         }
         IngestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
+    };
+    let retry_after = match &error {
+        IngestError::QuotaExceeded { retry_after, .. } => *retry_after,
+        _ => ingest.limits().retry_after,
     };
     let message = error.to_string();
     if status.is_server_error() {
@@ -326,7 +339,7 @@ fn error_response(ingest: &Ingest, encoding: Encoding, error: IngestError) -> Re
         status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
     ) {
-        let seconds = ingest.limits().retry_after.as_secs().max(1);
+        let seconds = retry_after.as_secs().max(1);
         response
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));

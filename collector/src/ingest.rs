@@ -12,9 +12,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use tokio::sync::Semaphore;
 use weft_store::convert::Converted;
-use weft_store::{Signal, Store, StoreError};
+use weft_store::{Signal, StoreError, TenantId, TenantStores};
 
 use crate::metrics::IngestMetrics;
+use crate::quota::Quotas;
 
 /// Limits that keep ingest within bounded memory.
 #[derive(Clone, Debug)]
@@ -57,6 +58,13 @@ pub enum IngestError {
     /// The store cannot take more right now (503 / RESOURCE_EXHAUSTED with retry info).
     #[error("{0}")]
     Overloaded(String),
+    /// The tenant is over its ingest rate or storage quota (429 /
+    /// RESOURCE_EXHAUSTED with its own retry delay).
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after: Duration,
+    },
     /// The collector is shutting down (503 / UNAVAILABLE).
     #[error("the collector is shutting down")]
     ShuttingDown,
@@ -116,9 +124,11 @@ pub enum Transport {
     Http,
 }
 
-/// Shared by every receiver: turns export requests into durable table rows.
+/// Shared by every receiver: turns export requests into durable rows of
+/// the sending tenant's tables.
 pub struct Ingest {
-    store: Arc<Store>,
+    stores: Arc<TenantStores>,
+    quotas: Quotas,
     limits: IngestLimits,
     /// Request bytes in flight, in KiB.
     inflight_kib: Arc<Semaphore>,
@@ -127,12 +137,18 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(store: Arc<Store>, limits: IngestLimits, metrics: IngestMetrics) -> Self {
+    pub fn new(
+        stores: Arc<TenantStores>,
+        limits: IngestLimits,
+        quotas: Quotas,
+        metrics: IngestMetrics,
+    ) -> Self {
         let inflight_kib_total = u32::try_from(limits.max_inflight_bytes / 1024)
             .unwrap_or(u32::MAX)
             .max(1);
         Self {
-            store,
+            stores,
+            quotas,
             limits,
             inflight_kib: Arc::new(Semaphore::new(inflight_kib_total as usize)),
             inflight_kib_total,
@@ -189,12 +205,14 @@ impl Ingest {
         Ok(())
     }
 
-    /// Stores one export request of `signal`. `convert` decodes it (if it
-    /// is not decoded yet) and converts it to Arrow; it runs on a blocking
-    /// thread. `request_bytes` is the payload size, for metrics; `admission`
-    /// holds its memory until the data is stored.
+    /// Stores one export request of `signal` from `tenant`. `convert`
+    /// decodes it (if it is not decoded yet) and converts it to Arrow; it
+    /// runs on a blocking thread. `request_bytes` is the payload size, for
+    /// the tenant's quota and metrics; `admission` holds its memory until the
+    /// data is stored.
     pub async fn store<C>(
         &self,
+        tenant: &TenantId,
         signal: Signal,
         admission: Admission,
         transport: Transport,
@@ -204,17 +222,27 @@ impl Ingest {
     where
         C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
     {
-        let result = self.convert_and_store(signal, convert).await;
+        let result = self
+            .convert_and_store(tenant, signal, request_bytes, convert)
+            .await;
         drop(admission);
         self.metrics
             .record(signal, transport, request_bytes, &result);
         result
     }
 
-    async fn convert_and_store<C>(&self, signal: Signal, convert: C) -> Result<Outcome, IngestError>
+    async fn convert_and_store<C>(
+        &self,
+        tenant: &TenantId,
+        signal: Signal,
+        request_bytes: usize,
+        convert: C,
+    ) -> Result<Outcome, IngestError>
     where
         C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
     {
+        let store = self.stores.get(tenant)?;
+        self.quotas.admit(tenant, &store, request_bytes)?;
         let converted = tokio::task::spawn_blocking(convert)
             .await
             .map_err(|e| IngestError::Internal(format!("decoder task failed: {e}")))??;
@@ -224,7 +252,7 @@ impl Ingest {
             error_message,
         } = converted;
         let accepted = batch.num_rows() as u64;
-        self.store.table(signal).append(batch).await?;
+        store.table(signal).append(batch).await?;
         Ok(Outcome {
             accepted,
             rejected,

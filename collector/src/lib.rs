@@ -4,7 +4,8 @@
 //! serves OTLP/HTTP (axum, protobuf or JSON, gzip); both hand their requests
 //! to [`Ingest`], which admits them against the in-flight memory budget,
 //! decodes and converts them to Arrow on a blocking thread, and appends them to
-//! the store, answering only once the WAL has them on disk. Invalid records are
+//! the sending tenant's store (after its [`Quotas`]), answering only once
+//! the WAL has them on disk. Invalid records are
 //! dropped one by one and reported through OTLP partial success; overload is
 //! refused with retryable statuses rather than queued without bound.
 //!
@@ -15,6 +16,8 @@ pub mod http;
 mod ingest;
 pub mod metrics;
 pub mod payload;
+mod quota;
 
 pub use ingest::{Admission, Ingest, IngestError, IngestLimits, Outcome, Transport};
 pub use metrics::{IngestMetrics, MetricsEndpoint, StoreCollector};
+pub use quota::{Quotas, TenantLimits};

@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use weft_store::{Signal, Store};
+use weft_store::{Signal, Table, TenantStores};
 
 use crate::ingest::{IngestError, Outcome, Transport};
 
@@ -131,13 +131,14 @@ fn error_outcome(error: &IngestError) -> &'static str {
         IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) => "malformed",
         IngestError::TooLarge { .. } => "too_large",
         IngestError::Busy(_) | IngestError::Overloaded(_) => "overloaded",
+        IngestError::QuotaExceeded { .. } => "over_quota",
         IngestError::ShuttingDown | IngestError::Internal(_) => "error",
     }
 }
 
-/// Reads the store's counters at each scrape.
+/// Reads the stores' counters at each scrape, summed over tenants.
 pub struct StoreCollector {
-    store: Arc<Store>,
+    stores: Arc<TenantStores>,
 }
 
 impl std::fmt::Debug for StoreCollector {
@@ -147,8 +148,23 @@ impl std::fmt::Debug for StoreCollector {
 }
 
 impl StoreCollector {
-    pub fn register(registry: &mut Registry, store: Arc<Store>) {
-        registry.register_collector(Box::new(Self { store }));
+    pub fn register(registry: &mut Registry, stores: Arc<TenantStores>) {
+        registry.register_collector(Box::new(Self { stores }));
+    }
+
+    fn total(&self, signal: Signal, read: Read) -> Reading {
+        let readings = self
+            .stores
+            .all()
+            .into_iter()
+            .map(|(_, s)| read(s.table(signal)));
+        readings.fold(Reading::Count(0), |sum, reading| match (sum, reading) {
+            (Reading::Count(a), Reading::Count(b)) => Reading::Count(a + b),
+            (Reading::Seconds(a), Reading::Seconds(b)) => Reading::Seconds(a + b),
+            (Reading::Count(a), Reading::Seconds(b)) | (Reading::Seconds(b), Reading::Count(a)) => {
+                Reading::Seconds(a as f64 + b)
+            }
+        })
     }
 }
 
@@ -171,7 +187,7 @@ fn seconds(nanos: &AtomicU64) -> Reading {
     Reading::Seconds(nanos.load(Ordering::Relaxed) as f64 / 1e9)
 }
 
-type Read = fn(&weft_store::Table) -> Reading;
+type Read = fn(&Table) -> Reading;
 
 const STORE_COUNTERS: [(&str, &str, Read); 8] = [
     ("weft_store_rows_appended", "Rows made durable in the WAL", |t| count(&t.stats().rows_appended)),
@@ -216,7 +232,7 @@ impl Collector for StoreCollector {
                         table: signal.table_name(),
                     };
                     let metric = family.encode_family(&labels)?;
-                    match (read(self.store.table(signal)), metric_type) {
+                    match (self.total(signal, *read), metric_type) {
                         (Reading::Count(n), MetricType::Counter) => {
                             ConstCounter::new(n).encode(metric)?
                         }

@@ -1,6 +1,7 @@
 //! The SQL engine: one DataFusion session over the store, read-only and
 //! bounded in time, memory and result size.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -18,7 +19,8 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
-use weft_store::Signal;
+use parking_lot::RwLock;
+use weft_store::{Signal, TenantId};
 
 use crate::provider::{SegmentCache, SnapshotSource, StoreTable};
 use crate::text_match::TextMatchUdf;
@@ -101,9 +103,17 @@ pub struct QueryEngine {
 
 impl QueryEngine {
     pub fn new(source: Arc<dyn SnapshotSource>, config: QueryConfig) -> Result<Self, QueryError> {
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(config.memory_limit_bytes, 1.0)
-            .build_arc()?;
+        let runtime = shared_runtime(&config)?;
+        Self::with_runtime(source, config, runtime)
+    }
+
+    /// An engine whose queries share `runtime`'s memory pool with other
+    /// engines'.
+    fn with_runtime(
+        source: Arc<dyn SnapshotSource>,
+        config: QueryConfig,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<Self, QueryError> {
         let session = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(
@@ -182,6 +192,57 @@ impl QueryEngine {
             .with_allow_statements(false);
         let frame = self.ctx.sql_with_options(sql, options).await?;
         Ok(frame.execute_stream().await?)
+    }
+}
+
+/// The memory pool (and disk manager) all engines of a process share, so
+/// the memory limit holds for all tenants' queries together.
+fn shared_runtime(config: &QueryConfig) -> Result<Arc<RuntimeEnv>, QueryError> {
+    Ok(RuntimeEnvBuilder::new()
+        .with_memory_limit(config.memory_limit_bytes, 1.0)
+        .build_arc()?)
+}
+
+/// Where a tenant's data is read from.
+pub type TenantSources =
+    Box<dyn Fn(&TenantId) -> Result<Arc<dyn SnapshotSource>, QueryError> + Send + Sync>;
+
+/// One [`QueryEngine`] per tenant, each over that tenant's data only, made
+/// on the tenant's first query. Their queries share one memory pool.
+pub struct QueryEngines {
+    sources: TenantSources,
+    config: QueryConfig,
+    runtime: Arc<RuntimeEnv>,
+    engines: RwLock<HashMap<TenantId, Arc<QueryEngine>>>,
+}
+
+impl QueryEngines {
+    pub fn new(sources: TenantSources, config: QueryConfig) -> Result<Self, QueryError> {
+        Ok(Self {
+            runtime: shared_runtime(&config)?,
+            sources,
+            config,
+            engines: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The engine over `tenant`'s data.
+    pub fn get(&self, tenant: &TenantId) -> Result<Arc<QueryEngine>, QueryError> {
+        if let Some(engine) = self.engines.read().get(tenant) {
+            return Ok(engine.clone());
+        }
+        let source = (self.sources)(tenant)?;
+        let engine = Arc::new(QueryEngine::with_runtime(
+            source,
+            self.config.clone(),
+            self.runtime.clone(),
+        )?);
+        Ok(self
+            .engines
+            .write()
+            .entry(tenant.clone())
+            .or_insert(engine)
+            .clone())
     }
 }
 

@@ -9,6 +9,9 @@
 //! and shapes the rows; `weft sql` sends SQL to it or runs it on a data
 //! directory directly.
 //!
+//! Each tenant has an engine of its own over its own data ([`QueryEngines`]);
+//! the API picks it by the tenant the request was authenticated to.
+//!
 //! This crate never writes: ingest and flushing belong to `collector/` and
 //! `store/`. It reads the store through a [`SnapshotSource`], either the
 //! [`weft_store::Store`] of the same process or a [`weft_store::StoreReader`]
@@ -21,5 +24,5 @@ pub mod format;
 pub mod provider;
 pub mod text_match;
 
-pub use engine::{QueryConfig, QueryEngine, QueryError, QueryResult};
+pub use engine::{QueryConfig, QueryEngine, QueryEngines, QueryError, QueryResult, TenantSources};
 pub use provider::SnapshotSource;

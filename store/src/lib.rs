@@ -23,9 +23,11 @@ mod reader;
 pub mod schema;
 pub mod segment;
 mod table;
+pub mod tenant;
 pub mod trace_filter;
 pub mod wal;
 
 pub use error::{Result, StoreError};
 pub use reader::StoreReader;
 pub use table::{Signal, Store, StoreConfig, Table, TableSnapshot, TableStats};
+pub use tenant::{TenantId, TenantStores};

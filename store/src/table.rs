@@ -162,6 +162,15 @@ impl Store {
         }
     }
 
+    /// Bytes the store's data takes: Parquet segments plus what waits in
+    /// memory (and the WAL) to become one.
+    pub fn stored_bytes(&self) -> u64 {
+        [&self.spans, &self.logs]
+            .iter()
+            .map(|table| table.segment_bytes() + table.buffered_bytes() as u64)
+            .sum()
+    }
+
     /// Flushes everything to segments and stops both tables. Appends that
     /// arrive afterwards fail with [`StoreError::Closed`].
     pub async fn shutdown(&self) -> Result<()> {
@@ -329,6 +338,18 @@ impl Table {
     /// Bytes of acknowledged data not yet in a segment.
     pub fn buffered_bytes(&self) -> usize {
         self.shared.state.read().buffered_bytes()
+    }
+
+    /// Bytes of the Parquet segments in the catalog.
+    pub fn segment_bytes(&self) -> u64 {
+        self.shared
+            .state
+            .read()
+            .catalog
+            .segments
+            .iter()
+            .map(|s| s.bytes)
+            .sum()
     }
 
     /// Segments in the catalog.

@@ -8,9 +8,8 @@
 //! answer is an envelope `{"data", "total", "limit", "offset", "errors"}`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,7 +20,7 @@ use super::search::{
     dependency_edges, form_pairs, limit, objects, optional, service_names, spans_and_logs,
     SpanSearch, TraceRecords, DEFAULT_LOOKBACK_NS,
 };
-use super::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, TenantEngine};
 use crate::engine::QueryEngine;
 
 /// The first non-empty value of query parameter `key`.
@@ -51,7 +50,7 @@ fn jaeger_error(status: StatusCode, message: &str) -> Response {
 }
 
 /// `GET /api/services`
-pub(super) async fn services(State(engine): State<Arc<QueryEngine>>) -> ApiResult {
+pub(super) async fn services(TenantEngine(engine): TenantEngine) -> ApiResult {
     Ok(envelope(Value::Array(service_names(&engine).await?)))
 }
 
@@ -68,7 +67,7 @@ async fn service_operations_names(engine: &QueryEngine, service: &str) -> ApiRes
 
 /// `GET /api/services/{service}/operations`
 pub(super) async fn service_operations(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     Path(service): Path<String>,
 ) -> ApiResult {
     Ok(envelope(Value::Array(
@@ -79,7 +78,7 @@ pub(super) async fn service_operations(
 /// `GET /api/operations?service=&spanKind=`: operations with their kind, as
 /// Jaeger's UI reads them.
 pub(super) async fn operations(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let pairs = form_pairs(raw.as_deref());
@@ -100,7 +99,7 @@ pub(super) async fn operations(
 
 /// `GET /api/traces?service=&operation=&tags=&start=&end=&lookback=&minDuration=&maxDuration=&limit=`
 pub(super) async fn find_traces(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let pairs = form_pairs(raw.as_deref());
@@ -186,7 +185,7 @@ pub(super) async fn find_traces(
 
 /// `GET /api/traces/{trace_id}`
 pub(super) async fn trace(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     Path(trace_id): Path<String>,
 ) -> Response {
     let trace_id = match parse_trace_id(&trace_id) {
@@ -204,7 +203,7 @@ pub(super) async fn trace(
 
 /// `GET /api/dependencies?endTs=&lookback=` (milliseconds).
 pub(super) async fn dependencies(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let pairs = form_pairs(raw.as_deref());

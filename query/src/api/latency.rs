@@ -2,20 +2,17 @@
 //! percentile series, a log-scale heatmap and the critical-path breakdown of
 //! a service's requests (see [`crate::analysis::latency`]).
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
 use super::search::{time_window, DEFAULT_LOOKBACK_NS};
 use super::trends::step;
-use super::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, TenantEngine};
 use crate::analysis::latency::{self, LatencyRequest};
 use crate::analysis::trends::{steps_in, MAX_POINTS};
-use crate::QueryEngine;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +29,7 @@ const DEFAULT_SAMPLE: usize = 500;
 const MAX_SAMPLE: usize = 5000;
 
 pub(super) async fn latency(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     params: Result<Query<LatencyParams>, QueryRejection>,
 ) -> ApiResult {
     let Query(params) = params?;

@@ -23,10 +23,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::engine::{QueryEngine, QueryError};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use weft_store::TenantId;
 
-/// The routes of the query API, for the server to mount.
-pub fn router(engine: Arc<QueryEngine>) -> Router {
+use crate::engine::{QueryEngine, QueryEngines, QueryError};
+
+/// The routes of the query API, for the server to mount. Each request must
+/// carry its caller's [`TenantId`] as an extension (put there by
+/// `weft_access::http::require`) and sees only that tenant's data; one
+/// without is answered 500.
+pub fn router(engines: Arc<QueryEngines>) -> Router {
     Router::new()
         .route("/api/v1/sql", post(sql::run))
         .route("/api/v1/traces", get(search::find_traces))
@@ -50,7 +57,25 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/traces", get(jaeger::find_traces))
         .route("/api/traces/{trace_id}", get(jaeger::trace))
         .route("/api/dependencies", get(jaeger::dependencies))
-        .with_state(engine)
+        .with_state(engines)
+}
+
+/// The query engine of the request's tenant.
+pub(crate) struct TenantEngine(pub Arc<QueryEngine>);
+
+impl FromRequestParts<Arc<QueryEngines>> for TenantEngine {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        engines: &Arc<QueryEngines>,
+    ) -> Result<Self, ApiError> {
+        let tenant = parts
+            .extensions
+            .get::<TenantId>()
+            .ok_or_else(|| ApiError::internal("the request was not authenticated to a tenant"))?;
+        Ok(Self(engines.get(tenant)?))
+    }
 }
 
 /// An error answer: a status and a message naming the problem.

@@ -1,19 +1,16 @@
 //! `GET /api/v1/analysis/rca`: root cause of one trace (`?trace_id=`) or of
 //! a window (`?start=&end=[&service=][&slow_quantile=][&sample=]`).
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
 use super::params::parse_trace_id;
 use super::search::{time_window, DEFAULT_LOOKBACK_NS};
-use super::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, TenantEngine};
 use crate::analysis::rca::{self, WindowRequest};
-use crate::QueryEngine;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,7 +27,7 @@ pub(super) struct RcaParams {
 const MAX_SAMPLE: usize = 5000;
 
 pub(super) async fn rca(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     params: Result<Query<RcaParams>, QueryRejection>,
 ) -> ApiResult {
     let Query(params) = params?;

@@ -3,17 +3,15 @@
 //! builds SQL from its parameters (values quoted as literals) and shapes
 //! the rows as JSON.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::params::{parse_duration, parse_time, parse_trace_id, sql_string, sql_time};
-use super::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, TenantEngine};
 use crate::engine::QueryEngine;
 use crate::format;
 
@@ -197,7 +195,7 @@ pub(super) async fn spans_and_logs(
 /// record carrying its trace id, up to the query row limit each
 /// (`truncated` says when a trace is bigger).
 pub(super) async fn trace(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     Path(trace_id): Path<String>,
 ) -> ApiResult {
     let trace_id = parse_trace_id(&trace_id).map_err(ApiError::bad_request)?;
@@ -218,7 +216,7 @@ pub(super) async fn trace(
 /// the most recent traces with a span matching every condition, summarised.
 /// `tags` may repeat; each is `key=value`.
 pub(super) async fn find_traces(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let mut search = SpanSearch::default();
@@ -319,7 +317,7 @@ fn min_severity(value: &str) -> Result<i32, ApiError> {
 /// log records, newest first. `q` is a full-text query over the body
 /// (see `text_match`); `severity` keeps records at that level or above.
 pub(super) async fn find_logs(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     params: Result<Query<LogSearchParams>, QueryRejection>,
 ) -> ApiResult {
     let Query(params) = params?;
@@ -369,7 +367,7 @@ pub(super) async fn service_names(engine: &QueryEngine) -> ApiResult<Vec<Value>>
 }
 
 /// `GET /api/v1/services`
-pub(super) async fn services(State(engine): State<Arc<QueryEngine>>) -> ApiResult {
+pub(super) async fn services(TenantEngine(engine): TenantEngine) -> ApiResult {
     let services = service_names(&engine).await?;
     Ok(Json(json!({ "services": services })).into_response())
 }
@@ -398,7 +396,7 @@ pub(super) async fn service_operations(
 /// operations (span name and kind) with their span count, error count and
 /// p50/p99 duration in the window (all data without one).
 pub(super) async fn operations(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     Path(service): Path<String>,
     params: Result<Query<WindowParams>, QueryRejection>,
 ) -> ApiResult {
@@ -463,7 +461,7 @@ pub(super) const DEFAULT_LOOKBACK_NS: i64 = 3600 * 1_000_000_000;
 
 /// `GET /api/v1/dependencies?start=&end=` (default: the last hour).
 pub(super) async fn dependencies(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     params: Result<Query<WindowParams>, QueryRejection>,
 ) -> ApiResult {
     let Query(params) = params?;

@@ -1,18 +1,14 @@
 //! `POST /api/v1/sql`: one read-only SQL statement, answered as JSON, CSV or
 //! an Arrow IPC stream depending on `Accept`.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, ApiResult};
-use crate::engine::QueryEngine;
+use super::{ApiError, ApiResult, TenantEngine};
 use crate::format;
 
 #[derive(Deserialize)]
@@ -50,7 +46,7 @@ fn negotiate(headers: &HeaderMap) -> Format {
 }
 
 pub(super) async fn run(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     headers: HeaderMap,
     request: Result<Json<SqlRequest>, JsonRejection>,
 ) -> ApiResult {

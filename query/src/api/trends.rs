@@ -3,19 +3,16 @@
 //! [`crate::analysis::trends`]). This file turns the query string into a
 //! validated [`TrendsQuery`]; a bad value is a 400 naming its parameter.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
 use super::params::parse_duration;
 use super::search::{optional, time_window};
-use super::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, TenantEngine};
 use crate::analysis::trends::{self, default_step, steps_in, Metric, TrendsQuery, MAX_POINTS};
-use crate::engine::QueryEngine;
 
 /// Without `start`, the window is the day before `end`.
 const DEFAULT_WINDOW_NS: i64 = 24 * 3600 * 1_000_000_000;
@@ -35,7 +32,7 @@ pub(super) struct TrendsParams {
 
 /// `GET /api/v1/analysis/trends?service=&operation=&metric=rate|errors|p95&start=&end=&step=&horizon=`
 pub(super) async fn trends(
-    State(engine): State<Arc<QueryEngine>>,
+    TenantEngine(engine): TenantEngine,
     params: Result<Query<TrendsParams>, QueryRejection>,
 ) -> ApiResult {
     let Query(params) = params?;
