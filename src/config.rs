@@ -22,6 +22,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreSettings,
     pub query: QuerySettings,
+    pub tls: TlsSettings,
     pub auth: AuthSettings,
     pub quotas: QuotaSettings,
     /// How long shutdown waits for in-flight requests and open connections
@@ -69,6 +70,18 @@ pub struct StoreSettings {
     /// Refuse new data (503 / RESOURCE_EXHAUSTED, retryable) while this many
     /// bytes of a table wait to be flushed. Bounds memory under overload.
     pub max_buffered_bytes: usize,
+}
+
+/// TLS on every listener, from PEM files reloaded when they change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// The server certificate, then its chain; with `key_file`, turns TLS on.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// CA certificates: the OTLP receivers then accept only clients with a
+    /// certificate one of them issued (mTLS).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Who may call weft. Off by default: on localhost everyone is the default
@@ -134,6 +147,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             store: StoreSettings::default(),
             query: QuerySettings::default(),
+            tls: TlsSettings::default(),
             auth: AuthSettings::default(),
             quotas: QuotaSettings::default(),
             shutdown_grace: Duration::from_secs(10),
@@ -218,6 +232,15 @@ pub struct ServerArgs {
     /// Memory all queries together may use for sorts, joins and aggregations [default: 2147483648]
     #[arg(long, env = "WEFT_QUERY_MEMORY_LIMIT_BYTES", value_name = "BYTES")]
     pub query_memory_limit_bytes: Option<usize>,
+    /// PEM certificate (chain) for TLS on every listener; needs --tls-key-file
+    #[arg(long, env = "WEFT_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the TLS certificate
+    #[arg(long, env = "WEFT_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: OTLP clients must present a certificate they issued
+    #[arg(long, env = "WEFT_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Require a token or user and password on every request (see `weft token`)
     #[arg(long, env = "WEFT_AUTH")]
     pub auth: bool,
@@ -271,6 +294,15 @@ impl Config {
             &args.query_memory_limit_bytes,
         );
         set(&mut self.shutdown_grace, &args.shutdown_grace);
+        for (target, value) in [
+            (&mut self.tls.cert_file, &args.tls_cert_file),
+            (&mut self.tls.key_file, &args.tls_key_file),
+            (&mut self.tls.client_ca_file, &args.tls_client_ca_file),
+        ] {
+            if value.is_some() {
+                target.clone_from(value);
+            }
+        }
         if args.auth {
             self.auth.enabled = true;
         }
@@ -299,6 +331,12 @@ impl Config {
                 self.store.flush_bytes,
                 self.store.max_buffered_bytes
             );
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            bail!("tls.cert_file and tls.key_file go together: set both for TLS, or neither");
+        }
+        if self.tls.client_ca_file.is_some() && self.tls.cert_file.is_none() {
+            bail!("tls.client_ca_file needs tls.cert_file and tls.key_file: client certificates are part of TLS");
         }
         if self.auth.max_failures_per_minute == 0 {
             bail!("auth.max_failures_per_minute must be greater than 0");
@@ -346,16 +384,39 @@ impl Config {
         )
     }
 
-    /// The listeners reachable from other machines while anyone may call
-    /// them, to warn about at start-up.
-    pub fn open_to_the_network(&self) -> Vec<SocketAddr> {
-        if self.auth.enabled {
-            return Vec::new();
-        }
-        [self.otlp.grpc_addr, self.otlp.http_addr, self.http.addr]
+    /// TLS files for the OTLP listeners (with the client CA) and for the
+    /// API (without), or `None` when TLS is off.
+    pub fn tls_files(&self) -> Option<(weft_access::tls::TlsFiles, weft_access::tls::TlsFiles)> {
+        let (cert_file, key_file) = (self.tls.cert_file.clone()?, self.tls.key_file.clone()?);
+        let api = weft_access::tls::TlsFiles {
+            cert_file,
+            key_file,
+            client_ca_file: None,
+        };
+        let otlp = weft_access::tls::TlsFiles {
+            client_ca_file: self.tls.client_ca_file.clone(),
+            ..api.clone()
+        };
+        Some((otlp, api))
+    }
+
+    /// What is wrong with listening where this config listens, to warn
+    /// about at start-up: anyone may call a listener beyond localhost
+    /// without auth; credentials cross the network in clear text without TLS.
+    pub fn exposure_warnings(&self) -> Vec<String> {
+        let exposed: Vec<SocketAddr> = [self.otlp.grpc_addr, self.otlp.http_addr, self.http.addr]
             .into_iter()
             .filter(|addr| !addr.ip().is_loopback())
-            .collect()
+            .collect();
+        let mut warnings = Vec::new();
+        for addr in exposed {
+            if !self.auth.enabled {
+                warnings.push(format!("LISTENING ON {addr} WITHOUT AUTHENTICATION: anyone who reaches it can send and read all data; start with --auth (see `weft token create`)"));
+            } else if self.tls.cert_file.is_none() {
+                warnings.push(format!("listening on {addr} without TLS: tokens and passwords cross the network in clear text; set --tls-cert-file and --tls-key-file"));
+            }
+        }
+        warnings
     }
 
     pub fn ingest_limits(&self) -> weft_collector::IngestLimits {

@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use weft_access::tls::{ServerTls, TlsListener};
 use weft_access::{Authenticator, Role as Access};
 use weft_collector::{grpc, http, Ingest, IngestMetrics, MetricsEndpoint, StoreCollector};
 use weft_query::{QueryEngines, QueryError, SnapshotSource, TenantSources};
@@ -36,14 +38,56 @@ fn query_engines(config: &Config, sources: TenantSources) -> anyhow::Result<Arc<
 /// is dropped; warns when anyone could reach weft from the network.
 fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, AbortOnDrop)> {
     let auth = Authenticator::new(config.auth_config())?;
-    for addr in config.open_to_the_network() {
-        tracing::warn!(
-            %addr,
-            "LISTENING BEYOND LOCALHOST WITHOUT AUTHENTICATION: anyone who reaches this address can send and read all data; start with --auth (see `weft token create`)"
-        );
+    for warning in config.exposure_warnings() {
+        tracing::warn!("{warning}");
     }
     let watcher = AbortOnDrop(auth.watch());
     Ok((auth, watcher))
+}
+
+/// The TLS setups of the OTLP listeners and of the API, kept in step with
+/// their files until the returned guards are dropped; `None` when TLS is off.
+#[allow(clippy::type_complexity)]
+fn server_tls(
+    config: &Config,
+) -> anyhow::Result<(Option<(Arc<ServerTls>, Arc<ServerTls>)>, Vec<AbortOnDrop>)> {
+    let Some((otlp_files, api_files)) = config.tls_files() else {
+        return Ok((None, Vec::new()));
+    };
+    let otlp = ServerTls::load(otlp_files, &[b"h2", b"http/1.1"])?;
+    let api = ServerTls::load(api_files, &[b"h2", b"http/1.1"])?;
+    let watchers = vec![
+        AbortOnDrop(Some(otlp.watch())),
+        AbortOnDrop(Some(api.watch())),
+    ];
+    Ok((Some((otlp, api)), watchers))
+}
+
+/// A bound listener, with TLS or without.
+enum Incoming {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
+impl Incoming {
+    async fn bind(
+        addr: SocketAddr,
+        what: &'static str,
+        tls: Option<&Arc<ServerTls>>,
+    ) -> anyhow::Result<Self> {
+        let listener = bind(addr, what).await?;
+        Ok(match tls {
+            None => Incoming::Plain(listener),
+            Some(tls) => Incoming::Tls(TlsListener::new(listener, tls.clone(), what)?),
+        })
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Incoming::Plain(listener) => listener.local_addr(),
+            Incoming::Tls(listener) => axum::serve::Listener::local_addr(listener),
+        }
+    }
 }
 
 /// Stops a background task when dropped.
@@ -91,7 +135,8 @@ pub async fn run_query(config: Config) -> anyhow::Result<()> {
             Ok(Arc::new(StoreReader::new(tenant.data_dir(&root))) as Arc<dyn SnapshotSource>)
         }),
     )?;
-    let listener = bind(config.http.addr, "HTTP API").await?;
+    let (tls, _tls_watchers) = server_tls(&config)?;
+    let listener = Incoming::bind(config.http.addr, "HTTP API", tls.as_ref().map(|t| &t.1)).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let mut server = tokio::spawn(serve_http(
@@ -152,17 +197,21 @@ pub async fn run_until(
         ingest_metrics,
     ));
 
-    let grpc_listener = bind(config.otlp.grpc_addr, "OTLP/gRPC").await?;
-    let http_listener = bind(config.otlp.http_addr, "OTLP/HTTP").await?;
+    let (tls, _tls_watchers) = server_tls(&config)?;
+    let otlp_tls = tls.as_ref().map(|t| &t.0);
+    let grpc_listener = Incoming::bind(config.otlp.grpc_addr, "OTLP/gRPC", otlp_tls).await?;
+    let http_listener = Incoming::bind(config.otlp.http_addr, "OTLP/HTTP", otlp_tls).await?;
     let api_listener = match role {
-        Role::Serve => Some(bind(config.http.addr, "HTTP API").await?),
+        Role::Serve => {
+            Some(Incoming::bind(config.http.addr, "HTTP API", tls.as_ref().map(|t| &t.1)).await?)
+        }
         Role::Collector => None,
     };
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let api_addr = api_listener
         .as_ref()
-        .map(TcpListener::local_addr)
+        .map(Incoming::local_addr)
         .transpose()?;
 
     let (stop, stopped) = watch::channel(false);
@@ -181,18 +230,28 @@ pub async fn run_until(
         let max_requests = grpc::max_concurrent_requests(ingest.limits());
         let shutdown = until_stopped();
         servers.spawn(async move {
-            tonic::transport::Server::builder()
+            let server = tonic::transport::Server::builder()
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_requests))
                 .layer(tower::util::MapResponseLayer::new(
                     grpc::otlp_status_codes::<tonic::body::Body>,
                 ))
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                    shutdown,
-                )
-                .await
-                .context("OTLP/gRPC server failed")
+                .add_routes(routes);
+            match grpc_listener {
+                Incoming::Plain(listener) => {
+                    server
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::TcpListenerStream::new(listener),
+                            shutdown,
+                        )
+                        .await
+                }
+                Incoming::Tls(listener) => {
+                    server
+                        .serve_with_incoming_shutdown(listener.into_stream(), shutdown)
+                        .await
+                }
+            }
+            .context("OTLP/gRPC server failed")
         });
     }
     let otlp_http =
@@ -223,6 +282,7 @@ pub async fn run_until(
         servers.spawn(serve_http(listener, api, until_stopped(), "HTTP API"));
     }
     tracing::info!(
+        tls = tls.is_some(),
         otlp_grpc = %grpc_addr,
         otlp_http = %http_addr,
         http = %api_addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
@@ -268,18 +328,26 @@ pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpList
 }
 
 async fn serve_http(
-    listener: TcpListener,
+    listener: Incoming,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     what: &'static str,
 ) -> anyhow::Result<()> {
     // The peer address lets authentication throttle sources that keep failing.
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    match listener {
+        Incoming::Plain(listener) => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Incoming::Tls(listener) => {
+            // `tap_io` is what gives a custom listener's address to ConnectInfo.
+            axum::serve(listener.tap_io(|_| {}), service)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
     .with_context(|| format!("{what} server failed"))
 }
 

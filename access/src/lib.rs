@@ -1,5 +1,7 @@
 //! Who may reach weft, and as whom.
 //!
+//! [`tls`] encrypts every listener (certificates reloaded when their files
+//! change; client certificates required where configured).
 //! A [`Credentials`] file lists the tokens and users that may call weft,
 //! stored hashed (SHA-256 for random tokens, Argon2id for passwords), each
 //! belonging to one tenant with one [`Role`]. The [`Authenticator`] checks
@@ -18,6 +20,7 @@ pub mod credentials;
 pub mod grpc;
 pub mod http;
 mod role;
+pub mod tls;
 
 pub use authenticator::{AuthConfig, Authenticator, Denied, Principal};
 pub use credentials::{Credentials, CredentialsError};

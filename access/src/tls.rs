@@ -1,0 +1,347 @@
+//! TLS on weft's listeners: a certificate and key from PEM files, reloaded
+//! when the files change (certificates renewed by cert-manager, certbot or
+//! an operator take effect without a restart), and optionally a CA whose
+//! client certificates a listener requires (mTLS).
+//!
+//! [`TlsListener`] accepts TCP connections and runs each handshake in a task
+//! of its own, so a slow or silent client never holds up the next one; the
+//! finished connections serve axum (as an `axum::serve::Listener`) and tonic
+//! (as an incoming stream) alike.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+
+/// Where a listener's certificate, key and (optional) client CA are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsFiles {
+    /// PEM: the server certificate first, then its chain.
+    pub cert_file: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM: CA certificates; when set, clients must present a certificate
+    /// one of them issued.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// A TLS setup that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+/// How long a client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes finished but not yet taken by the server.
+const ACCEPT_QUEUE: usize = 256;
+
+/// The current TLS configuration of a listener, kept in step with its files.
+pub struct ServerTls {
+    files: TlsFiles,
+    alpn: Vec<Vec<u8>>,
+    config: ArcSwap<ServerConfig>,
+    loaded: Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl ServerTls {
+    /// Loads `files`; `alpn` lists the protocols offered, most preferred
+    /// first (`h2` only for gRPC, `h2` and `http/1.1` for HTTP).
+    pub fn load(files: TlsFiles, alpn: &[&[u8]]) -> Result<Arc<Self>, TlsError> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let loaded = modification_times(&files);
+        let config = build_config(&files, &alpn)?;
+        Ok(Arc::new(Self {
+            files,
+            alpn,
+            config: ArcSwap::from_pointee(config),
+            loaded: Mutex::new(loaded),
+        }))
+    }
+
+    /// Rebuilds the configuration if any file changed since the last load.
+    /// New connections get it; open ones keep theirs. Files that do not make
+    /// a valid configuration (say, a certificate written before its key) are
+    /// reported and the previous configuration stays.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let times = modification_times(&self.files);
+        if *self.loaded.lock() == times {
+            return Ok(false);
+        }
+        *self.loaded.lock() = times;
+        let config = build_config(&self.files, &self.alpn)?;
+        self.config.store(Arc::new(config));
+        tracing::info!(cert = %self.files.cert_file.display(), "TLS certificate reloaded");
+        Ok(true)
+    }
+
+    /// Checks the files every second until the returned task is aborted.
+    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let reloading = this.clone();
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || reloading.reload_if_changed()).await
+                {
+                    tracing::error!(error = %e, "keeping the TLS configuration loaded before");
+                }
+            }
+        })
+    }
+
+    fn current(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+}
+
+fn modification_times(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    [
+        Some(&files.cert_file),
+        Some(&files.key_file),
+        files.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+    .collect()
+}
+
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| {
+        TlsError(format!(
+            "cannot read the TLS {what} {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_pem(path, what)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError(format!("invalid PEM in {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "no certificate in the TLS {what} {}",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn build_config(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+    let chain = certificates(&files.cert_file, "certificate file")?;
+    let key_pem = read_pem(&files.key_file, "key file")?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| TlsError(format!("invalid PEM in {}: {e}", files.key_file.display())))?
+        .ok_or_else(|| {
+            TlsError(format!(
+                "no private key in the TLS key file {}",
+                files.key_file.display()
+            ))
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?;
+    let builder = match &files.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca_file) => {
+            let mut roots = RootCertStore::empty();
+            for ca in certificates(ca_file, "client CA file")? {
+                roots.add(ca).map_err(|e| {
+                    TlsError(format!(
+                        "invalid CA certificate in {}: {e}",
+                        ca_file.display()
+                    ))
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        TlsError(format!(
+            "the certificate {} and key {} do not make a TLS identity: {e}",
+            files.cert_file.display(),
+            files.key_file.display()
+        ))
+    })?;
+    config.alpn_protocols = alpn.to_vec();
+    Ok(config)
+}
+
+/// One TLS connection, handshake done.
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    local_addr: Option<SocketAddr>,
+    remote_addr: SocketAddr,
+}
+
+impl TlsConnection {
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote_addr
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// tonic finds the peer address (`Request::remote_addr`) through this.
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: self.local_addr,
+            remote_addr: Some(self.remote_addr),
+        }
+    }
+}
+
+/// Accepts TCP connections and hands out those that finished a TLS handshake.
+pub struct TlsListener {
+    accepted: mpsc::Receiver<TlsConnection>,
+    local_addr: SocketAddr,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Starts accepting on `listener` with `tls`'s current configuration
+    /// for each new connection.
+    pub fn new(listener: TcpListener, tls: Arc<ServerTls>, what: &'static str) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (sender, accepted) = mpsc::channel(ACCEPT_QUEUE);
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let (tcp, remote_addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(listener = what, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = sender
+                                .send(TlsConnection {
+                                    stream,
+                                    local_addr: Some(local_addr),
+                                    remote_addr,
+                                })
+                                .await;
+                        }
+                        // A scanner, a plain-text client or a certificate we
+                        // refuse: the client learns it from the handshake.
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = what, peer = %remote_addr, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = what, peer = %remote_addr, "TLS handshake timed out")
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            accepted,
+            local_addr,
+            accept_loop,
+        })
+    }
+
+    /// The connections as a stream, for tonic's `serve_with_incoming`.
+    pub fn into_stream(self) -> impl futures::Stream<Item = io::Result<TlsConnection>> {
+        futures::stream::unfold(self, |mut listener| async move {
+            let connection = listener.accepted.recv().await?;
+            Some((Ok(connection), listener))
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsConnection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(connection) => {
+                let peer = connection.remote_addr;
+                (connection, peer)
+            }
+            // The accept loop only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}

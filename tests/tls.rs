@@ -1,0 +1,302 @@
+//! TLS on weft's listeners, end to end: a certificate from files, reloaded
+//! when they change; client certificates required on the OTLP receivers
+//! when a client CA is configured — with good, expired, wrong-CA and missing
+//! client certificates, over gRPC (tonic) and HTTP, with authentication on.
+
+mod support;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::*;
+use time::{Duration, OffsetDateTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// A PEM certificate and its key.
+struct Pem {
+    cert: String,
+    key: String,
+}
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca {
+        pem,
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A certificate `ca` issues: for `localhost` as a server, or for a client,
+/// valid from `from` to `to` days from now.
+fn issue(ca: &Ca, client: bool, from: i64, to: i64) -> Pem {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.extended_key_usages = vec![if client {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now + Duration::days(from);
+    params.not_after = now + Duration::days(to);
+    Pem {
+        cert: params.signed_by(&key, &ca.issuer).unwrap().pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+fn der_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn client_config(ca_pem: &str, identity: Option<&Pem>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in der_certs(ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.key.as_bytes())
+                .unwrap()
+                .unwrap();
+            builder
+                .with_client_auth_cert(der_certs(&pem.cert), key)
+                .unwrap()
+        }
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// One HTTP/1.1 request over TLS: the response's status line, or the error
+/// that ended the exchange. (In TLS 1.3 a refused client certificate shows up
+/// as an alert on the first read, not in the client's handshake.)
+async fn https(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    request: &str,
+) -> Result<String, String> {
+    let mut tls = tls_connect(addr, config).await.map_err(|e| e.to_string())?;
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let response = String::from_utf8_lossy(&response);
+    response
+        .lines()
+        .next()
+        .map(str::to_string)
+        .filter(|line| line.starts_with("HTTP/"))
+        .ok_or_else(|| format!("no HTTP response: {response:?}"))
+}
+
+fn export_request(token: &str) -> String {
+    let body = r#"{"resourceSpans":[]}"#;
+    format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// An OTLP/gRPC client whose connections are TLS with `config`.
+async fn grpc_client(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TraceServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let config = config.clone();
+            async move {
+                let tls = tls_connect(addr, config).await?;
+                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await?;
+    Ok(TraceServiceClient::new(channel))
+}
+
+fn write(path: &Path, pem: &Pem) {
+    // The key first: a reload between the two writes fails on the
+    // mismatched pair and keeps the old setup until the certificate lands.
+    std::fs::write(path.join("server.key"), &pem.key).unwrap();
+    std::fs::write(path.join("server.crt"), &pem.cert).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_speaks_tls_and_otlp_requires_a_client_certificate_from_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca("weft test server CA");
+    let client_ca = ca("weft test client CA");
+    let stranger_ca = ca("someone else's CA");
+    write(dir.path(), &issue(&server_ca, false, -1, 30));
+    std::fs::write(dir.path().join("clients.crt"), &client_ca.pem).unwrap();
+    let good = issue(&client_ca, true, -1, 30);
+    let expired = issue(&client_ca, true, -30, -1);
+    let stranger = issue(&stranger_ca, true, -1, 30);
+
+    let data = dir.path().join("data");
+    let (token, stderr, _) = {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "token",
+                "create",
+                "--tenant",
+                "acme",
+                "--role",
+                "admin",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8(output.stdout).unwrap().trim().to_string(),
+            String::from_utf8(output.stderr).unwrap(),
+            output.status,
+        )
+    };
+    assert!(token.starts_with("weft_"), "{stderr}");
+    let pem = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let weft = tokio::task::block_in_place(|| {
+        Weft::start(
+            &data,
+            &[
+                "--auth",
+                "--tls-cert-file",
+                &pem("server.crt"),
+                "--tls-key-file",
+                &pem("server.key"),
+                "--tls-client-ca-file",
+                &pem("clients.crt"),
+            ],
+        )
+    });
+
+    // OTLP/HTTP: only a current certificate from the client CA gets in.
+    let otlp = |identity: Option<&Pem>| client_config(&server_ca.pem, identity, b"http/1.1");
+    let ok = https(weft.otlp_http, otlp(Some(&good)), &export_request(&token)).await;
+    assert_eq!(ok.as_deref(), Ok("HTTP/1.1 200 OK"));
+    for (what, identity) in [
+        ("no client certificate", None),
+        ("an expired one", Some(&expired)),
+        ("one from another CA", Some(&stranger)),
+    ] {
+        let refused = https(weft.otlp_http, otlp(identity), &export_request(&token)).await;
+        assert!(refused.is_err(), "{what} got in: {refused:?}");
+    }
+    // A client that does not trust weft's CA does not talk to it either.
+    let distrustful = client_config(&stranger_ca.pem, Some(&good), b"http/1.1");
+    assert!(https(weft.otlp_http, distrustful, &export_request(&token))
+        .await
+        .is_err());
+    // Plain text on a TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(weft.otlp_http).await.unwrap();
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // OTLP/gRPC over TLS (HTTP/2 by ALPN), with the token in the metadata.
+    let spans = spans_request("crm-tls", 0..3);
+    let mut request = tonic::Request::new(spans.clone());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut client = grpc_client(
+        weft.otlp_grpc,
+        client_config(&server_ca.pem, Some(&good), b"h2"),
+    )
+    .await
+    .unwrap();
+    client.export(request).await.unwrap();
+    let refused =
+        match grpc_client(weft.otlp_grpc, client_config(&server_ca.pem, None, b"h2")).await {
+            Err(e) => Err(e.to_string()),
+            Ok(mut client) => client
+                .export(tonic::Request::new(spans))
+                .await
+                .map(|_| ())
+                .map_err(|status| status.to_string()),
+        };
+    assert!(refused.is_err(), "gRPC without a client certificate got in");
+
+    // The API and UI need no client certificate, only TLS and a token.
+    let api = client_config(&server_ca.pem, None, b"http/1.1");
+    let services = format!(
+        "GET /api/v1/services HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(
+        https(weft.http, api.clone(), &services).await.as_deref(),
+        Ok("HTTP/1.1 200 OK")
+    );
+
+    // A renewed certificate is served without a restart.
+    let renewed = issue(&server_ca, false, -1, 60);
+    write(dir.path(), &renewed);
+    let renewed_der = der_certs(&renewed.cert).remove(0);
+    let mut served = None;
+    for _ in 0..100 {
+        let tls = tls_connect(weft.http, api.clone()).await.unwrap();
+        let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        if presented == renewed_der {
+            served = Some(presented);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        served.is_some(),
+        "the renewed certificate was not served within 10 s"
+    );
+    assert_eq!(
+        https(weft.http, api, &services).await.as_deref(),
+        Ok("HTTP/1.1 200 OK")
+    );
+    assert!(!weft.log().contains(&token));
+}
