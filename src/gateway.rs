@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use weft_gateway::{Gateway, GatewayConfig};
 
-use crate::serve::{bind, ShutdownSignals};
+use crate::serve::{bind, bind_incoming, listener_tls, ShutdownSignals};
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
@@ -26,6 +26,22 @@ pub struct GatewayArgs {
         default_value = "127.0.0.1:8001"
     )]
     admin_addr: SocketAddr,
+    /// PEM certificate (chain) for TLS on the Admin API; reloaded when it changes
+    #[arg(
+        long,
+        env = "WEFT_GATEWAY_ADMIN_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "admin_tls_key_file"
+    )]
+    admin_tls_cert_file: Option<PathBuf>,
+    /// PEM private key for the Admin API's certificate
+    #[arg(
+        long,
+        env = "WEFT_GATEWAY_ADMIN_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "admin_tls_cert_file"
+    )]
+    admin_tls_key_file: Option<PathBuf>,
     /// OTLP/gRPC endpoint for the gateway's spans and access logs (overrides
     /// `telemetry.otlp_endpoint` in the file), e.g. http://127.0.0.1:4317.
     #[arg(long, env = "WEFT_GATEWAY_OTLP_ENDPOINT")]
@@ -47,10 +63,21 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let exporting = config.telemetry.otlp_endpoint.clone();
     let gateway = Gateway::new(config, Some(args.config.clone()))?;
     let proxy = bind(args.proxy_addr, "the gateway proxy").await?;
-    let admin = bind(args.admin_addr, "the gateway Admin API").await?;
+    let admin_tls = listener_tls(
+        args.admin_tls_cert_file.as_deref(),
+        args.admin_tls_key_file.as_deref(),
+        "the gateway Admin API",
+    )?;
+    let admin = bind_incoming(
+        args.admin_addr,
+        "the gateway Admin API",
+        admin_tls.as_ref().map(|(tls, _)| tls),
+    )
+    .await?;
     tracing::info!(
         proxy = %proxy.local_addr()?,
         admin = %admin.local_addr()?,
+        admin_tls = admin_tls.is_some(),
         otlp = exporting.as_deref().unwrap_or("-"),
         config = %args.config.display(),
         "weft gateway listening"

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use weft_mesh::{AppProtocol, ControlPlane, MeshConfig, Sidecar, SidecarOptions};
 
-use crate::serve::{bind, ShutdownSignals};
+use crate::serve::{bind_incoming, listener_tls, ShutdownSignals};
 
 #[derive(Debug, Args)]
 pub struct MeshArgs {
@@ -37,6 +37,23 @@ struct ControlPlaneArgs {
     /// Where a generated CA is kept (overrides `state_dir` in the file).
     #[arg(long, env = "WEFT_MESH_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// PEM certificate (chain) for TLS on the API; sidecars then use an
+    /// https:// --control-plane and --control-plane-ca. Reloaded when it changes.
+    #[arg(
+        long,
+        env = "WEFT_MESH_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_key_file"
+    )]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key for the API's certificate
+    #[arg(
+        long,
+        env = "WEFT_MESH_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
+    tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +80,9 @@ struct SidecarArgs {
         env = "WEFT_SIDECAR_CONTROL_PLANE"
     )]
     control_plane: String,
+    /// PEM CA certificate(s) that issued an https:// control plane's certificate.
+    #[arg(long, env = "WEFT_SIDECAR_CONTROL_PLANE_CA", value_name = "FILE")]
+    control_plane_ca: Option<PathBuf>,
     /// Where other sidecars reach the inbound listener (default: --inbound).
     #[arg(long, env = "WEFT_SIDECAR_ADVERTISE")]
     advertise: Option<SocketAddr>,
@@ -103,8 +123,18 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     }
     let mesh = config.mesh.clone();
     let control_plane = ControlPlane::new(config, args.config.clone())?;
-    let listener = bind(args.addr, "the mesh control plane").await?;
-    tracing::info!(addr = %listener.local_addr()?, %mesh, "weft mesh control-plane listening");
+    let tls = listener_tls(
+        args.tls_cert_file.as_deref(),
+        args.tls_key_file.as_deref(),
+        "the mesh control plane",
+    )?;
+    let listener = bind_incoming(
+        args.addr,
+        "the mesh control plane",
+        tls.as_ref().map(|(tls, _)| tls),
+    )
+    .await?;
+    tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), %mesh, "weft mesh control-plane listening");
     let shutdown = async move {
         let signal = signals.recv().await;
         tracing::info!(signal, "shutting down");
@@ -119,6 +149,13 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
     let options = SidecarOptions {
         service: args.service,
         control_plane: args.control_plane,
+        control_plane_ca: args
+            .control_plane_ca
+            .map(|path| {
+                std::fs::read(&path)
+                    .with_context(|| format!("cannot read --control-plane-ca {}", path.display()))
+            })
+            .transpose()?,
         inbound: args.inbound,
         advertise: args.advertise,
         app: args.app,

@@ -4,15 +4,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weft_access::tls::{ServerTls, TlsListener};
-use weft_access::{Authenticator, Role as Access};
+use weft_access::tls::{Incoming, ServerTls};
+use weft_access::{Authenticator, BackgroundTask, Role as Access};
 use weft_collector::{grpc, http, Ingest, IngestMetrics, MetricsEndpoint, StoreCollector};
 use weft_query::{QueryEngines, QueryError, SnapshotSource, TenantSources};
 use weft_store::{StoreReader, TenantId, TenantStores};
@@ -36,12 +36,12 @@ fn query_engines(config: &Config, sources: TenantSources) -> anyhow::Result<Arc<
 
 /// Loads the credentials and keeps them current until the returned guard
 /// is dropped; warns when anyone could reach weft from the network.
-fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, AbortOnDrop)> {
+fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, Option<BackgroundTask>)> {
     let auth = Authenticator::new(config.auth_config())?;
     for warning in config.exposure_warnings() {
         tracing::warn!("{warning}");
     }
-    let watcher = AbortOnDrop(auth.watch());
+    let watcher = auth.watch();
     Ok((auth, watcher))
 }
 
@@ -50,55 +50,51 @@ fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, AbortOn
 #[allow(clippy::type_complexity)]
 fn server_tls(
     config: &Config,
-) -> anyhow::Result<(Option<(Arc<ServerTls>, Arc<ServerTls>)>, Vec<AbortOnDrop>)> {
+) -> anyhow::Result<(
+    Option<(Arc<ServerTls>, Arc<ServerTls>)>,
+    Vec<BackgroundTask>,
+)> {
     let Some((otlp_files, api_files)) = config.tls_files() else {
         return Ok((None, Vec::new()));
     };
     let otlp = ServerTls::load(otlp_files, &[b"h2", b"http/1.1"])?;
     let api = ServerTls::load(api_files, &[b"h2", b"http/1.1"])?;
-    let watchers = vec![
-        AbortOnDrop(Some(otlp.watch())),
-        AbortOnDrop(Some(api.watch())),
-    ];
+    let watchers = vec![otlp.watch(), api.watch()];
     Ok((Some((otlp, api)), watchers))
 }
 
-/// A bound listener, with TLS or without.
-enum Incoming {
-    Plain(TcpListener),
-    Tls(TlsListener),
+/// Loads the TLS setup of one HTTP listener from `cert_file` and
+/// `key_file` (both or neither), kept in step with the files while the
+/// returned task lives.
+pub(crate) fn listener_tls(
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+    what: &str,
+) -> anyhow::Result<Option<(Arc<ServerTls>, BackgroundTask)>> {
+    match (cert_file, key_file) {
+        (None, None) => Ok(None),
+        (Some(cert_file), Some(key_file)) => {
+            let files = weft_access::tls::TlsFiles {
+                cert_file: cert_file.to_path_buf(),
+                key_file: key_file.to_path_buf(),
+                client_ca_file: None,
+            };
+            let tls = ServerTls::load(files, &[b"h2", b"http/1.1"])
+                .with_context(|| format!("cannot set up TLS for {what}"))?;
+            let watcher = tls.watch();
+            Ok(Some((tls, watcher)))
+        }
+        _ => anyhow::bail!("TLS for {what} needs both a certificate file and a key file"),
+    }
 }
 
-impl Incoming {
-    async fn bind(
-        addr: SocketAddr,
-        what: &'static str,
-        tls: Option<&Arc<ServerTls>>,
-    ) -> anyhow::Result<Self> {
-        let listener = bind(addr, what).await?;
-        Ok(match tls {
-            None => Incoming::Plain(listener),
-            Some(tls) => Incoming::Tls(TlsListener::new(listener, tls.clone(), what)?),
-        })
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        match self {
-            Incoming::Plain(listener) => listener.local_addr(),
-            Incoming::Tls(listener) => axum::serve::Listener::local_addr(listener),
-        }
-    }
-}
-
-/// Stops a background task when dropped.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
-    }
+/// Binds `addr` for `what`, behind `tls` when it is given.
+pub(crate) async fn bind_incoming(
+    addr: SocketAddr,
+    what: &'static str,
+    tls: Option<&Arc<ServerTls>>,
+) -> anyhow::Result<Incoming> {
+    Ok(Incoming::new(bind(addr, what).await?, tls, what)?)
 }
 
 /// The query API, UI and `extra` routes for readers of a tenant, plus
@@ -136,7 +132,7 @@ pub async fn run_query(config: Config) -> anyhow::Result<()> {
         }),
     )?;
     let (tls, _tls_watchers) = server_tls(&config)?;
-    let listener = Incoming::bind(config.http.addr, "HTTP API", tls.as_ref().map(|t| &t.1)).await?;
+    let listener = bind_incoming(config.http.addr, "HTTP API", tls.as_ref().map(|t| &t.1)).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let mut server = tokio::spawn(serve_http(
@@ -199,11 +195,11 @@ pub async fn run_until(
 
     let (tls, _tls_watchers) = server_tls(&config)?;
     let otlp_tls = tls.as_ref().map(|t| &t.0);
-    let grpc_listener = Incoming::bind(config.otlp.grpc_addr, "OTLP/gRPC", otlp_tls).await?;
-    let http_listener = Incoming::bind(config.otlp.http_addr, "OTLP/HTTP", otlp_tls).await?;
+    let grpc_listener = bind_incoming(config.otlp.grpc_addr, "OTLP/gRPC", otlp_tls).await?;
+    let http_listener = bind_incoming(config.otlp.http_addr, "OTLP/HTTP", otlp_tls).await?;
     let api_listener = match role {
         Role::Serve => {
-            Some(Incoming::bind(config.http.addr, "HTTP API", tls.as_ref().map(|t| &t.1)).await?)
+            Some(bind_incoming(config.http.addr, "HTTP API", tls.as_ref().map(|t| &t.1)).await?)
         }
         Role::Collector => None,
     };
@@ -334,21 +330,10 @@ async fn serve_http(
     what: &'static str,
 ) -> anyhow::Result<()> {
     // The peer address lets authentication throttle sources that keep failing.
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    match listener {
-        Incoming::Plain(listener) => {
-            axum::serve(listener, service)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Incoming::Tls(listener) => {
-            // `tap_io` is what gives a custom listener's address to ConnectInfo.
-            axum::serve(listener.tap_io(|_| {}), service)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    }
-    .with_context(|| format!("{what} server failed"))
+    listener
+        .serve(router, shutdown)
+        .await
+        .with_context(|| format!("{what} server failed"))
 }
 
 /// SIGTERM and SIGINT, listened for from start-up on, so a signal that

@@ -300,3 +300,86 @@ async fn every_listener_speaks_tls_and_otlp_requires_a_client_certificate_from_i
     );
     assert!(!weft.log().contains(&token));
 }
+
+/// The gateway's Admin API and the mesh control plane's API serve TLS from
+/// files too, and a sidecar fetches its identity and config from an
+/// https:// control plane it verifies with `--control-plane-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_admin_api_and_the_mesh_control_plane_speak_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca("weft test server CA");
+    write(dir.path(), &issue(&server_ca, false, -1, 30));
+    std::fs::write(dir.path().join("ca.crt"), &server_ca.pem).unwrap();
+    std::fs::write(dir.path().join("gateway.yaml"), "services: []\n").unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let tls = ["--tls-cert-file", "--tls-key-file"];
+    let files = [file("server.crt"), file("server.key")];
+
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+    gateway
+        .args(["gateway", "--config", &file("gateway.yaml")])
+        .args(["--proxy-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--admin-tls-cert-file",
+            &files[0],
+            "--admin-tls-key-file",
+            &files[1],
+        ])
+        .env("WEFT_LOG", "info");
+    let (_gateway, line) = tokio::task::block_in_place(|| Process::spawn(gateway, "gateway"));
+    let admin = logged_addr(&line, "admin");
+    let trusting = client_config(&server_ca.pem, None, b"http/1.1");
+    let status = "GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        https(admin, trusting.clone(), status).await.as_deref(),
+        Ok("HTTP/1.1 200 OK")
+    );
+
+    let mut control_plane = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+    control_plane
+        .args([
+            "mesh",
+            "control-plane",
+            "--addr",
+            "127.0.0.1:0",
+            "--state-dir",
+            &file("state"),
+        ])
+        .args([tls[0], &files[0], tls[1], &files[1]])
+        .env("WEFT_LOG", "info");
+    let (_control_plane, line) =
+        tokio::task::block_in_place(|| Process::spawn(control_plane, "control-plane"));
+    let cp = logged_addr(&line, "addr");
+    let overview = "GET /dataplanes HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        https(cp, trusting.clone(), overview).await.as_deref(),
+        Ok("HTTP/1.1 200 OK")
+    );
+
+    let mut sidecar = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+    sidecar
+        .args(["mesh", "sidecar", "--service", "crm-database"])
+        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
+        .args([
+            "--control-plane",
+            &format!("https://localhost:{}", cp.port()),
+        ])
+        .args(["--control-plane-ca", &file("ca.crt")])
+        .env("WEFT_LOG", "info");
+    let (_sidecar, line) = tokio::task::block_in_place(|| Process::spawn(sidecar, "sidecar"));
+    assert!(line.contains("spiffe://default/crm-database"), "{line}");
+
+    // A sidecar that does not say which CA to trust is told so at once.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["mesh", "sidecar", "--service", "crm-mobile"])
+        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
+        .args([
+            "--control-plane",
+            &format!("https://localhost:{}", cp.port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--control-plane-ca"), "{stderr}");
+}

@@ -288,13 +288,13 @@ impl Authenticator {
     }
 
     /// Rereads the credentials file whenever it changes, until the
-    /// returned task is aborted.
-    pub fn watch(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+    /// returned task is dropped.
+    pub fn watch(self: &Arc<Self>) -> Option<crate::BackgroundTask> {
         if !self.config.enabled {
             return None;
         }
         let this = self.clone();
-        Some(tokio::spawn(async move {
+        Some(crate::BackgroundTask(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(this.config.reload_interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -304,7 +304,7 @@ impl Authenticator {
                     tracing::error!(error = %e, "keeping the credentials loaded before");
                 }
             }
-        }))
+        })))
     }
 }
 

@@ -26,3 +26,13 @@ pub use authenticator::{AuthConfig, Authenticator, Denied, Principal};
 pub use credentials::{Credentials, CredentialsError};
 pub use role::Role;
 pub use weft_store::TenantId;
+
+/// A background task (a file watcher) that stops when this is dropped.
+#[must_use = "the task stops when this is dropped"]
+pub struct BackgroundTask(tokio::task::JoinHandle<()>);
+
+impl Drop for BackgroundTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

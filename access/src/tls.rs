@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use axum::serve::ListenerExt;
 use parking_lot::Mutex;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -87,10 +88,10 @@ impl ServerTls {
         Ok(true)
     }
 
-    /// Checks the files every second until the returned task is aborted.
-    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Checks the files every second until the returned task is dropped.
+    pub fn watch(self: &Arc<Self>) -> crate::BackgroundTask {
         let this = self.clone();
-        tokio::spawn(async move {
+        crate::BackgroundTask(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_secs(1));
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -102,7 +103,7 @@ impl ServerTls {
                     tracing::error!(error = %e, "keeping the TLS configuration loaded before");
                 }
             }
-        })
+        }))
     }
 
     fn current(&self) -> Arc<ServerConfig> {
@@ -343,5 +344,55 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(self.local_addr)
+    }
+}
+
+/// A bound listener, with TLS or without: what every weft server accepts on.
+pub enum Incoming {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
+impl Incoming {
+    /// `listener`, behind `tls` when it is given.
+    pub fn new(
+        listener: TcpListener,
+        tls: Option<&Arc<ServerTls>>,
+        what: &'static str,
+    ) -> io::Result<Self> {
+        Ok(match tls {
+            None => Incoming::Plain(listener),
+            Some(tls) => Incoming::Tls(TlsListener::new(listener, tls.clone(), what)?),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Incoming::Plain(listener) => listener.local_addr(),
+            Incoming::Tls(listener) => Ok(listener.local_addr),
+        }
+    }
+
+    /// Serves `router` until `shutdown`, with each request's peer address
+    /// as `ConnectInfo<SocketAddr>`.
+    pub async fn serve(
+        self,
+        router: axum::Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        match self {
+            Incoming::Plain(listener) => {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Incoming::Tls(listener) => {
+                // `tap_io` is what gives a custom listener's address to ConnectInfo.
+                axum::serve(listener.tap_io(|_| {}), service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
     }
 }

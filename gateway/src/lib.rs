@@ -78,7 +78,7 @@ impl Gateway {
     pub async fn serve(
         self,
         proxy: tokio::net::TcpListener,
-        admin: tokio::net::TcpListener,
+        admin: weft_access::tls::Incoming,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
         grace: Duration,
     ) {
@@ -86,7 +86,7 @@ impl Gateway {
         let admin_router = admin::router(self.shared.clone());
         let mut admin_stop = stop_rx.clone();
         let admin_task = tokio::spawn(async move {
-            let serve = axum::serve(admin, admin_router).with_graceful_shutdown(async move {
+            let serve = admin.serve(admin_router, async move {
                 let _ = admin_stop.wait_for(|stop| *stop).await;
             });
             if let Err(e) = serve.await {

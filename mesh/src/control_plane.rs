@@ -143,7 +143,7 @@ impl ControlPlane {
     /// sidecars and watching the config file meanwhile.
     pub async fn serve(
         self,
-        listener: tokio::net::TcpListener,
+        listener: weft_access::tls::Incoming,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
@@ -161,9 +161,7 @@ impl ControlPlane {
             }
         });
         let app = router(self.state.clone());
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = listener.serve(app, shutdown).await;
         housekeeping.abort();
         served
     }

@@ -6,7 +6,8 @@
 //! then starts `weft serve` on a fresh data directory and drives it over real
 //! gRPC from concurrent clients, counting only acknowledged (fsync'd)
 //! records. After a clean shutdown it compares the bytes on disk with the
-//! OTLP bytes sent. Everything runs on the same machine in the same run, so
+//! OTLP bytes sent. `--compare-secure` runs the same load against a plain
+//! weft and one with TLS and token authentication instead. Everything runs on the same machine in the same run, so
 //! the ratios are meaningful even where absolute numbers are not.
 
 mod breakdown;
@@ -57,6 +58,17 @@ struct Args {
     /// thread (decode, convert, WAL encode, sort, Parquet, index).
     #[arg(long)]
     breakdown: bool,
+    /// Run the load twice, against a plain weft and against one with TLS
+    /// and token authentication, and compare the two.
+    #[arg(long)]
+    compare_secure: bool,
+}
+
+/// How the load generator reaches weft: in the clear, or over TLS with a token.
+#[derive(Clone)]
+struct Security {
+    tls: Arc<rustls::ClientConfig>,
+    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 /// Sends pre-encoded protobuf bytes, ignores the response body.
@@ -121,20 +133,11 @@ fn main() -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("weft"),
     };
-    let data_dir = tempfile::tempdir()?;
-    let mut weft = start_weft(&weft_binary, data_dir.path())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let load = runtime.block_on(drive(&args, &weft.grpc, traces.clone(), logs.clone()))?;
-    // Close the client connections, so weft's graceful shutdown has nothing to wait for.
-    drop(runtime);
-    // SAFETY: kill(2) on the pid of the child we started and have not reaped.
-    unsafe { libc::kill(weft.child.id() as i32, libc::SIGTERM) };
-    let status = weft.child.wait()?;
-    if !status.success() {
-        bail!("weft exited with {status}");
+    if args.compare_secure {
+        return compare_secure(&args, &weft_binary, &traces, &logs);
     }
+    let data_dir = tempfile::tempdir()?;
+    let load = run_load(&args, &weft_binary, data_dir.path(), None, &traces, &logs)?;
     let spans_disk = dir_bytes(&data_dir.path().join("spans").join("segments"))?;
     let spans_index = dir_bytes(&data_dir.path().join("spans").join("index"))?;
     let logs_disk = dir_bytes(&data_dir.path().join("logs").join("segments"))?;
@@ -203,6 +206,148 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts weft on `data_dir` (with TLS and auth when `secure`), drives the
+/// load, and stops weft cleanly.
+fn run_load(
+    args: &Args,
+    weft_binary: &Path,
+    data_dir: &Path,
+    secure: Option<&SecureSetup>,
+    traces: &Arc<Vec<Payload>>,
+    logs: &Arc<Vec<Payload>>,
+) -> anyhow::Result<Load> {
+    let extra_args = secure.map(SecureSetup::weft_args).unwrap_or_default();
+    let mut weft = start_weft(weft_binary, data_dir, &extra_args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let security = secure.map(|s| s.security.clone());
+    let load = runtime.block_on(drive(
+        args,
+        &weft.grpc,
+        security,
+        traces.clone(),
+        logs.clone(),
+    ))?;
+    // Close the client connections, so weft's graceful shutdown has nothing to wait for.
+    drop(runtime);
+    // SAFETY: kill(2) on the pid of the child we started and have not reaped.
+    unsafe { libc::kill(weft.child.id() as i32, libc::SIGTERM) };
+    let status = weft.child.wait()?;
+    if !status.success() {
+        bail!("weft exited with {status}");
+    }
+    Ok(load)
+}
+
+/// A self-signed certificate for localhost and an ingest token, in a
+/// directory of their own.
+struct SecureSetup {
+    dir: tempfile::TempDir,
+    security: Security,
+}
+
+impl SecureSetup {
+    fn new(weft_binary: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
+        std::fs::write(dir.path().join("tls.crt"), cert.pem())?;
+        std::fs::write(dir.path().join("tls.key"), key.serialize_pem())?;
+        let output = Command::new(weft_binary)
+            .args(["token", "create", "--role", "ingest", "--data-dir"])
+            .arg(data_dir)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "weft token create: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let token = String::from_utf8(output.stdout)?.trim().to_string();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            dir,
+            security: Security {
+                tls: Arc::new(tls),
+                authorization: format!("Bearer {token}").parse()?,
+            },
+        })
+    }
+
+    fn weft_args(&self) -> Vec<String> {
+        let file = |name: &str| self.dir.path().join(name).display().to_string();
+        vec![
+            "--auth".to_string(),
+            "--tls-cert-file".to_string(),
+            file("tls.crt"),
+            "--tls-key-file".to_string(),
+            file("tls.key"),
+        ]
+    }
+}
+
+/// The same load against a plain weft and one with TLS and authentication,
+/// one after the other in the same run.
+fn compare_secure(
+    args: &Args,
+    weft_binary: &Path,
+    traces: &Arc<Vec<Payload>>,
+    logs: &Arc<Vec<Payload>>,
+) -> anyhow::Result<()> {
+    let plain_dir = tempfile::tempdir()?;
+    let plain = run_load(args, weft_binary, plain_dir.path(), None, traces, logs)?;
+    let secure_dir = tempfile::tempdir()?;
+    let setup = SecureSetup::new(weft_binary, secure_dir.path())?;
+    let secure = run_load(
+        args,
+        weft_binary,
+        secure_dir.path(),
+        Some(&setup),
+        traces,
+        logs,
+    )?;
+    let seconds = args.duration.as_secs_f64();
+    let rate = |load: &Load| load.spans as f64 / seconds;
+    println!("| measure | plain | TLS + token auth |");
+    println!("|---|---|---|");
+    println!(
+        "| load | {} clients, {} connections, {} spans/request, {} s after {} s warm-up | same |",
+        args.clients,
+        args.connections,
+        args.spans_per_request,
+        args.duration.as_secs(),
+        args.warmup.as_secs()
+    );
+    println!(
+        "| spans/s acknowledged | {:.0} | {:.0} |",
+        rate(&plain),
+        rate(&secure)
+    );
+    println!(
+        "| logs/s acknowledged | {:.0} | {:.0} |",
+        plain.logs as f64 / seconds,
+        secure.logs as f64 / seconds
+    );
+    println!(
+        "| refused (retryable) requests | {} | {} |",
+        plain.refused, secure.refused
+    );
+    println!(
+        "| TLS + auth / plain (spans/s) | | {:.2} |",
+        rate(&secure) / rate(&plain)
+    );
+    Ok(())
+}
+
 /// Decodes the payloads on `threads` threads for `duration`; returns spans/s and logs/s.
 fn decode_only(
     traces: &Arc<Vec<Payload>>,
@@ -246,7 +391,11 @@ struct RunningWeft {
     grpc: String,
 }
 
-fn start_weft(binary: &Path, data_dir: &Path) -> anyhow::Result<RunningWeft> {
+fn start_weft(
+    binary: &Path,
+    data_dir: &Path,
+    extra_args: &[String],
+) -> anyhow::Result<RunningWeft> {
     let mut child = Command::new(binary)
         .args([
             "serve",
@@ -259,6 +408,7 @@ fn start_weft(binary: &Path, data_dir: &Path) -> anyhow::Result<RunningWeft> {
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra_args)
         .env("WEFT_LOG", "warn,weft=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -284,7 +434,7 @@ fn start_weft(binary: &Path, data_dir: &Path) -> anyhow::Result<RunningWeft> {
         .context("no otlp_grpc address logged")?;
     Ok(RunningWeft {
         child,
-        grpc: format!("http://{grpc}"),
+        grpc: grpc.to_string(),
     })
 }
 
@@ -299,20 +449,45 @@ struct Load {
     latencies_us: Vec<u32>,
 }
 
+/// An HTTP/2 connection to weft's OTLP/gRPC address, over TLS when `security` says so.
+async fn connect(
+    addr: &str,
+    security: Option<&Security>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?;
+    let Some(security) = security else {
+        return Ok(endpoint.connect().await?);
+    };
+    let (addr, tls) = (addr.to_string(), security.tls.clone());
+    Ok(endpoint
+        .connect_with_connector(tower::service_fn(move |_| {
+            let (addr, tls) = (addr.clone(), tls.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .map_err(std::io::Error::other)?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?)
+}
+
 async fn drive(
     args: &Args,
-    url: &str,
+    addr: &str,
+    security: Option<Security>,
     traces: Arc<Vec<Payload>>,
     logs: Arc<Vec<Payload>>,
 ) -> anyhow::Result<Load> {
     let mut channels = Vec::new();
     for _ in 0..args.connections {
-        channels.push(
-            tonic::transport::Endpoint::from_shared(url.to_string())?
-                .connect()
-                .await?,
-        );
+        channels.push(connect(addr, security.as_ref()).await?);
     }
+    let authorization = security.map(|s| s.authorization);
     let load = Arc::new(Mutex::new(Load::default()));
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -320,7 +495,8 @@ async fn drive(
     let mut tasks = Vec::new();
     for client in 0..args.clients {
         let mut grpc = tonic::client::Grpc::new(channels[client % channels.len()].clone());
-        let (traces, logs, load, measuring, stop, sends) = (
+        let (authorization, traces, logs, load, measuring, stop, sends) = (
+            authorization.clone(),
             traces.clone(),
             logs.clone(),
             load.clone(),
@@ -342,9 +518,15 @@ async fn drive(
                 let bytes = body.len() as u64;
                 grpc.ready().await?;
                 let started = Instant::now();
+                let mut request = tonic::Request::new(body);
+                if let Some(authorization) = &authorization {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", authorization.clone());
+                }
                 let result = grpc
                     .unary(
-                        tonic::Request::new(body),
+                        request,
                         http::uri::PathAndQuery::from_static(path),
                         RawCodec,
                     )

@@ -53,8 +53,11 @@ const POLL_WAIT: Duration = Duration::from_secs(30);
 pub struct SidecarOptions {
     /// The service this sidecar stands beside, e.g. `crm-conductor`.
     pub service: String,
-    /// Base URL of the control plane, e.g. `http://127.0.0.1:5681`.
+    /// Base URL of the control plane, e.g. `http://127.0.0.1:5681`, or
+    /// `https://…` when it serves TLS.
     pub control_plane: String,
+    /// PEM CA certificate(s) to verify an `https://` control plane with.
+    pub control_plane_ca: Option<Vec<u8>>,
     /// Where the mTLS inbound listener listens.
     pub inbound: SocketAddr,
     /// Where other sidecars reach the inbound listener (default: `inbound`).
@@ -161,7 +164,8 @@ impl Sidecar {
             ));
         }
 
-        let control_plane = ControlPlaneClient::new(&options.control_plane);
+        let control_plane =
+            ControlPlaneClient::new(&options.control_plane, options.control_plane_ca.as_deref())?;
         let tls = wait_for("a workload certificate", || {
             obtain_identity(&control_plane, &options.service, 0)
         })
@@ -502,14 +506,39 @@ struct ControlPlaneClient {
 }
 
 impl ControlPlaneClient {
-    fn new(base: &str) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .build()
-                .unwrap_or_default(),
+    /// A client of the control plane at `base`, trusting only `ca_pem` for
+    /// an `https://` one.
+    fn new(base: &str, ca_pem: Option<&[u8]>) -> Result<Self, SidecarError> {
+        let https = base.starts_with("https://");
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .tls_built_in_root_certs(false);
+        match (https, ca_pem) {
+            (true, Some(pem)) => {
+                for certificate in reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| SidecarError::Invalid(format!("--control-plane-ca: {e}")))?
+                {
+                    builder = builder.add_root_certificate(certificate);
+                }
+            }
+            (true, None) => {
+                return Err(SidecarError::Invalid(
+                    "an https:// control plane needs --control-plane-ca, the CA that issued its certificate".to_string(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(SidecarError::Invalid(
+                    "--control-plane-ca is for an https:// control plane".to_string(),
+                ))
+            }
+            (false, None) => {}
         }
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            http: builder
+                .build()
+                .map_err(|e| SidecarError::Invalid(format!("control plane client: {e}")))?,
+        })
     }
 
     async fn certificate(&self, service: &str, csr: String) -> Result<CertificateResponse, String> {
