@@ -126,6 +126,9 @@ pub struct QuerySettings {
     pub max_rows: usize,
     /// Memory all queries together may use for sorts, joins and aggregations.
     pub memory_limit_bytes: usize,
+    /// Memory one query may use of that (at most all of it), so one cannot
+    /// starve the others.
+    pub memory_limit_per_query_bytes: usize,
 }
 
 impl Default for QuerySettings {
@@ -135,6 +138,7 @@ impl Default for QuerySettings {
             timeout: query.timeout,
             max_rows: query.max_rows,
             memory_limit_bytes: query.memory_limit_bytes,
+            memory_limit_per_query_bytes: query.memory_limit_per_query_bytes,
         }
     }
 }
@@ -247,6 +251,13 @@ pub struct ServerArgs {
     /// The tokens and users [default: credentials.toml in the data directory]
     #[arg(long, env = "WEFT_CREDENTIALS_FILE", value_name = "FILE")]
     pub credentials_file: Option<PathBuf>,
+    /// Memory one query may use for sorts, joins and aggregations [default: 536870912]
+    #[arg(
+        long,
+        env = "WEFT_QUERY_MEMORY_LIMIT_PER_QUERY_BYTES",
+        value_name = "BYTES"
+    )]
+    pub query_memory_limit_per_query_bytes: Option<usize>,
     /// On SIGTERM, wait this long for in-flight requests before closing connections [default: 10s]
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -292,6 +303,10 @@ impl Config {
         set(
             &mut self.query.memory_limit_bytes,
             &args.query_memory_limit_bytes,
+        );
+        set(
+            &mut self.query.memory_limit_per_query_bytes,
+            &args.query_memory_limit_per_query_bytes,
         );
         set(&mut self.shutdown_grace, &args.shutdown_grace);
         for (target, value) in [
@@ -341,6 +356,9 @@ impl Config {
         if self.auth.max_failures_per_minute == 0 {
             bail!("auth.max_failures_per_minute must be greater than 0");
         }
+        if self.query.memory_limit_per_query_bytes == 0 {
+            bail!("query.memory_limit_per_query_bytes must be greater than 0");
+        }
         if self.query.timeout.is_zero() || self.query.max_rows == 0 {
             bail!("query.timeout and query.max_rows must be greater than 0");
         }
@@ -352,6 +370,11 @@ impl Config {
             timeout: self.query.timeout,
             max_rows: self.query.max_rows,
             memory_limit_bytes: self.query.memory_limit_bytes,
+            // No query can hold more than all of them together.
+            memory_limit_per_query_bytes: self
+                .query
+                .memory_limit_per_query_bytes
+                .min(self.query.memory_limit_bytes),
         }
     }
 

@@ -742,3 +742,27 @@ async fn quotas_and_failed_logins_are_per_tenant_and_per_address() {
         assert!(throttled.headers().contains_key("retry-after"));
     });
 }
+
+/// A query past its own memory limit fails with 400 naming the limit, while
+/// the memory all queries share is far from used up and the next query runs.
+#[test]
+fn one_query_cannot_take_the_memory_all_queries_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(
+        dir.path(),
+        &["--query-memory-limit-per-query-bytes", "8000000"],
+    );
+    // An aggregate that cannot spill to disk: it must hold every value.
+    let (status, body) =
+        weft.sql("SELECT cardinality(array_agg(v)) FROM generate_series(1, 3000000) t(v)");
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("per-query limit of 8000000 bytes"),
+        "{error}"
+    );
+    assert_eq!(
+        weft.sql_rows("SELECT count(*) FROM generate_series(1, 1000) t(v)"),
+        vec![vec![serde_json::json!(1000)]]
+    );
+}

@@ -2,6 +2,7 @@
 //! bounded in time, memory and result size.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +11,16 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{
+    MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::union::UnionExec;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use parking_lot::RwLock;
@@ -35,6 +39,8 @@ pub struct QueryConfig {
     /// Memory all running queries may use for sorts, joins and aggregations
     /// together; beyond it they spill to disk or fail.
     pub memory_limit_bytes: usize,
+    /// Memory one query may use of that, so one query cannot take it all.
+    pub memory_limit_per_query_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -43,6 +49,7 @@ impl Default for QueryConfig {
             timeout: Duration::from_secs(30),
             max_rows: 10_000,
             memory_limit_bytes: 2 * 1024 * 1024 * 1024,
+            memory_limit_per_query_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -191,7 +198,18 @@ impl QueryEngine {
             .with_allow_dml(false)
             .with_allow_statements(false);
         let frame = self.ctx.sql_with_options(sql, options).await?;
-        Ok(frame.execute_stream().await?)
+        // Each query draws on the shared pool through a pool of its own,
+        // which caps what it may hold.
+        let shared = self.ctx.runtime_env();
+        let mut runtime = RuntimeEnv::clone(&shared);
+        runtime.memory_pool = Arc::new(PerQueryPool {
+            shared: shared.memory_pool.clone(),
+            limit: self.config.memory_limit_per_query_bytes,
+            reserved: AtomicUsize::new(0),
+        });
+        let task = frame.task_ctx().with_runtime(Arc::new(runtime));
+        let plan = frame.create_physical_plan().await?;
+        Ok(execute_stream(plan, Arc::new(task))?)
     }
 }
 
@@ -201,6 +219,78 @@ fn shared_runtime(config: &QueryConfig) -> Result<Arc<RuntimeEnv>, QueryError> {
     Ok(RuntimeEnvBuilder::new()
         .with_memory_limit(config.memory_limit_bytes, 1.0)
         .build_arc()?)
+}
+
+/// One query's share of the memory pool all queries share: what it
+/// reserves counts against the shared pool, and it may hold at most `limit`.
+#[derive(Debug)]
+struct PerQueryPool {
+    shared: Arc<dyn MemoryPool>,
+    limit: usize,
+    reserved: AtomicUsize,
+}
+
+impl std::fmt::Display for PerQueryPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "per-query pool of {} bytes within {}",
+            self.limit, self.shared
+        )
+    }
+}
+
+impl MemoryPool for PerQueryPool {
+    fn name(&self) -> &str {
+        "weft_per_query"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.shared.register(consumer)
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.shared.unregister(consumer)
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.shared.grow(reservation, additional);
+        self.reserved.fetch_add(additional, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.shared.shrink(reservation, shrink);
+        self.reserved.fetch_sub(shrink, Ordering::Relaxed);
+    }
+
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::error::Result<()> {
+        let held = self.reserved.fetch_add(additional, Ordering::Relaxed);
+        if held + additional > self.limit {
+            self.reserved.fetch_sub(additional, Ordering::Relaxed);
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{} asked for {additional} more bytes while holding {held}, over the per-query limit of {} bytes",
+                reservation.consumer().name(),
+                self.limit
+            )));
+        }
+        self.shared
+            .try_grow(reservation, additional)
+            .inspect_err(|_| {
+                self.reserved.fetch_sub(additional, Ordering::Relaxed);
+            })
+    }
+
+    fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Relaxed)
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.limit)
+    }
 }
 
 /// Where a tenant's data is read from.
