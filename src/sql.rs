@@ -1,7 +1,9 @@
 //! `weft sql "SELECT …"`: one query, printed as a table, CSV or JSON. With
 //! `--server` it goes to a running weft's `POST /api/v1/sql` (as an Arrow IPC
 //! stream, printed here); without, it runs in this process over the data
-//! directory, read-only, beside whatever weft writes it.
+//! directory, read-only, beside whatever weft writes it. `--token` (or
+//! `WEFT_TOKEN`) authenticates to a server started with `--auth`;
+//! `--tenant` picks a tenant's data in a data directory.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use clap::{Args, ValueEnum};
 use weft_query::{format, QueryConfig, QueryEngine};
-use weft_store::StoreReader;
+use weft_store::{StoreReader, TenantId};
 
 #[derive(Debug, Args)]
 pub struct SqlArgs {
@@ -30,6 +32,13 @@ pub struct SqlArgs {
         default_value = "./weft-data"
     )]
     pub data_dir: PathBuf,
+    /// A token with the read role, for a server started with --auth.
+    #[arg(long, env = "WEFT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Whose data to query in the data directory [default: the default tenant].
+    /// (A server answers for the token's tenant.)
+    #[arg(long, value_name = "TENANT", conflicts_with = "server")]
+    pub tenant: Option<TenantId>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
@@ -44,7 +53,7 @@ pub enum OutputFormat {
 
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     let (schema, batches, truncated) = match &args.server {
-        Some(server) => remote(server, &args.query).await?,
+        Some(server) => remote(server, args.token.as_deref(), &args.query).await?,
         None => {
             if !args.data_dir.exists() {
                 bail!(
@@ -52,8 +61,9 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
                     args.data_dir.display()
                 );
             }
+            let tenant = args.tenant.clone().unwrap_or_default();
             let engine = QueryEngine::new(
-                Arc::new(StoreReader::new(&args.data_dir)),
+                Arc::new(StoreReader::new(tenant.data_dir(&args.data_dir))),
                 QueryConfig::default(),
             )?;
             let result = engine.sql(&args.query).await?;
@@ -76,10 +86,17 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn remote(server: &str, query: &str) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>, bool)> {
+async fn remote(
+    server: &str,
+    token: Option<&str>,
+    query: &str,
+) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>, bool)> {
     let url = format!("{}/api/v1/sql", server.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .post(&url)
+    let mut request = reqwest::Client::new().post(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .header(reqwest::header::ACCEPT, format::ARROW_STREAM)
         .json(&serde_json::json!({ "sql": query }))
         .send()

@@ -670,6 +670,31 @@ fn sql_cannot_read_files_or_escape_the_tenant() {
     assert_eq!(body["rows"], serde_json::json!([["logs"], ["spans"]]));
     let (_, body) = sql_as(&weft, &beta.text, "SELECT count(*) FROM spans");
     assert_eq!(body["rows"][0][0], 0);
+
+    // `weft sql`: against the server with a token (and refused without
+    // one), and on the data directory for a chosen tenant.
+    let server = format!("http://{}", weft.http);
+    let count = "SELECT count(*) AS n FROM spans";
+    let args = ["sql", "--format", "csv", "--server", &server, count];
+    let (_, stderr, ok) = weft_command(&args, "");
+    assert!(!ok && stderr.contains("401"), "{stderr}");
+    let (stdout, stderr, ok) = weft_command(&[&args[..], &["--token", &beta.text]].concat(), "");
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "n\n0\n");
+    let data_dir = dir.path().to_str().unwrap();
+    let local = [
+        "sql",
+        "--format",
+        "csv",
+        "--data-dir",
+        data_dir,
+        "--tenant",
+        "acme",
+        count,
+    ];
+    let (stdout, stderr, ok) = weft_command(&local, "");
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "n\n1\n");
 }
 
 /// A tenant over its ingest rate or storage quota gets 429 / RESOURCE_EXHAUSTED
