@@ -35,6 +35,9 @@ pub struct SqlArgs {
     /// A token with the read role, for a server started with --auth.
     #[arg(long, env = "WEFT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificate(s) to verify an https:// server with.
+    #[arg(long, env = "WEFT_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Whose data to query in the data directory [default: the default tenant].
     /// (A server answers for the token's tenant.)
     #[arg(long, value_name = "TENANT", conflicts_with = "server")]
@@ -53,7 +56,10 @@ pub enum OutputFormat {
 
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     let (schema, batches, truncated) = match &args.server {
-        Some(server) => remote(server, args.token.as_deref(), &args.query).await?,
+        Some(server) => {
+            let client = client(args.ca_file.as_deref())?;
+            remote(&client, server, args.token.as_deref(), &args.query).await?
+        }
         None => {
             if !args.data_dir.exists() {
                 bail!(
@@ -86,13 +92,30 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An HTTP client that trusts the CA certificates in `ca_file` (for a weft
+/// serving TLS with its own CA).
+fn client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --ca-file {}", path.display()))?;
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-file {} is not PEM", path.display()))?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    Ok(builder.build()?)
+}
+
 async fn remote(
+    client: &reqwest::Client,
     server: &str,
     token: Option<&str>,
     query: &str,
 ) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>, bool)> {
     let url = format!("{}/api/v1/sql", server.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().post(&url);
+    let mut request = client.post(&url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }

@@ -276,6 +276,25 @@ async fn every_listener_speaks_tls_and_otlp_requires_a_client_certificate_from_i
         Ok("HTTP/1.1 200 OK")
     );
 
+    // `weft sql` reaches the TLS API when told which CA to trust.
+    let ca_file = dir.path().join("server-ca.crt");
+    std::fs::write(&ca_file, &server_ca.pem).unwrap();
+    let server = format!("https://localhost:{}", weft.http.port());
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "sql", "--format", "csv", "--server", &server, "--token", &token,
+            ])
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .arg("SELECT count(*) AS n FROM spans")
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "n\n3\n");
+
     // A renewed certificate is served without a restart.
     let renewed = issue(&server_ca, false, -1, 60);
     write(dir.path(), &renewed);
