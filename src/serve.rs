@@ -45,32 +45,23 @@ fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, Option<
     Ok((auth, watcher))
 }
 
-/// The TLS setups of the OTLP listeners and of the API, kept in step with
-/// their files until the returned guards are dropped; `None` when TLS is off.
-#[allow(clippy::type_complexity)]
-fn server_tls(
-    config: &Config,
-) -> anyhow::Result<(
-    Option<(Arc<ServerTls>, Arc<ServerTls>)>,
-    Vec<BackgroundTask>,
-)> {
-    let Some((otlp_files, api_files)) = config.tls_files() else {
-        return Ok((None, Vec::new()));
-    };
-    let otlp = ServerTls::load(otlp_files, &[b"h2", b"http/1.1"])?;
-    let api = ServerTls::load(api_files, &[b"h2", b"http/1.1"])?;
-    let watchers = vec![otlp.watch(), api.watch()];
-    Ok((Some((otlp, api)), watchers))
+/// A listener's TLS setup, kept in step with its files while the task lives.
+pub(crate) type WatchedTls = (Arc<ServerTls>, BackgroundTask);
+
+fn watched_tls(files: weft_access::tls::TlsFiles, what: &str) -> anyhow::Result<WatchedTls> {
+    let tls = ServerTls::load(files, &[b"h2", b"http/1.1"])
+        .with_context(|| format!("cannot set up TLS for {what}"))?;
+    let watcher = tls.watch();
+    Ok((tls, watcher))
 }
 
 /// Loads the TLS setup of one HTTP listener from `cert_file` and
-/// `key_file` (both or neither), kept in step with the files while the
-/// returned task lives.
+/// `key_file` (both or neither).
 pub(crate) fn listener_tls(
     cert_file: Option<&Path>,
     key_file: Option<&Path>,
     what: &str,
-) -> anyhow::Result<Option<(Arc<ServerTls>, BackgroundTask)>> {
+) -> anyhow::Result<Option<WatchedTls>> {
     match (cert_file, key_file) {
         (None, None) => Ok(None),
         (Some(cert_file), Some(key_file)) => {
@@ -79,10 +70,7 @@ pub(crate) fn listener_tls(
                 key_file: key_file.to_path_buf(),
                 client_ca_file: None,
             };
-            let tls = ServerTls::load(files, &[b"h2", b"http/1.1"])
-                .with_context(|| format!("cannot set up TLS for {what}"))?;
-            let watcher = tls.watch();
-            Ok(Some((tls, watcher)))
+            watched_tls(files, what).map(Some)
         }
         _ => anyhow::bail!("TLS for {what} needs both a certificate file and a key file"),
     }
@@ -131,8 +119,12 @@ pub async fn run_query(config: Config) -> anyhow::Result<()> {
             Ok(Arc::new(StoreReader::new(tenant.data_dir(&root))) as Arc<dyn SnapshotSource>)
         }),
     )?;
-    let (tls, _tls_watchers) = server_tls(&config)?;
-    let listener = bind_incoming(config.http.addr, "HTTP API", tls.as_ref().map(|t| &t.1)).await?;
+    let api_tls = config
+        .tls_files()
+        .map(|(_, api)| watched_tls(api, "the HTTP API"))
+        .transpose()?;
+    let listener =
+        bind_incoming(config.http.addr, "HTTP API", api_tls.as_ref().map(|t| &t.0)).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let mut server = tokio::spawn(serve_http(
@@ -193,15 +185,24 @@ pub async fn run_until(
         ingest_metrics,
     ));
 
-    let (tls, _tls_watchers) = server_tls(&config)?;
-    let otlp_tls = tls.as_ref().map(|t| &t.0);
-    let grpc_listener = bind_incoming(config.otlp.grpc_addr, "OTLP/gRPC", otlp_tls).await?;
-    let http_listener = bind_incoming(config.otlp.http_addr, "OTLP/HTTP", otlp_tls).await?;
-    let api_listener = match role {
+    let tls_files = config.tls_files();
+    let otlp_tls = tls_files
+        .as_ref()
+        .map(|(otlp, _)| watched_tls(otlp.clone(), "the OTLP receivers"))
+        .transpose()?;
+    let otlp_server_tls = otlp_tls.as_ref().map(|t| &t.0);
+    let grpc_listener = bind_incoming(config.otlp.grpc_addr, "OTLP/gRPC", otlp_server_tls).await?;
+    let http_listener = bind_incoming(config.otlp.http_addr, "OTLP/HTTP", otlp_server_tls).await?;
+    let (api_listener, _api_tls) = match role {
         Role::Serve => {
-            Some(bind_incoming(config.http.addr, "HTTP API", tls.as_ref().map(|t| &t.1)).await?)
+            let api_tls = tls_files
+                .map(|(_, api)| watched_tls(api, "the HTTP API"))
+                .transpose()?;
+            let listener =
+                bind_incoming(config.http.addr, "HTTP API", api_tls.as_ref().map(|t| &t.0)).await?;
+            (Some(listener), api_tls)
         }
-        Role::Collector => None,
+        Role::Collector => (None, None),
     };
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
@@ -278,7 +279,7 @@ pub async fn run_until(
         servers.spawn(serve_http(listener, api, until_stopped(), "HTTP API"));
     }
     tracing::info!(
-        tls = tls.is_some(),
+        tls = otlp_tls.is_some(),
         otlp_grpc = %grpc_addr,
         otlp_http = %http_addr,
         http = %api_addr.map_or_else(|| "-".to_string(), |a| a.to_string()),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
@@ -15,6 +15,7 @@ use weft_store::TenantId;
 
 use crate::credentials::{token_sha256, Credentials, CredentialsError};
 use crate::role::Role;
+use crate::FileVersion;
 
 /// How authentication is set up.
 #[derive(Clone, Debug)]
@@ -100,15 +101,6 @@ impl Index {
                 .collect(),
         }
     }
-}
-
-/// Tells one version of a file from the next: editors and `weft token`
-/// replace the file, which changes its inode even within one mtime tick.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileVersion {
-    modified: SystemTime,
-    len: u64,
-    inode: u64,
 }
 
 /// Checks credentials against the credentials file and keeps it current.
@@ -263,11 +255,7 @@ impl Authenticator {
     /// is reported once, not at every check, until it changes again).
     pub fn reload(&self) -> Result<bool, CredentialsError> {
         let path = &self.config.credentials_file;
-        let version = std::fs::metadata(path).ok().map(|m| FileVersion {
-            modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            len: m.len(),
-            inode: std::os::unix::fs::MetadataExt::ino(&m),
-        });
+        let version = FileVersion::of(path);
         {
             let loaded = self.loaded_version.lock();
             if *loaded == Some(version) {
@@ -294,17 +282,11 @@ impl Authenticator {
             return None;
         }
         let this = self.clone();
-        Some(crate::BackgroundTask(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(this.config.reload_interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let reloading = this.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || reloading.reload()).await {
-                    tracing::error!(error = %e, "keeping the credentials loaded before");
-                }
-            }
-        })))
+        Some(crate::BackgroundTask::reload_every(
+            self.config.reload_interval,
+            "credentials",
+            move || this.reload(),
+        ))
     }
 }
 

@@ -31,6 +31,51 @@ pub use weft_store::TenantId;
 #[must_use = "the task stops when this is dropped"]
 pub struct BackgroundTask(tokio::task::JoinHandle<()>);
 
+impl BackgroundTask {
+    /// Calls `reload` (on a blocking thread: it reads files) every
+    /// `interval` until dropped. A failed reload is logged as keeping `what`
+    /// loaded before; `reload` itself decides whether anything changed.
+    fn reload_every<E: std::fmt::Display + Send + 'static>(
+        interval: std::time::Duration,
+        what: &'static str,
+        reload: impl Fn() -> Result<bool, E> + Send + Sync + 'static,
+    ) -> Self {
+        let reload = std::sync::Arc::new(reload);
+        Self(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let reload = reload.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || reload()).await {
+                    tracing::error!(error = %e, "keeping the {what} loaded before");
+                }
+            }
+        }))
+    }
+}
+
+/// Tells one version of a file from the next: editors, `weft token` and
+/// certificate renewals replace files, which changes their inode even
+/// within one mtime tick. `None` for a file that cannot be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileVersion {
+    modified: std::time::SystemTime,
+    len: u64,
+    inode: u64,
+}
+
+impl FileVersion {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(Self {
+            modified: metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
+            len: metadata.len(),
+            inode: std::os::unix::fs::MetadataExt::ino(&metadata),
+        })
+    }
+}
+
 impl Drop for BackgroundTask {
     fn drop(&mut self) {
         self.0.abort();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::serve::ListenerExt;
@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
+
+use crate::FileVersion;
 
 /// Where a listener's certificate, key and (optional) client CA are.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,7 +56,7 @@ pub struct ServerTls {
     files: TlsFiles,
     alpn: Vec<Vec<u8>>,
     config: ArcSwap<ServerConfig>,
-    loaded: Mutex<Vec<Option<SystemTime>>>,
+    loaded: Mutex<Vec<Option<FileVersion>>>,
 }
 
 impl ServerTls {
@@ -62,7 +64,7 @@ impl ServerTls {
     /// first (`h2` only for gRPC, `h2` and `http/1.1` for HTTP).
     pub fn load(files: TlsFiles, alpn: &[&[u8]]) -> Result<Arc<Self>, TlsError> {
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let loaded = modification_times(&files);
+        let loaded = file_versions(&files);
         let config = build_config(&files, &alpn)?;
         Ok(Arc::new(Self {
             files,
@@ -77,11 +79,11 @@ impl ServerTls {
     /// a valid configuration (say, a certificate written before its key) are
     /// reported and the previous configuration stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let times = modification_times(&self.files);
-        if *self.loaded.lock() == times {
+        let versions = file_versions(&self.files);
+        if *self.loaded.lock() == versions {
             return Ok(false);
         }
-        *self.loaded.lock() = times;
+        *self.loaded.lock() = versions;
         let config = build_config(&self.files, &self.alpn)?;
         self.config.store(Arc::new(config));
         tracing::info!(cert = %self.files.cert_file.display(), "TLS certificate reloaded");
@@ -91,19 +93,11 @@ impl ServerTls {
     /// Checks the files every second until the returned task is dropped.
     pub fn watch(self: &Arc<Self>) -> crate::BackgroundTask {
         let this = self.clone();
-        crate::BackgroundTask(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_secs(1));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let reloading = this.clone();
-                if let Ok(Err(e)) =
-                    tokio::task::spawn_blocking(move || reloading.reload_if_changed()).await
-                {
-                    tracing::error!(error = %e, "keeping the TLS configuration loaded before");
-                }
-            }
-        }))
+        crate::BackgroundTask::reload_every(
+            Duration::from_secs(1),
+            "TLS configuration",
+            move || this.reload_if_changed(),
+        )
     }
 
     fn current(&self) -> Arc<ServerConfig> {
@@ -111,7 +105,7 @@ impl ServerTls {
     }
 }
 
-fn modification_times(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+fn file_versions(files: &TlsFiles) -> Vec<Option<FileVersion>> {
     [
         Some(&files.cert_file),
         Some(&files.key_file),
@@ -119,7 +113,7 @@ fn modification_times(files: &TlsFiles) -> Vec<Option<SystemTime>> {
     ]
     .into_iter()
     .flatten()
-    .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+    .map(|path| FileVersion::of(path))
     .collect()
 }
 
