@@ -19,11 +19,13 @@ use clap::{Args, Subcommand};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
+use weft_access::credentials::write_private_file;
 use weft_demo::control::Control;
 use weft_demo::load::{self, LoadOptions, LoadStats};
 use weft_demo::telemetry::ServiceTelemetry;
 use weft_demo::topology::{ProcessPlan, API_KEY};
 use weft_demo::{CrmService, Fault, Ports, ServiceOptions, Topology};
+use weft_mesh::tokens::{TokenFile, TokenScope};
 
 use crate::config::{Config, HttpConfig, OtlpConfig};
 use crate::serve::{self, ShutdownSignals};
@@ -497,7 +499,7 @@ fn prepare_dir(topology: &Topology, args: &RunArgs) -> anyhow::Result<()> {
     if args.fresh {
         for dir in [
             data.clone(),
-            topology.dir.join("mesh"),
+            topology.mesh_state_dir(),
             topology.config_dir(),
         ] {
             match std::fs::remove_dir_all(&dir) {
@@ -514,7 +516,22 @@ fn prepare_dir(topology: &Topology, args: &RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(topology.config_dir())
         .with_context(|| format!("cannot create {}", topology.config_dir().display()))?;
     write(&topology.mesh_config_path(), &topology.mesh_config())?;
-    write(&topology.gateway_config_path(), &topology.gateway_config())
+    write(&topology.gateway_config_path(), &topology.gateway_config())?;
+    write_mesh_tokens(topology)
+}
+
+/// A fresh dataplane token for each sidecar (the tokens of an earlier run
+/// are replaced: the demo owns its mesh).
+fn write_mesh_tokens(topology: &Topology) -> anyhow::Result<()> {
+    let mut tokens = TokenFile::default();
+    for member in topology.mesh_members() {
+        let (_, token) =
+            tokens.create(TokenScope::Dataplane(member.to_string()), "weft demo", None)?;
+        write_private_file(&topology.token_path(member), token.as_bytes())
+            .with_context(|| format!("cannot write {}", topology.token_path(member).display()))?;
+    }
+    tokens.save(&TokenFile::path_in(&topology.mesh_state_dir()))?;
+    Ok(())
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

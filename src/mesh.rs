@@ -1,5 +1,6 @@
 //! `weft mesh control-plane` and `weft mesh sidecar`: the service mesh's
-//! two processes, and the signals that stop them (SIGTERM, SIGINT).
+//! two processes, and the signals that stop them (SIGTERM, SIGINT); `weft
+//! mesh token` manages the tokens sidecars present to the control plane.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use weft_mesh::tokens::{TokenFile, TokenScope};
 use weft_mesh::{AppProtocol, ControlPlane, MeshConfig, Sidecar, SidecarOptions};
 
 use crate::serve::{bind_incoming, listener_tls, ShutdownSignals};
@@ -23,18 +25,90 @@ enum MeshCommand {
     ControlPlane(ControlPlaneArgs),
     /// Run a sidecar beside one service: mTLS inbound in front of the app, outbound listeners for its calls.
     Sidecar(SidecarArgs),
+    /// Create, list and revoke the tokens sidecars (and admins) present to the control plane.
+    Token(TokenArgs),
+}
+
+/// Which control plane: the one run with the same --config/--state-dir,
+/// whose state dir holds `tokens.toml`.
+#[derive(Debug, Clone, Args)]
+struct MeshStateLocation {
+    /// The control plane's mesh.yaml (for its state_dir)
+    #[arg(long, short, env = "WEFT_MESH_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The control plane's state dir (overrides the file's)
+    #[arg(long, env = "WEFT_MESH_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl MeshStateLocation {
+    /// The control plane's configuration with the flags applied.
+    fn config(&self) -> anyhow::Result<MeshConfig> {
+        let mut config = match &self.config {
+            Some(path) => MeshConfig::load(path)
+                .with_context(|| format!("invalid mesh configuration {}", path.display()))?,
+            None => MeshConfig::default(),
+        };
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
+        }
+        Ok(config)
+    }
+
+    fn tokens_file(&self) -> anyhow::Result<PathBuf> {
+        Ok(TokenFile::path_in(&self.config()?.state_dir))
+    }
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (only this once; the control plane keeps its hash)
+    Create {
+        /// A dataplane token: sidecars of this service only
+        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        service: Option<String>,
+        /// An admin token: may change policies over the API
+        #[arg(long)]
+        admin: bool,
+        /// What the token is for
+        #[arg(long, default_value = "")]
+        name: String,
+        /// How long it is valid, e.g. 720h [default: until revoked]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        valid_for: Option<Duration>,
+        #[command(flatten)]
+        location: MeshStateLocation,
+    },
+    /// List the tokens (ids, services, expiry; never the tokens themselves)
+    List {
+        #[command(flatten)]
+        location: MeshStateLocation,
+    },
+    /// Revoke a token by its id; the control plane refuses it within a second
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        location: MeshStateLocation,
+    },
 }
 
 #[derive(Debug, Args)]
 struct ControlPlaneArgs {
-    /// Mesh name, CA, certificate lifetime and policies (YAML); watched for
-    /// policy changes. Without it: mesh `default`, a generated CA, no policies.
+    /// Mesh name, CA, certificate lifetime, authentication and policies
+    /// (YAML); watched for policy changes. Without it: mesh `default`, a
+    /// generated CA, no policies.
     #[arg(long, short, env = "WEFT_MESH_CONFIG")]
     config: Option<PathBuf>,
     /// API listen address (sidecars, `/dataplanes`, `/policies`, `/metrics`).
     #[arg(long, env = "WEFT_MESH_ADDR", default_value = "127.0.0.1:5681")]
     addr: SocketAddr,
-    /// Where a generated CA is kept (overrides `state_dir` in the file).
+    /// Where a generated CA and the tokens are kept (overrides `state_dir` in the file).
     #[arg(long, env = "WEFT_MESH_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// PEM certificate (chain) for TLS on the API; sidecars then use an
@@ -83,6 +157,18 @@ struct SidecarArgs {
     /// PEM CA certificate(s) that issued an https:// control plane's certificate.
     #[arg(long, env = "WEFT_SIDECAR_CONTROL_PLANE_CA", value_name = "FILE")]
     control_plane_ca: Option<PathBuf>,
+    /// A file holding this service's dataplane token (`weft mesh token create --service …`).
+    #[arg(long, env = "WEFT_SIDECAR_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The dataplane token itself; better from the environment or
+    /// --token-file, since a flag shows in `ps`.
+    #[arg(
+        long,
+        env = "WEFT_SIDECAR_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
     /// Where other sidecars reach the inbound listener (default: --inbound).
     #[arg(long, env = "WEFT_SIDECAR_ADVERTISE")]
     advertise: Option<SocketAddr>,
@@ -108,19 +194,71 @@ pub async fn run(args: MeshArgs) -> anyhow::Result<()> {
     match args.command {
         MeshCommand::ControlPlane(args) => control_plane(args).await,
         MeshCommand::Sidecar(args) => sidecar(args).await,
+        MeshCommand::Token(args) => token(args),
     }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    match args.command {
+        TokenCommand::Create {
+            service,
+            admin: _,
+            name,
+            valid_for,
+            location,
+        } => {
+            let path = location.tokens_file()?;
+            let mut file = TokenFile::load(&path)?;
+            let scope = service.map_or(TokenScope::Admin, TokenScope::Dataplane);
+            let (entry, token) = file.create(scope.clone(), &name, valid_for)?;
+            file.save(&path)?;
+            let until = entry.expires.as_deref().unwrap_or("revoked");
+            eprintln!(
+                "created token {} ({scope}, valid until {until}) in {}; it is shown only now:",
+                entry.id,
+                path.display()
+            );
+            println!("{token}");
+        }
+        TokenCommand::List { location } => {
+            let file = TokenFile::load(&location.tokens_file()?)?;
+            println!(
+                "{:<10} {:<10} {:<24} {:<22} {:<22} NAME",
+                "ID", "KIND", "SERVICE", "CREATED", "EXPIRES"
+            );
+            for t in &file.tokens {
+                let kind = format!("{:?}", t.kind).to_lowercase();
+                println!(
+                    "{:<10} {:<10} {:<24} {:<22} {:<22} {}",
+                    t.id,
+                    kind,
+                    t.service.as_deref().unwrap_or("-"),
+                    t.created,
+                    t.expires.as_deref().unwrap_or("-"),
+                    t.name
+                );
+            }
+        }
+        TokenCommand::Revoke { id, location } => {
+            let path = location.tokens_file()?;
+            let mut file = TokenFile::load(&path)?;
+            if !file.revoke(&id) {
+                anyhow::bail!("no token with id {id} in {}", path.display());
+            }
+            file.save(&path)?;
+            eprintln!("revoked token {id}");
+        }
+    }
+    Ok(())
 }
 
 async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
-    let mut config = match &args.config {
-        Some(path) => MeshConfig::load(path)
-            .with_context(|| format!("invalid mesh configuration {}", path.display()))?,
-        None => MeshConfig::default(),
-    };
-    if let Some(dir) = args.state_dir {
-        config.state_dir = dir;
+    let config = MeshStateLocation {
+        config: args.config.clone(),
+        state_dir: args.state_dir.clone(),
     }
+    .config()?;
     let mesh = config.mesh.clone();
     let control_plane = ControlPlane::new(config, args.config.clone())?;
     let tls = listener_tls(
@@ -156,6 +294,16 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read --control-plane-ca {}", path.display()))
             })
             .transpose()?,
+        token: match (args.token, args.token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read --token-file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        },
         inbound: args.inbound,
         advertise: args.advertise,
         app: args.app,

@@ -84,6 +84,7 @@ fn tcp_echo_app() -> App {
 struct ControlPlane {
     process: Process,
     addr: SocketAddr,
+    state_dir: std::path::PathBuf,
 }
 
 impl ControlPlane {
@@ -104,7 +105,32 @@ impl ControlPlane {
         Self {
             addr: logged_addr(&line, "addr"),
             process,
+            state_dir: dir.join("state"),
         }
+    }
+
+    /// `weft mesh token create <args>` for this control plane: (id, token).
+    fn token(&self, args: &[&str]) -> (String, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["mesh", "token", "create", "--state-dir"])
+            .arg(&self.state_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let id = stderr
+            .split_whitespace()
+            .nth(2)
+            .expect("created token <id>")
+            .to_string();
+        let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+        (id, token)
+    }
+
+    /// A dataplane token for `service`.
+    fn sidecar_token(&self, service: &str) -> String {
+        self.token(&["--service", service]).1
     }
 
     fn start(dir: &Path, yaml: &str) -> Self {
@@ -150,6 +176,18 @@ impl Sidecar {
         protocol: &str,
         outbound: &[&str],
     ) -> Self {
+        let token = control_plane.sidecar_token(service);
+        Self::start_with_token(control_plane, service, app, protocol, outbound, &token)
+    }
+
+    fn start_with_token(
+        control_plane: &ControlPlane,
+        service: &str,
+        app: SocketAddr,
+        protocol: &str,
+        outbound: &[&str],
+        token: &str,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
         command
             .args(["mesh", "sidecar", "--service", service])
@@ -157,6 +195,7 @@ impl Sidecar {
             .args(["--app-protocol", protocol])
             .args(["--control-plane", &control_plane.url("")])
             .args(["--shutdown-grace", "2s"])
+            .env("WEFT_SIDECAR_TOKEN", token)
             .env("WEFT_LOG", "info");
         if !outbound.is_empty() {
             let listeners: Vec<String> = outbound
@@ -311,8 +350,10 @@ fn calls_cross_the_mesh_over_mtls_and_other_clients_are_refused() {
         "certificate_not_after": 0,
         "config_version": "",
     });
+    let salesforce_token = mesh.control_plane.sidecar_token("crm-salesforce");
     let response = c
         .put(mesh.control_plane.url("/sidecar/v1/dataplanes/impostor"))
+        .bearer_auth(&salesforce_token)
         .json(&bogus)
         .send()
         .unwrap();
@@ -337,19 +378,9 @@ fn calls_cross_the_mesh_over_mtls_and_other_clients_are_refused() {
 /// Speaks TLS to `inbound` with a certificate signed by `other`'s CA, sends
 /// an HTTP/2 preface, and returns whatever comes back before the close.
 fn foreign_client_request(other: &ControlPlane, inbound: SocketAddr) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let signed: serde_json::Value = client()
-        .post(other.url("/sidecar/v1/certificate"))
-        .json(&serde_json::json!({"service": "crm-conductor", "csr": csr}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let token = other.sidecar_token("crm-conductor");
+    let (key, (status, signed)) = certificate_request(other, "crm-conductor", Some(&token));
+    assert_eq!(status, 200, "{signed}");
     let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
         PemObject::pem_slice_iter(signed["certificate"].as_str().unwrap().as_bytes())
             .collect::<Result<_, _>>()
@@ -785,4 +816,169 @@ fn a_busy_port_or_a_bad_flag_stops_the_sidecar_with_the_reason() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not a service name"), "{stderr}");
+}
+
+/// A new key and the control plane's answer to its CSR for `service`,
+/// asked with `token`.
+fn certificate_request(
+    control_plane: &ControlPlane,
+    service: &str,
+    token: Option<&str>,
+) -> (rcgen::KeyPair, (u16, serde_json::Value)) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let mut request = client()
+        .post(control_plane.url("/sidecar/v1/certificate"))
+        .json(&serde_json::json!({"service": service, "csr": csr}));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    (key, get_json(request.send().unwrap()))
+}
+
+/// The status and message of a CSR for `service` asked with `token`.
+fn ask_for_certificate(
+    control_plane: &ControlPlane,
+    service: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let (_, (status, body)) = certificate_request(control_plane, service, token);
+    let message = body["message"].as_str().unwrap_or_default().to_string();
+    (status, message)
+}
+
+#[test]
+fn sidecars_need_a_token_of_their_own_service_and_revoked_tokens_stop_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let control_plane = ControlPlane::start(
+        dir.path(),
+        "mesh: crm\nauthentication: {localhost_is_admin: false}\n",
+    );
+    let c = client();
+
+    // A sidecar without a token stops at once, saying why.
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["mesh", "sidecar", "--service", "crm-database"])
+        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
+        .args(["--control-plane", &control_plane.url("")])
+        .env_remove("WEFT_SIDECAR_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("weft mesh token create"),
+        "{stderr}"
+    );
+
+    // Certificates only for the token's own service.
+    let (database_id, database_token) = control_plane.token(&["--service", "crm-database"]);
+    let (status, message) = ask_for_certificate(&control_plane, "crm-database", None);
+    assert_eq!(status, 401, "{message}");
+    let (status, message) =
+        ask_for_certificate(&control_plane, "crm-database", Some("weftmesh_guess"));
+    assert_eq!(status, 401, "{message}");
+    assert!(message.contains("not valid"), "{message}");
+    let (status, message) =
+        ask_for_certificate(&control_plane, "crm-payments", Some(&database_token));
+    assert_eq!(status, 403, "{message}");
+    assert!(
+        message.contains("crm-database") && message.contains("crm-payments"),
+        "{message}"
+    );
+    let (status, message) =
+        ask_for_certificate(&control_plane, "crm-database", Some(&database_token));
+    assert_eq!(status, 200, "{message}");
+    let response = c
+        .get(control_plane.url("/sidecar/v1/config"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+
+    // A registration for another service, or over another service's instance.
+    let registration = |service: &str| {
+        serde_json::json!({
+            "service": service, "address": "127.0.0.1:1", "protocol": "http",
+            "certificate_not_after": 0, "config_version": "",
+        })
+    };
+    let register = |id: &str, service: &str, token: &str| {
+        c.put(control_plane.url(&format!("/sidecar/v1/dataplanes/{id}")))
+            .bearer_auth(token)
+            .json(&registration(service))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(register("db-1", "crm-payments", &database_token), 403);
+    assert_eq!(register("db-1", "crm-database", &database_token), 204);
+    let payments_token = control_plane.sidecar_token("crm-payments");
+    assert_eq!(register("db-1", "crm-payments", &payments_token), 409);
+
+    // Policies: an admin token, not a sidecar's (loopback is no admin here).
+    let put_policies = |token: Option<&str>| {
+        let mut request = c
+            .put(control_plane.url("/policies"))
+            .body("traffic_permissions: {enabled: true}");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().unwrap().status()
+    };
+    assert_eq!(put_policies(None), 401);
+    assert_eq!(put_policies(Some(&database_token)), 403);
+    let (_, admin_token) = control_plane.token(&["--admin", "--name", "ops"]);
+    assert_eq!(put_policies(Some(&admin_token)), 200);
+    let (status, message) = ask_for_certificate(&control_plane, "crm-database", Some(&admin_token));
+    assert_eq!(status, 403, "an admin token is not a sidecar's: {message}");
+
+    // The list shows ids and services, never the tokens.
+    let list = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["mesh", "token", "list", "--state-dir"])
+        .arg(&control_plane.state_dir)
+        .output()
+        .unwrap();
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        list.contains(&database_id) && list.contains("crm-database") && list.contains("ops"),
+        "{list}"
+    );
+    assert!(!list.contains(&database_token) && !list.contains(&admin_token));
+
+    // A running sidecar whose token is revoked: the control plane refuses
+    // it within seconds, and it keeps serving with what it has.
+    let app = echo_app("crm-database");
+    let mut sidecar = Sidecar::start_with_token(
+        &control_plane,
+        "crm-database",
+        app.addr,
+        "http",
+        &[],
+        &database_token,
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["mesh", "token", "revoke", &database_id, "--state-dir"])
+        .arg(&control_plane.state_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("the revoked token to be refused", || {
+        ask_for_certificate(&control_plane, "crm-database", Some(&database_token)).0 == 401
+    });
+    eventually("the sidecar to say so at its next heartbeat", || {
+        sidecar
+            .process
+            .log()
+            .contains("refuses this sidecar's token")
+    });
+    assert!(
+        sidecar.process.is_running(),
+        "it serves on with what it has"
+    );
+    assert!(sidecar.process.stop().success());
 }

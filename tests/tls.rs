@@ -375,9 +375,19 @@ async fn the_gateway_admin_api_and_the_mesh_control_plane_speak_tls() {
         Ok("HTTP/1.1 200 OK")
     );
 
+    let token = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["mesh", "token", "create", "--service", "crm-database"])
+        .args(["--state-dir", &file("state")])
+        .output()
+        .unwrap();
+    assert!(token.status.success());
     let mut sidecar = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
     sidecar
         .args(["mesh", "sidecar", "--service", "crm-database"])
+        .env(
+            "WEFT_SIDECAR_TOKEN",
+            String::from_utf8(token.stdout).unwrap().trim(),
+        )
         .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
         .args([
             "--control-plane",

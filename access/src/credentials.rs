@@ -103,21 +103,20 @@ impl Credentials {
     /// Reads and checks the file at `path`; a file that does not exist yet
     /// holds no credentials.
     pub fn load(path: &Path) -> Result<Self, CredentialsError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
+        let invalid = |reason: String| CredentialsError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let credentials: Self = match read_toml_file(path) {
+            Ok(credentials) => credentials,
+            Err(TomlFileError::Io(source)) => {
                 return Err(CredentialsError::Read {
                     path: path.to_path_buf(),
                     source,
                 })
             }
+            Err(TomlFileError::Invalid(reason)) => return Err(invalid(reason)),
         };
-        let invalid = |reason: String| CredentialsError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let credentials: Self = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         credentials.validate().map_err(invalid)?;
         Ok(credentials)
     }
@@ -128,12 +127,7 @@ impl Credentials {
             if !ids.insert(token.id.as_str()) {
                 return Err(format!("token id {} appears twice", token.id));
             }
-            let hash_ok = token.sha256.len() == 64
-                && token
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if !hash_ok {
+            if !is_sha256_hex(&token.sha256) {
                 return Err(format!(
                     "token {}: sha256 must be 64 lowercase hex digits",
                     token.id
@@ -164,28 +158,7 @@ impl Credentials {
             path: path.to_path_buf(),
             source,
         };
-        let text =
-            toml::to_string(self).map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(write_error)?;
-        let tmp = path.with_extension("toml.tmp");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(write_error)?;
-            file.write_all(text.as_bytes()).map_err(write_error)?;
-            file.sync_all().map_err(write_error)?;
-        }
-        std::fs::rename(&tmp, path).map_err(write_error)?;
-        Ok(())
+        write_toml_file(path, self).map_err(write_error)
     }
 
     /// Adds a new token and returns it with its text, which is shown once
@@ -196,17 +169,8 @@ impl Credentials {
         role: Role,
         name: &str,
     ) -> Result<(TokenEntry, String), CredentialsError> {
-        let secret = random_bytes::<32>()?;
-        let text = format!(
-            "{TOKEN_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
-        );
-        let id = loop {
-            let id = hex::encode(random_bytes::<4>()?);
-            if !self.tokens.iter().any(|t| t.id == id) {
-                break id;
-            }
-        };
+        let text = random_token(TOKEN_PREFIX)?;
+        let id = random_id(|id| self.tokens.iter().any(|t| t.id == id))?;
         let entry = TokenEntry {
             id,
             tenant,
@@ -271,6 +235,86 @@ impl Credentials {
 /// The hex SHA-256 of a token's text, as the file stores it.
 pub fn token_sha256(text: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
+}
+
+/// A new secret token: `prefix` and 256 random bits, URL-safe base64.
+pub fn random_token(prefix: &str) -> Result<String, CredentialsError> {
+    let secret = random_bytes::<32>()?;
+    Ok(format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    ))
+}
+
+/// A short random public handle (8 hex digits) to list and revoke a token
+/// by, one that is not `taken` yet.
+pub fn random_id(taken: impl Fn(&str) -> bool) -> Result<String, CredentialsError> {
+    loop {
+        let id = hex::encode(random_bytes::<4>()?);
+        if !taken(&id) {
+            return Ok(id);
+        }
+    }
+}
+
+/// Whether `text` is a SHA-256 as the files store it: 64 lowercase hex digits.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Why a TOML file of secrets could not be read.
+#[derive(Debug)]
+pub enum TomlFileError {
+    Io(std::io::Error),
+    /// Not TOML of the expected shape; the parser's message.
+    Invalid(String),
+}
+
+/// Reads and parses the TOML file at `path`; one that does not exist yet is
+/// `T::default()`.
+pub fn read_toml_file<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+) -> Result<T, TomlFileError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| TomlFileError::Invalid(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(TomlFileError::Io(e)),
+    }
+}
+
+/// Writes `value` as TOML with [`write_private_file`].
+pub fn write_toml_file<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let text = toml::to_string(value).map_err(|e| std::io::Error::other(e.to_string()))?;
+    write_private_file(path, text.as_bytes())
+}
+
+/// Writes `contents` to `path` so that a reader sees the old file or the
+/// new one, never half of it: a temporary file readable and writable by its
+/// owner only, synced, then renamed over `path`.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], CredentialsError> {

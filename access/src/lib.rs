@@ -59,14 +59,14 @@ impl BackgroundTask {
 /// certificate renewals replace files, which changes their inode even
 /// within one mtime tick. `None` for a file that cannot be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileVersion {
+pub struct FileVersion {
     modified: std::time::SystemTime,
     len: u64,
     inode: u64,
 }
 
 impl FileVersion {
-    fn of(path: &std::path::Path) -> Option<Self> {
+    pub fn of(path: &std::path::Path) -> Option<Self> {
         let metadata = std::fs::metadata(path).ok()?;
         Some(Self {
             modified: metadata.modified().unwrap_or(std::time::UNIX_EPOCH),

@@ -75,10 +75,13 @@ CONF
 $WEFT serve --data-dir "$WORK/weft-data" --otlp-grpc-addr 127.0.0.1:14317 --otlp-http-addr 127.0.0.1:14318 \
   --http-addr 127.0.0.1:16687 2>"$WORK/weft.log" &
 $WEFT mesh control-plane --config "$WORK/mesh.yaml" --addr 127.0.0.1:$CP 2>"$WORK/cp.log" &
+# Tokens before the control plane starts: the state dir holds them.
+$WEFT mesh token create --service bench-server --state-dir "$WORK/mesh-state" > "$WORK/server.token"
+$WEFT mesh token create --service bench-client --state-dir "$WORK/mesh-state" > "$WORK/client.token"
 $WEFT mesh sidecar --service bench-server --inbound 127.0.0.1:$SIDECAR_IN --app 127.0.0.1:$APP \
-  --control-plane http://127.0.0.1:$CP --admin-addr 127.0.0.1:19102 2>"$WORK/server.log" &
+  --token-file "$WORK/server.token" --control-plane http://127.0.0.1:$CP --admin-addr 127.0.0.1:19102 2>"$WORK/server.log" &
 $WEFT mesh sidecar --service bench-client --inbound 127.0.0.1:19103 --app 127.0.0.1:$APP \
-  --outbound bench-server=127.0.0.1:$SIDECAR_OUT --control-plane http://127.0.0.1:$CP \
+  --outbound bench-server=127.0.0.1:$SIDECAR_OUT --token-file "$WORK/client.token" --control-plane http://127.0.0.1:$CP \
   --admin-addr 127.0.0.1:19104 2>"$WORK/client.log" &
 wait_for http://127.0.0.1:16687/api/v1/services
 for port in $NGINX_OUT $SIDECAR_OUT; do wait_for "http://127.0.0.1:$port/"; done

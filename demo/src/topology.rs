@@ -105,6 +105,21 @@ impl Topology {
         self.config_dir().join("gateway.yaml")
     }
 
+    /// The mesh control plane's state dir (CA, tokens, registry).
+    pub fn mesh_state_dir(&self) -> PathBuf {
+        self.dir.join("mesh")
+    }
+
+    /// Every service with a sidecar: the gateway and the CRM services.
+    pub fn mesh_members(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.inbound.keys().copied()
+    }
+
+    /// The file holding `member`'s dataplane token (its sidecar's `--token-file`).
+    pub fn token_path(&self, member: &str) -> PathBuf {
+        self.config_dir().join(format!("{member}.token"))
+    }
+
     pub fn otlp_endpoint(&self) -> String {
         format!("http://{}", self.ports.otlp_grpc)
     }
@@ -213,6 +228,8 @@ impl Topology {
             &format!("http://{}", self.ports.control_plane),
             "--admin-addr",
             &self.sidecar_admin[member].to_string(),
+            "--token-file",
+            &self.token_path(member).display().to_string(),
         ]);
         if !outbound.is_empty() {
             args.push("--outbound".into());
@@ -268,7 +285,7 @@ policies:
         default allow := false
         allow if input.source.spiffe_id == "spiffe://{MESH}/crm-conductor"
 "#,
-            state_dir = yaml_string(&self.dir.join("mesh").display().to_string()),
+            state_dir = yaml_string(&self.mesh_state_dir().display().to_string()),
             rules = rules.join("\n"),
             backend = self.otlp_endpoint(),
         )

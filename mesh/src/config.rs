@@ -46,6 +46,8 @@ pub struct MeshConfig {
     pub ca: CaConfig,
     /// Workload certificates.
     pub certificates: CertificatesConfig,
+    /// Who may use the control plane's API.
+    pub authentication: AuthenticationConfig,
     /// What every sidecar enforces; `PUT /policies` replaces this section.
     pub policies: Policies,
 }
@@ -57,7 +59,32 @@ impl Default for MeshConfig {
             state_dir: PathBuf::from("weft-mesh"),
             ca: CaConfig::default(),
             certificates: CertificatesConfig::default(),
+            authentication: AuthenticationConfig::default(),
             policies: Policies::default(),
+        }
+    }
+}
+
+/// Who may use the control plane's API (Kuma's dataplane tokens and
+/// `localhostIsAdmin`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthenticationConfig {
+    /// Sidecars present a dataplane token (`weft mesh token create
+    /// --service …`) and get certificates for that service only; changing
+    /// policies over the API takes an admin token. Off: anyone who reaches
+    /// the API may ask for any service's certificate.
+    pub enabled: bool,
+    /// `PUT /policies` from a loopback address needs no admin token (the
+    /// file itself can be edited there anyway).
+    pub localhost_is_admin: bool,
+}
+
+impl Default for AuthenticationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            localhost_is_admin: true,
         }
     }
 }

@@ -8,14 +8,21 @@
 //! - `GET /policies`, `PUT /policies` (YAML or JSON; written back to the file);
 //! - `GET /ca.pem`, `GET /metrics`;
 //! - `/sidecar/v1/…` what sidecars call (see [`crate::api`]).
+//!
+//! With authentication on (the default), `/sidecar/v1/…` takes a dataplane
+//! token and certificates and registrations are only for the token's
+//! service; `PUT /policies` takes an admin token unless it comes from
+//! loopback and `localhost_is_admin`. The rest is read-only and open, as
+//! Kuma's API is.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -27,14 +34,16 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
+use weft_access::FileVersion;
 
 use crate::api::{
     from_unix_seconds, unix_seconds, CertificateRequest, CertificateResponse, Registration,
     ServiceEndpoints, SidecarConfig,
 };
 use crate::ca::{CaError, CertificateAuthority};
-use crate::config::{is_service_name, ConfigError, MeshConfig, Policies};
+use crate::config::{is_service_name, AuthenticationConfig, ConfigError, MeshConfig, Policies};
 use crate::spiffe::SpiffeId;
+use crate::tokens::{Grant, Refusal, TokenError, TokenFile, TokenScope, TokenVerifier};
 
 /// A sidecar not heard from for this long is taken out of the registry.
 const DATAPLANE_EXPIRY: Duration = Duration::from_secs(15);
@@ -48,6 +57,8 @@ pub enum ControlPlaneError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
 }
 
 /// A running control plane's state.
@@ -60,6 +71,8 @@ struct CpState {
     ca: CertificateAuthority,
     mesh: String,
     ttl: Duration,
+    authentication: AuthenticationConfig,
+    tokens: TokenVerifier,
     config: Mutex<MeshConfig>,
     config_path: Option<PathBuf>,
     policies: RwLock<Arc<Policies>>,
@@ -95,6 +108,10 @@ impl ControlPlane {
         config_path: Option<PathBuf>,
     ) -> Result<Self, ControlPlaneError> {
         let ca = CertificateAuthority::load_or_create(&config)?;
+        let tokens = TokenVerifier::load(TokenFile::path_in(&config.state_dir))?;
+        if !config.authentication.enabled {
+            tracing::warn!("authentication is off: anyone who reaches the control plane can get any service's certificate");
+        }
         let mut registry = Registry::default();
         let dataplane_gauge = Gauge::default();
         registry.register(
@@ -121,6 +138,8 @@ impl ControlPlane {
             state: Arc::new(CpState {
                 mesh: config.mesh.clone(),
                 ttl: config.certificates.ttl,
+                authentication: config.authentication.clone(),
+                tokens,
                 policies: RwLock::new(Arc::new(config.policies.clone())),
                 config: Mutex::new(config),
                 config_path,
@@ -148,14 +167,17 @@ impl ControlPlane {
     ) -> std::io::Result<()> {
         let state = self.state.clone();
         let housekeeping = tokio::spawn(async move {
-            let mut mtime = state.config_mtime();
+            let mut version = state.config_version();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 state.expire_dataplanes();
-                let now = state.config_mtime();
-                if now != mtime {
-                    mtime = now;
+                if let Err(e) = state.tokens.reload_if_changed() {
+                    tracing::error!(error = %e, "keeping the mesh tokens loaded before");
+                }
+                let now = state.config_version();
+                if now != version {
+                    version = now;
                     state.reload_policies_from_file();
                 }
             }
@@ -205,11 +227,110 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "message": message.into() }))).into_response()
 }
 
+/// Why the control plane refuses a request.
+enum Denied {
+    /// No valid token: 401 with a challenge, the same message for every
+    /// invalid token.
+    Token(Refusal),
+    /// A valid token that does not cover the request.
+    Forbidden(String),
+    /// The request would take over what another service's sidecar holds.
+    Conflict(String),
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Token(refusal) => {
+                let message = match refusal {
+                    Refusal::Missing => {
+                        "a token is needed (Authorization: Bearer …; `weft mesh token create` makes one)"
+                    }
+                    Refusal::Invalid => "the token is not valid (unknown, revoked or expired)",
+                };
+                let mut response = error(StatusCode::UNAUTHORIZED, message);
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"weft-mesh\""),
+                );
+                response
+            }
+            Self::Forbidden(message) => error(StatusCode::FORBIDDEN, message),
+            Self::Conflict(message) => error(StatusCode::CONFLICT, message),
+        }
+    }
+}
+
+/// Whether `grant` (none: authentication is off) may act for `service`.
+fn acts_for(grant: Option<&Grant>, service: &str, peer: SocketAddr) -> Result<(), Denied> {
+    match grant {
+        None => Ok(()),
+        Some(Grant {
+            scope: TokenScope::Dataplane(own),
+            ..
+        }) if own == service => Ok(()),
+        Some(grant) => {
+            tracing::warn!(%peer, token = %grant.id, scope = %grant.scope, service, "refused a sidecar acting for another service");
+            Err(Denied::Forbidden(format!(
+                "this token is for the {}, not for {service}",
+                grant.scope
+            )))
+        }
+    }
+}
+
 fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(from_unix_seconds(unix as i64)).to_string()
 }
 
 impl CpState {
+    /// The grant of a sidecar's dataplane token; none when authentication
+    /// is off.
+    fn sidecar(&self, headers: &HeaderMap) -> Result<Option<Grant>, Denied> {
+        if !self.authentication.enabled {
+            return Ok(None);
+        }
+        let grant = self.verify(headers)?;
+        match grant.scope {
+            TokenScope::Dataplane(_) => Ok(Some(grant)),
+            TokenScope::Admin => Err(Denied::Forbidden(
+                "an admin token is not a sidecar's: `weft mesh token create --service <name>` makes one".to_string(),
+            )),
+        }
+    }
+
+    /// Whether the caller may change the mesh: an admin token, or loopback
+    /// when `localhost_is_admin`.
+    fn admin(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Denied> {
+        let auth = &self.authentication;
+        if !auth.enabled || (auth.localhost_is_admin && peer.ip().to_canonical().is_loopback()) {
+            return Ok(());
+        }
+        match self.verify(headers)?.scope {
+            TokenScope::Admin => Ok(()),
+            TokenScope::Dataplane(_) => Err(Denied::Forbidden(
+                "changing the mesh takes an admin token (`weft mesh token create --admin`)"
+                    .to_string(),
+            )),
+        }
+    }
+
+    fn verify(&self, headers: &HeaderMap) -> Result<Grant, Denied> {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        match self.tokens.verify(authorization) {
+            // A token made a moment ago: read the file now rather than at
+            // the next tick, so a sidecar started right after `weft mesh
+            // token create` is not refused.
+            Err(Refusal::Invalid) if matches!(self.tokens.reload_if_changed(), Ok(true)) => {
+                self.tokens.verify(authorization)
+            }
+            verified => verified,
+        }
+        .map_err(Denied::Token)
+    }
+
     fn current_version(&self) -> String {
         format!("{}-{}", self.epoch, *self.version.borrow())
     }
@@ -218,9 +339,8 @@ impl CpState {
         self.version.send_modify(|v| *v += 1);
     }
 
-    fn config_mtime(&self) -> Option<SystemTime> {
-        let path = self.config_path.as_ref()?;
-        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    fn config_version(&self) -> Option<FileVersion> {
+        FileVersion::of(self.config_path.as_ref()?)
     }
 
     fn expire_dataplanes(&self) {
@@ -271,10 +391,11 @@ impl CpState {
                 if config.mesh != current.mesh
                     || config.ca != current.ca
                     || config.certificates != current.certificates
+                    || config.authentication != current.authentication
                     || config.state_dir != current.state_dir
                 {
                     tracing::warn!(
-                        "mesh, ca, certificates and state_dir take effect at the next restart"
+                        "mesh, ca, certificates, authentication and state_dir take effect at the next restart"
                     );
                 }
                 if config.policies != current.policies {
@@ -393,24 +514,30 @@ async fn get_policies(State(state): State<Arc<CpState>>) -> Response {
     Json(&**state.policies.read()).into_response()
 }
 
-async fn put_policies(State(state): State<Arc<CpState>>, body: String) -> Response {
+async fn put_policies(
+    State(state): State<Arc<CpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, Denied> {
+    state.admin(&headers, peer)?;
     let policies = match Policies::parse(&body) {
         Ok(policies) => policies,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e.to_string())),
     };
     if let Some(path) = &state.config_path {
         let mut config = state.config.lock().clone();
         config.policies = policies.clone();
         if let Err(e) = write_config(path, &config) {
-            return error(
+            return Ok(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot write {}: {e}", path.display()),
-            );
+            ));
         }
         *state.config.lock() = config;
     }
     state.set_policies(policies, "api");
-    Json(json!({ "version": state.current_version() })).into_response()
+    Ok(Json(json!({ "version": state.current_version() })).into_response())
 }
 
 /// Writes the whole file anew (comments are not kept), atomically.
@@ -438,19 +565,23 @@ async fn metrics(State(state): State<Arc<CpState>>) -> Response {
 
 async fn issue_certificate(
     State(state): State<Arc<CpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(request): Json<CertificateRequest>,
-) -> Response {
+) -> Result<Response, Denied> {
+    let grant = state.sidecar(&headers)?;
     if !is_service_name(&request.service) {
-        return error(
+        return Ok(error(
             StatusCode::BAD_REQUEST,
             format!(
                 "{:?} is not a service name (letters, digits, '-', '_', '.')",
                 request.service
             ),
-        );
+        ));
     }
+    acts_for(grant.as_ref(), &request.service, peer)?;
     let identity = SpiffeId::new(&state.mesh, &request.service);
-    match state.ca.issue(&identity, &request.csr, state.ttl) {
+    Ok(match state.ca.issue(&identity, &request.csr, state.ttl) {
         Ok(issued) => {
             state.metrics.issued.inc();
             tracing::info!(%identity, "issued a workload certificate");
@@ -465,29 +596,37 @@ async fn issue_certificate(
         }
         Err(e @ CaError::BadRequest(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    })
 }
 
 async fn register(
     State(state): State<Arc<CpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     Json(registration): Json<Registration>,
-) -> Response {
+) -> Result<Response, Denied> {
+    let grant = state.sidecar(&headers)?;
     if !is_service_name(&registration.service) {
-        return error(StatusCode::BAD_REQUEST, "invalid service name");
+        return Ok(error(StatusCode::BAD_REQUEST, "invalid service name"));
     }
-    if registration
-        .address
-        .parse::<std::net::SocketAddr>()
-        .is_err()
-    {
-        return error(
+    acts_for(grant.as_ref(), &registration.service, peer)?;
+    if registration.address.parse::<SocketAddr>().is_err() {
+        return Ok(error(
             StatusCode::BAD_REQUEST,
             format!("address {:?} is not host:port", registration.address),
-        );
+        ));
     }
     let mut dataplanes = state.dataplanes.lock();
     let changed = match dataplanes.get_mut(&id) {
+        // An instance id is its sidecar's: another service's token may not
+        // take it over.
+        Some(dp) if grant.is_some() && dp.registration.service != registration.service => {
+            return Err(Denied::Conflict(format!(
+                "dataplane {id} is a sidecar of {}, not of {}",
+                dp.registration.service, registration.service
+            )));
+        }
         Some(dp) => {
             let moved = dp.registration.service != registration.service
                 || dp.registration.address != registration.address
@@ -518,7 +657,7 @@ async fn register(
     if changed {
         state.bump();
     }
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -531,18 +670,20 @@ struct ConfigQuery {
 
 async fn sidecar_config(
     State(state): State<Arc<CpState>>,
+    headers: HeaderMap,
     Query(query): Query<ConfigQuery>,
-) -> Response {
+) -> Result<Response, Denied> {
+    state.sidecar(&headers)?;
     let wait = match query.wait.as_deref().map(humantime::parse_duration) {
         None => Duration::ZERO,
         Some(Ok(wait)) => wait.min(MAX_WAIT),
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("wait: {e}")),
+        Some(Err(e)) => return Ok(error(StatusCode::BAD_REQUEST, format!("wait: {e}"))),
     };
     let mut changes = state.version.subscribe();
     changes.borrow_and_update();
     let current = query.version.as_deref() == Some(state.current_version().as_str());
     if current && tokio::time::timeout(wait, changes.changed()).await.is_err() {
-        return StatusCode::NOT_MODIFIED.into_response();
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    Json(state.sidecar_config()).into_response()
+    Ok(Json(state.sidecar_config()).into_response())
 }

@@ -15,9 +15,11 @@
 //! SERVER span at the callee's, an access-log record each) over OTLP without
 //! ever blocking traffic.
 //!
-//! Not here: authentication of sidecars to the control plane and TLS on its
-//! API (issue 10), locality-aware balancing, WebSocket upgrades across the
-//! mesh.
+//! Sidecars prove who they are to the control plane with [dataplane
+//! tokens](tokens) bound to their service, and it serves its API over TLS
+//! when given a certificate.
+//!
+//! Not here: locality-aware balancing, WebSocket upgrades across the mesh.
 
 pub mod api;
 mod ca;
@@ -27,6 +29,7 @@ mod policy;
 mod sidecar;
 mod spiffe;
 mod tls;
+pub mod tokens;
 
 pub use crate::api::AppProtocol;
 pub use crate::ca::CaError;

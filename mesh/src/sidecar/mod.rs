@@ -11,6 +11,7 @@
 //! keeps serving with what it last had.
 
 mod admin;
+mod control_plane;
 mod inbound;
 mod metrics;
 mod outbound;
@@ -29,15 +30,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_proxy::{Telemetry, TelemetryCounters};
 
-use crate::api::{
-    unix_seconds, AppProtocol, CertificateRequest, CertificateResponse, Registration,
-    ServiceEndpoints, SidecarConfig,
-};
+use crate::api::{unix_seconds, AppProtocol, Registration, ServiceEndpoints, SidecarConfig};
 use crate::config::{is_service_name, TracingPolicy};
 use crate::policy::CompiledPolicies;
 use crate::spiffe::SpiffeId;
 use crate::tls::MeshTls;
 
+use self::control_plane::{CallError, ControlPlaneClient};
 use self::metrics::SidecarMetrics;
 use self::outbound::Destination;
 
@@ -58,6 +57,10 @@ pub struct SidecarOptions {
     pub control_plane: String,
     /// PEM CA certificate(s) to verify an `https://` control plane with.
     pub control_plane_ca: Option<Vec<u8>>,
+    /// The dataplane token the control plane gave for this service
+    /// (`weft mesh token create --service …`); needed unless its
+    /// authentication is off.
+    pub token: Option<String>,
     /// Where the mTLS inbound listener listens.
     pub inbound: SocketAddr,
     /// Where other sidecars reach the inbound listener (default: `inbound`).
@@ -164,16 +167,19 @@ impl Sidecar {
             ));
         }
 
-        let control_plane =
-            ControlPlaneClient::new(&options.control_plane, options.control_plane_ca.as_deref())?;
+        let control_plane = ControlPlaneClient::new(
+            &options.control_plane,
+            options.control_plane_ca.as_deref(),
+            options.token.as_deref(),
+        )?;
         let tls = wait_for("a workload certificate", || {
             obtain_identity(&control_plane, &options.service, 0)
         })
-        .await;
+        .await?;
         let first = wait_for("the mesh config", || {
             control_plane.config(None, Duration::ZERO)
         })
-        .await
+        .await?
         .ok_or_else(|| SidecarError::Invalid("no config".to_string()))?;
         let snapshot = Snapshot::compile(first).map_err(SidecarError::Invalid)?;
         let telemetry_counters = Arc::new(TelemetryCounters::default());
@@ -315,7 +321,7 @@ impl Snapshot {
 }
 
 impl Shared {
-    async fn register(&self) -> Result<(), String> {
+    async fn register(&self) -> Result<(), CallError> {
         let registration = Registration {
             service: self.service.clone(),
             address: self.advertise.to_string(),
@@ -371,17 +377,23 @@ async fn until_stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Retries `attempt` until it works, saying once that it waits.
-async fn wait_for<T, F, Fut>(what: &str, mut attempt: F) -> T
+/// Retries `attempt` until it works, saying once that it waits; a refusal
+/// (this sidecar's token) ends the wait at once.
+async fn wait_for<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, SidecarError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
 {
     let mut delay = Duration::from_millis(100);
     let mut said = false;
     loop {
         match attempt().await {
-            Ok(value) => return value,
+            Ok(value) => return Ok(value),
+            Err(CallError::Refused(message)) => {
+                return Err(SidecarError::Invalid(format!(
+                    "{message} (does --token-file hold a dataplane token for this service, from `weft mesh token create --service …`?)"
+                )))
+            }
             Err(e) => {
                 if !said {
                     tracing::warn!(error = %e, "waiting for the control plane to give {what}");
@@ -399,7 +411,7 @@ async fn obtain_identity(
     control_plane: &ControlPlaneClient,
     service: &str,
     generation: u64,
-) -> Result<MeshTls, String> {
+) -> Result<MeshTls, CallError> {
     let key = KeyPair::generate().map_err(|e| e.to_string())?;
     let csr = CertificateParams::default()
         .serialize_request(&key)
@@ -416,7 +428,7 @@ async fn obtain_identity(
         &answer.ca,
         generation,
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| CallError::Failed(e.to_string()))
 }
 
 /// Renews the certificate when 70% of its lifetime has passed; retries
@@ -453,7 +465,14 @@ async fn rotate_identity(shared: Arc<Shared>) {
                         .not_after
                         .duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO);
-                    tracing::warn!(error = %e, ?left, "cannot renew the workload certificate; retrying");
+                    match e {
+                        CallError::Refused(_) => {
+                            tracing::error!(error = %e, ?left, "the control plane refuses to renew the workload certificate (was the token revoked?); retrying")
+                        }
+                        CallError::Failed(_) => {
+                            tracing::warn!(error = %e, ?left, "cannot renew the workload certificate; retrying")
+                        }
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -480,7 +499,14 @@ async fn follow_config(shared: Arc<Shared>) {
             Ok(None) => failing = false,
             Err(e) => {
                 if !failing {
-                    tracing::warn!(error = %e, %version, "control plane unreachable; serving with the last config");
+                    match e {
+                        CallError::Refused(_) => {
+                            tracing::error!(error = %e, %version, "the control plane refuses this sidecar's token (was it revoked?); serving with the last config")
+                        }
+                        CallError::Failed(_) => {
+                            tracing::warn!(error = %e, %version, "control plane unreachable; serving with the last config")
+                        }
+                    }
                     failing = true;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -491,122 +517,18 @@ async fn follow_config(shared: Arc<Shared>) {
 
 async fn heartbeat(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut refused = false;
     loop {
         tick.tick().await;
-        if let Err(e) = shared.register().await {
-            tracing::debug!(error = %e, "heartbeat failed");
-        }
-    }
-}
-
-/// The control plane's `/sidecar/v1` API.
-struct ControlPlaneClient {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl ControlPlaneClient {
-    /// A client of the control plane at `base`, trusting only `ca_pem` for
-    /// an `https://` one.
-    fn new(base: &str, ca_pem: Option<&[u8]>) -> Result<Self, SidecarError> {
-        let https = base.starts_with("https://");
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .tls_built_in_root_certs(false);
-        match (https, ca_pem) {
-            (true, Some(pem)) => {
-                for certificate in reqwest::Certificate::from_pem_bundle(pem)
-                    .map_err(|e| SidecarError::Invalid(format!("--control-plane-ca: {e}")))?
-                {
-                    builder = builder.add_root_certificate(certificate);
+        match shared.register().await {
+            Ok(()) => refused = false,
+            Err(e @ CallError::Refused(_)) => {
+                if !refused {
+                    tracing::error!(error = %e, "the control plane refuses this sidecar's token (was it revoked?); serving with the last config and certificate");
+                    refused = true;
                 }
             }
-            (true, None) => {
-                return Err(SidecarError::Invalid(
-                    "an https:// control plane needs --control-plane-ca, the CA that issued its certificate".to_string(),
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(SidecarError::Invalid(
-                    "--control-plane-ca is for an https:// control plane".to_string(),
-                ))
-            }
-            (false, None) => {}
+            Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
         }
-        Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
-            http: builder
-                .build()
-                .map_err(|e| SidecarError::Invalid(format!("control plane client: {e}")))?,
-        })
     }
-
-    async fn certificate(&self, service: &str, csr: String) -> Result<CertificateResponse, String> {
-        let response = self
-            .http
-            .post(format!("{}/sidecar/v1/certificate", self.base))
-            .timeout(Duration::from_secs(10))
-            .json(&CertificateRequest {
-                service: service.to_string(),
-                csr,
-            })
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", self.base))?;
-        answer(response)
-            .await?
-            .json()
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn register(&self, instance: &str, registration: &Registration) -> Result<(), String> {
-        let response = self
-            .http
-            .put(format!("{}/sidecar/v1/dataplanes/{instance}", self.base))
-            .timeout(Duration::from_secs(5))
-            .json(registration)
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", self.base))?;
-        answer(response).await.map(drop)
-    }
-
-    /// The config, or `None` when `version` is still current after `wait`.
-    async fn config(
-        &self,
-        version: Option<&str>,
-        wait: Duration,
-    ) -> Result<Option<SidecarConfig>, String> {
-        let mut query = vec![("wait", humantime::format_duration(wait).to_string())];
-        if let Some(version) = version {
-            query.push(("version", version.to_string()));
-        }
-        let response = self
-            .http
-            .get(format!("{}/sidecar/v1/config", self.base))
-            .query(&query)
-            .timeout(wait + Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", self.base))?;
-        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
-            return Ok(None);
-        }
-        let config: SidecarConfig = answer(response)
-            .await?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Some(config))
-    }
-}
-
-async fn answer(response: reqwest::Response) -> Result<reqwest::Response, String> {
-    if response.status().is_success() {
-        return Ok(response);
-    }
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    Err(format!("control plane answered {status}: {body}"))
 }
