@@ -19,6 +19,10 @@ pub struct GatewayArgs {
     /// Proxy listen address (HTTP/1.1 and HTTP/2 cleartext).
     #[arg(long, env = "WEFT_GATEWAY_PROXY_ADDR", default_value = "0.0.0.0:8000")]
     proxy_addr: SocketAddr,
+    /// HTTPS proxy listen address, serving the configuration's `certificates`
+    /// [default: 0.0.0.0:8443 when there are certificates, else none]
+    #[arg(long, env = "WEFT_GATEWAY_PROXY_TLS_ADDR")]
+    proxy_tls_addr: Option<SocketAddr>,
     /// Admin API and /metrics listen address; keep it private.
     #[arg(
         long,
@@ -63,6 +67,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let exporting = config.telemetry.otlp_endpoint.clone();
     let gateway = Gateway::new(config, Some(args.config.clone()))?;
     let proxy = bind(args.proxy_addr, "the gateway proxy").await?;
+    let proxy_tls_addr = match (args.proxy_tls_addr, gateway.serves_https()) {
+        (addr, true) => Some(addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8443)))),
+        (Some(_), false) => anyhow::bail!(
+            "--proxy-tls-addr needs certificates: add a `certificates` section to {}",
+            args.config.display()
+        ),
+        (None, false) => None,
+    };
+    let proxy_tls = match proxy_tls_addr {
+        Some(addr) => Some(bind(addr, "the gateway HTTPS proxy").await?),
+        None => None,
+    };
     let admin_tls = listener_tls(
         args.admin_tls_cert_file.as_deref(),
         args.admin_tls_key_file.as_deref(),
@@ -74,8 +90,13 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         admin_tls.as_ref().map(|(tls, _)| tls),
     )
     .await?;
+    let proxy_tls_shown = match &proxy_tls {
+        Some(listener) => listener.local_addr()?.to_string(),
+        None => "-".to_string(),
+    };
     tracing::info!(
         proxy = %proxy.local_addr()?,
+        proxy_tls = %proxy_tls_shown,
         admin = %admin.local_addr()?,
         admin_tls = admin_tls.is_some(),
         otlp = exporting.as_deref().unwrap_or("-"),
@@ -98,7 +119,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         }
     };
     gateway
-        .serve(proxy, admin, shutdown, args.shutdown_grace)
+        .serve(proxy, proxy_tls, admin, shutdown, args.shutdown_grace)
         .await;
     tracing::info!("gateway stopped");
     Ok(())

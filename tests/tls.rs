@@ -47,8 +47,13 @@ fn ca(name: &str) -> Ca {
 /// A certificate `ca` issues: for `localhost` as a server, or for a client,
 /// valid from `from` to `to` days from now.
 fn issue(ca: &Ca, client: bool, from: i64, to: i64) -> Pem {
+    issue_for(ca, "localhost", client, from, to)
+}
+
+/// A certificate `ca` issues for `name`.
+fn issue_for(ca: &Ca, name: &str, client: bool, from: i64, to: i64) -> Pem {
     let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
     params.extended_key_usages = vec![if client {
         ExtendedKeyUsagePurpose::ClientAuth
     } else {
@@ -98,9 +103,18 @@ async fn tls_connect(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> io::Result<TlsStream<TcpStream>> {
+    tls_connect_to(addr, config, "localhost").await
+}
+
+/// A TLS connection to `addr` asking for (SNI) and verifying `name`.
+async fn tls_connect_to(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
         .await
 }
 
@@ -411,4 +425,154 @@ async fn the_gateway_admin_api_and_the_mesh_control_plane_speak_tls() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--control-plane-ca"), "{stderr}");
+}
+
+/// A backend serving HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with a certificate
+/// for `localhost` from `pem`; it answers with what it saw.
+async fn https_backend(dir: &Path, pem: &Pem) -> SocketAddr {
+    std::fs::write(dir.join("backend.crt"), &pem.cert).unwrap();
+    std::fs::write(dir.join("backend.key"), &pem.key).unwrap();
+    let tls = weft_access::tls::ServerTls::load(
+        weft_access::tls::TlsFiles {
+            cert_file: dir.join("backend.crt"),
+            key_file: dir.join("backend.key"),
+            client_ca_file: None,
+        },
+        &[b"h2", b"http/1.1"],
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let incoming = weft_access::tls::Incoming::new(listener, Some(&tls), "backend").unwrap();
+    let addr = incoming.local_addr().unwrap();
+    let app = axum::Router::new().fallback(
+        |version: axum::http::Version, uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+            let proto = headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            format!("backend saw {version:?} {} forwarded-proto={proto}", uri.path())
+        },
+    );
+    tokio::spawn(async move {
+        let _tls = tls;
+        incoming.serve(app, std::future::pending()).await
+    });
+    addr
+}
+
+/// One HTTP/1.1 request over TLS to `name` at `addr`: the whole response.
+async fn https_to(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+    path: &str,
+) -> Result<String, String> {
+    let mut tls = tls_connect_to(addr, config, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// The gateway's HTTPS listener serves the certificate the client's SNI
+/// names (the default one otherwise), speaks HTTP/2 by ALPN, and reaches
+/// `https://` services over TLS verified against their CA file — refusing
+/// a target the system's CAs do not vouch for, unless told not to verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_terminates_https_by_sni_and_reaches_https_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let edge_ca = ca("weft test edge CA");
+    let api = issue_for(&edge_ca, "api.example.com", false, -1, 30);
+    let default = issue(&edge_ca, false, -1, 30);
+    for (name, pem) in [("api", &api), ("default", &default)] {
+        std::fs::write(file(&format!("{name}.crt")), &pem.cert).unwrap();
+        std::fs::write(file(&format!("{name}.key")), &pem.key).unwrap();
+    }
+    let backend_ca = ca("weft test backend CA");
+    std::fs::write(file("backend-ca.crt"), &backend_ca.pem).unwrap();
+    let backend = https_backend(dir.path(), &issue(&backend_ca, false, -1, 30)).await;
+    let port = backend.port();
+    std::fs::write(
+        file("gateway.yaml"),
+        format!(
+            "certificates:
+  - {{cert_file: '{api_crt}', key_file: '{api_key}', snis: [api.example.com]}}
+  - {{cert_file: '{default_crt}', key_file: '{default_key}'}}
+services:
+  - name: verified
+    url: https://localhost:{port}/v
+    tls_ca_file: '{backend_ca}'
+    routes: [{{name: verified, paths: [/verified]}}]
+  - name: untrusted
+    url: https://localhost:{port}
+    routes: [{{name: untrusted, paths: [/untrusted]}}]
+  - name: unverified
+    url: https://127.0.0.1:{port}
+    tls_verify: false
+    routes: [{{name: unverified, paths: [/unverified]}}]
+",
+            api_crt = file("api.crt"),
+            api_key = file("api.key"),
+            default_crt = file("default.crt"),
+            default_key = file("default.key"),
+            backend_ca = file("backend-ca.crt"),
+        ),
+    )
+    .unwrap();
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+    gateway
+        .args(["gateway", "--config", &file("gateway.yaml")])
+        .args(["--proxy-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(["--proxy-tls-addr", "127.0.0.1:0"])
+        .env("WEFT_LOG", "info");
+    let (_gateway, line) = tokio::task::block_in_place(|| Process::spawn(gateway, "gateway"));
+    let proxy_tls = logged_addr(&line, "proxy_tls");
+    let trusting = client_config(&edge_ca.pem, None, b"http/1.1");
+
+    // api.example.com gets its own certificate (the default one, for
+    // localhost, would not verify for that name), and the backend sees
+    // HTTP/2 over TLS with the client's scheme forwarded.
+    let answer = https_to(
+        proxy_tls,
+        trusting.clone(),
+        "api.example.com",
+        "/verified/a",
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("backend saw HTTP/2.0 /v/a forwarded-proto=https"),
+        "{answer}"
+    );
+    let answer = https_to(proxy_tls, trusting.clone(), "localhost", "/unverified")
+        .await
+        .unwrap();
+    assert!(
+        answer.contains("backend saw HTTP/2.0 / forwarded-proto=https"),
+        "{answer}"
+    );
+    let answer = https_to(proxy_tls, trusting.clone(), "localhost", "/untrusted")
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    // A name no certificate lists gets the default, which does not verify for it.
+    let wrong = https_to(proxy_tls, trusting, "www.example.org", "/verified").await;
+    assert!(wrong.is_err(), "{wrong:?}");
+
+    // HTTP/2 to the gateway, by ALPN.
+    let h2 = client_config(&edge_ca.pem, None, b"h2");
+    let tls = tls_connect_to(proxy_tls, h2, "api.example.com")
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
 }

@@ -58,7 +58,7 @@ impl BackgroundTask {
 /// Tells one version of a file from the next: editors, `weft token` and
 /// certificate renewals replace files, which changes their inode even
 /// within one mtime tick. `None` for a file that cannot be read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileVersion {
     modified: std::time::SystemTime,
     len: u64,

@@ -44,7 +44,7 @@ pub struct TlsFiles {
 /// A TLS setup that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct TlsError(String);
+pub struct TlsError(pub String);
 
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,31 +126,56 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates in a PEM file (`what` names it in errors), at least one.
+pub fn read_certificates(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_pem(path, what)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    parse_certificates(&pem, &format!("the TLS {what} {}", path.display()))
+}
+
+/// The certificates in PEM text (`source` names it in errors), at least one.
+pub fn parse_certificates(
+    pem: &[u8],
+    source: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut &*pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError(format!("invalid PEM in {}: {e}", path.display())))?;
+        .map_err(|e| TlsError(format!("invalid PEM in {source}: {e}")))?;
     if certs.is_empty() {
-        return Err(TlsError(format!(
-            "no certificate in the TLS {what} {}",
-            path.display()
-        )));
+        return Err(TlsError(format!("no certificate in {source}")));
     }
     Ok(certs)
 }
 
+/// The private key (PKCS#8, PKCS#1 or SEC1) in PEM text.
+pub fn parse_private_key(pem: &[u8], source: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    rustls_pemfile::private_key(&mut &*pem)
+        .map_err(|e| TlsError(format!("invalid PEM in {source}: {e}")))?
+        .ok_or_else(|| TlsError(format!("no private key in {source}")))
+}
+
+/// The private key in a PEM file.
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_pem(path, "key file")?;
+    parse_private_key(&pem, &format!("the TLS key file {}", path.display()))
+}
+
+/// A trust store of the CA certificates in a PEM file.
+pub fn read_roots(path: &Path, what: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in read_certificates(path, what)? {
+        roots
+            .add(ca)
+            .map_err(|e| TlsError(format!("invalid CA certificate in {}: {e}", path.display())))?;
+    }
+    Ok(roots)
+}
+
 fn build_config(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
-    let chain = certificates(&files.cert_file, "certificate file")?;
-    let key_pem = read_pem(&files.key_file, "key file")?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| TlsError(format!("invalid PEM in {}: {e}", files.key_file.display())))?
-        .ok_or_else(|| {
-            TlsError(format!(
-                "no private key in the TLS key file {}",
-                files.key_file.display()
-            ))
-        })?;
+    let chain = read_certificates(&files.cert_file, "certificate file")?;
+    let key = read_private_key(&files.key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -158,15 +183,7 @@ fn build_config(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsE
     let builder = match &files.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca_file) => {
-            let mut roots = RootCertStore::empty();
-            for ca in certificates(ca_file, "client CA file")? {
-                roots.add(ca).map_err(|e| {
-                    TlsError(format!(
-                        "invalid CA certificate in {}: {e}",
-                        ca_file.display()
-                    ))
-                })?;
-            }
+            let roots = read_roots(ca_file, "client CA file")?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError(e.to_string()))?;

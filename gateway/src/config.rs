@@ -7,6 +7,7 @@
 //! compile) and names the field path and, where it can find it, the line.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,34 @@ pub struct GatewayConfig {
     /// name takes precedence).
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
+    /// Certificates the HTTPS proxy listener serves, chosen by the client's
+    /// SNI; with any, the gateway also listens for HTTPS.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// A certificate and key for the HTTPS proxy listener (Kong's certificate
+/// with its SNIs), from files or inline PEM.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file: the certificate, then its chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file: its private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The certificate chain as PEM text, instead of `cert_file`.
+    #[serde(default, skip_serializing)]
+    pub cert: Option<String>,
+    /// The private key as PEM text, instead of `key_file`; never shown by
+    /// the Admin API.
+    #[serde(default, skip_serializing)]
+    pub key: Option<String>,
+    /// Server names it is served for, exact or `*.example.com` (one
+    /// label); none makes it the default, served when no name matches.
+    #[serde(default)]
+    pub snis: Vec<String>,
 }
 
 /// Protocol spoken to a service's targets.
@@ -68,6 +97,9 @@ pub enum UpstreamProtocol {
     Http,
     /// HTTP/2 without TLS (prior knowledge), e.g. for gRPC backends.
     H2c,
+    /// TLS, then HTTP/2 or HTTP/1.1 as the target offers (ALPN); what an
+    /// `https://` url means.
+    Https,
 }
 
 /// A backend: where requests go and how.
@@ -76,12 +108,24 @@ pub enum UpstreamProtocol {
 pub struct ServiceConfig {
     /// Unique name, used in spans, metrics and the Admin API.
     pub name: String,
-    /// `http://host:port/path`; the host may name an upstream. The path is
-    /// prepended to the forwarded path.
+    /// `http://host:port/path` or `https://…`; the host may name an
+    /// upstream. The path is prepended to the forwarded path.
     pub url: String,
-    /// Protocol to the targets.
+    /// Protocol to the targets (`https` for an `https://` url).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// With TLS: verify the target's certificate against the system's CAs
+    /// (or `tls_ca_file`) and its name. Off accepts any certificate.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// With TLS: PEM CA certificates to verify targets with, instead of the
+    /// system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With TLS: the name sent as SNI and checked in the target's
+    /// certificate (default: the target's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
     /// Time to establish a connection to a target.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -209,12 +253,34 @@ pub struct HealthchecksConfig {
     pub passive: Option<PassiveHealthcheck>,
 }
 
+/// How active checks reach a target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeType {
+    #[default]
+    Http,
+    /// TLS first, verified as `https_verify_certificate` says.
+    Https,
+}
+
 /// Periodic probes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveHealthcheck {
+    /// `http` or `https`.
+    #[serde(rename = "type")]
+    pub probe_type: ProbeType,
     /// Path probed with `GET`.
     pub http_path: String,
+    /// `https` probes: verify the target's certificate (system CAs, or
+    /// `https_ca_file`).
+    pub https_verify_certificate: bool,
+    /// `https` probes: PEM CA certificates to verify targets with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_ca_file: Option<PathBuf>,
+    /// `https` probes: the SNI and name checked (default: the target's host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_sni: Option<String>,
     /// Time between probes of one target.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -232,6 +298,10 @@ pub struct ActiveHealthcheck {
 impl Default for ActiveHealthcheck {
     fn default() -> Self {
         Self {
+            probe_type: ProbeType::Http,
+            https_verify_certificate: true,
+            https_ca_file: None,
+            https_sni: None,
             http_path: "/".to_string(),
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(1),
@@ -399,6 +469,9 @@ impl GatewayConfig {
                         "must start with /",
                     );
                 }
+                if let Some(name) = &active.https_sni {
+                    check_server_name(&format!("{at}.healthchecks.active.https_sni"), name)?;
+                }
                 if active.interval.is_zero()
                     || active.healthy_successes == 0
                     || active.unhealthy_failures == 0
@@ -430,11 +503,29 @@ impl GatewayConfig {
                 reason: format!("{:?} is not a URL: {e}", s.url),
                 line: None,
             })?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
                 return invalid(
                     &format!("{at}.url"),
-                    format!("{:?} must be an http:// URL with a host (TLS upstreams are not supported yet)", s.url),
+                    format!("{:?} must be an http:// or https:// URL with a host", s.url),
                 );
+            }
+            match (uri.scheme_str(), s.protocol) {
+                (Some("https"), UpstreamProtocol::H2c) => {
+                    return invalid(
+                        &format!("{at}.protocol"),
+                        "h2c is HTTP/2 without TLS; an https:// url speaks HTTP/2 over TLS when the target offers it",
+                    )
+                }
+                (Some("http"), UpstreamProtocol::Https) => {
+                    return invalid(
+                        &format!("{at}.protocol"),
+                        format!("https needs an https:// url, not {:?}", s.url),
+                    )
+                }
+                _ => {}
+            }
+            if let Some(name) = &s.tls_server_name {
+                check_server_name(&format!("{at}.tls_server_name"), name)?;
             }
             // A service with its own host:port gets a one-target upstream under its name.
             let uses_upstream =
@@ -488,6 +579,44 @@ impl GatewayConfig {
             crate::plugins::validate(&s.plugins, &format!("{at}.plugins"))?;
         }
         crate::plugins::validate(&self.plugins, "plugins")?;
+        let mut snis = HashSet::new();
+        for (i, c) in self.certificates.iter().enumerate() {
+            let at = format!("certificates[{i}]");
+            if c.cert.is_some() == c.cert_file.is_some() || c.key.is_some() == c.key_file.is_some()
+            {
+                return invalid(
+                    &at,
+                    "give the certificate as cert_file or cert, and its key as key_file or key",
+                );
+            }
+            for (j, sni) in c.snis.iter().enumerate() {
+                let name = sni.strip_prefix("*.").unwrap_or(sni);
+                if rustls::pki_types::DnsName::try_from(name).is_err() {
+                    return invalid(
+                        &format!("{at}.snis[{j}]"),
+                        format!("{sni:?} is not a host name (or *.domain)"),
+                    );
+                }
+                if !snis.insert(sni.to_ascii_lowercase()) {
+                    return invalid(
+                        &format!("{at}.snis[{j}]"),
+                        format!("{sni:?} is served by an earlier certificate"),
+                    );
+                }
+            }
+        }
+        if self
+            .certificates
+            .iter()
+            .filter(|c| c.snis.is_empty())
+            .count()
+            > 1
+        {
+            return invalid(
+                "certificates",
+                "only one certificate may go without snis (the default)",
+            );
+        }
         let mut consumers = HashSet::new();
         for (i, c) in self.consumers.iter().enumerate() {
             let at = format!("consumers[{i}]");
@@ -506,6 +635,13 @@ impl GatewayConfig {
             }
         }
         Ok(())
+    }
+}
+
+fn check_server_name(at: &str, name: &str) -> Result<(), ConfigError> {
+    match rustls::pki_types::ServerName::try_from(name) {
+        Ok(_) => Ok(()),
+        Err(_) => invalid(at, format!("{name:?} is not a host name or IP address")),
     }
 }
 
@@ -632,6 +768,51 @@ services:
         let config = GatewayConfig::parse(include_str!("../examples/gateway.yaml")).unwrap();
         assert_eq!(config.services[0].routes.len(), 2);
         crate::plugins::Consumers::new(&config.consumers).unwrap();
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_refused_naming_the_field() {
+        let cases = [
+            (
+                "services:\n  - {name: a, url: 'https://x:1', protocol: h2c}\n",
+                "services[0].protocol",
+            ),
+            (
+                "services:\n  - {name: a, url: 'http://x:1', protocol: https}\n",
+                "services[0].protocol",
+            ),
+            (
+                "services:\n  - {name: a, url: 'https://x:1', tls_server_name: 'not a name'}\n",
+                "services[0].tls_server_name",
+            ),
+            (
+                "certificates:\n  - {cert_file: a.pem, cert: x, key_file: k.pem}\n",
+                "certificates[0]",
+            ),
+            (
+                "certificates:\n  - {cert: x, key: y, snis: ['bad name']}\n",
+                "certificates[0].snis[0]",
+            ),
+            (
+                "certificates:\n  - {cert: x, key: y, snis: [a.example.com]}\n  - {cert: x, key: y, snis: [A.example.com]}\n",
+                "certificates[1].snis[0]",
+            ),
+            (
+                "certificates:\n  - {cert: x, key: y}\n  - {cert: x, key: y}\n",
+                "certificates",
+            ),
+        ];
+        for (text, field) in cases {
+            let error = GatewayConfig::parse(text).expect_err(text).to_string();
+            let without_line = match error.strip_prefix("line ") {
+                Some(rest) => rest.split_once(": ").map_or(rest, |(_, rest)| rest),
+                None => &error,
+            };
+            let at = without_line.split_once(": ").map_or("", |(at, _)| at);
+            assert_eq!(at, field, "{text}: {error}");
+        }
+        let https = GatewayConfig::parse("services:\n  - {name: a, url: 'https://x'}\n").unwrap();
+        assert_eq!(https.services[0].protocol, UpstreamProtocol::Http);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::config::ProbeType;
+use crate::tls::UpstreamTls;
 use crate::upstream::{Target, Upstream};
 
 /// Probe tasks of one configuration; dropping it stops them.
@@ -24,14 +26,28 @@ impl Drop for HealthCheckers {
 }
 
 impl HealthCheckers {
-    /// Starts probing every target of `upstream` that has active checks.
-    pub(crate) fn watch(&mut self, upstream: &Arc<Upstream>) {
+    /// Starts probing every target of `upstream` that has active checks;
+    /// an error says why `https` probes cannot be set up.
+    pub(crate) fn watch(
+        &mut self,
+        upstream: &Arc<Upstream>,
+    ) -> Result<(), weft_access::tls::TlsError> {
         let Some(active) = &upstream.active else {
-            return;
+            return Ok(());
         };
+        let https = active.probe_type == ProbeType::Https;
+        let tls = https.then(|| {
+            UpstreamTls::new(
+                active.https_verify_certificate,
+                active.https_ca_file.as_ref(),
+                active.https_sni.as_deref(),
+            )
+        });
+        let connector = crate::tls::connector(tls.as_ref(), active.timeout)?;
+        let scheme = if https { "https" } else { "http" };
         let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1)
-            .build_http();
+            .build(connector);
         for target in &upstream.targets {
             let (upstream, target, client, active) = (
                 upstream.clone(),
@@ -44,7 +60,7 @@ impl HealthCheckers {
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticks.tick().await;
-                    let uri = format!("http://{}{}", target.address, active.http_path);
+                    let uri = format!("{scheme}://{}{}", target.address, active.http_path);
                     let Ok(uri) = uri.parse::<http::Uri>() else {
                         return;
                     };
@@ -61,6 +77,7 @@ impl HealthCheckers {
             });
             self.0.push(task.abort_handle());
         }
+        Ok(())
     }
 }
 

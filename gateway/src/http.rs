@@ -15,6 +15,11 @@ pub(crate) type ProxyService =
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 
+/// How the client reached the gateway, `http` or `https`, in every
+/// request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientScheme(pub(crate) &'static str);
+
 /// The target that answered, in the response's extensions (for the access log).
 #[derive(Debug, Clone)]
 pub(crate) struct AnsweredBy(pub(crate) String);

@@ -11,8 +11,12 @@
 //! ever blocking the proxy. The [admin] API shows the configuration and
 //! target health, replaces the configuration, and serves `/metrics`.
 //!
-//! Not here: TLS termination and TLS to upstreams (issue 10), a database-backed
-//! configuration (the YAML file, or `POST /config`, is the source of truth).
+//! With `certificates` in the configuration a second listener speaks HTTPS,
+//! picking the certificate by SNI; `https://` services reach their targets
+//! over verified TLS ([tls]).
+//!
+//! Not here: a database-backed configuration (the YAML file, or `POST
+//! /config`, is the source of truth), client certificates to upstreams.
 
 mod admin;
 pub mod config;
@@ -23,6 +27,7 @@ mod plugins;
 mod proxy;
 mod router;
 mod server;
+mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -68,6 +73,11 @@ impl Gateway {
         Ok(Self { shared })
     }
 
+    /// Whether the configuration has certificates for an HTTPS listener.
+    pub fn serves_https(&self) -> bool {
+        !self.shared.runtime.load().certificates.is_empty()
+    }
+
     /// Re-reads the configuration file; on error the running configuration stays.
     pub fn reload(&self) -> Result<(), ConfigError> {
         self.shared.reload()
@@ -78,6 +88,7 @@ impl Gateway {
     pub async fn serve(
         self,
         proxy: tokio::net::TcpListener,
+        proxy_tls: Option<tokio::net::TcpListener>,
         admin: weft_access::tls::Incoming,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
         grace: Duration,
@@ -93,18 +104,27 @@ impl Gateway {
                 tracing::warn!(error = %e, "admin API stopped");
             }
         });
-        let mut proxy_stop = stop_rx;
-        let proxy_task = tokio::spawn(server::serve_proxy(
-            self.shared.clone(),
-            proxy,
-            async move {
-                let _ = proxy_stop.wait_for(|stop| *stop).await;
-            },
-            grace,
-        ));
+        let mut proxies = Vec::new();
+        let tls = crate::tls::proxy_server_config(self.shared.runtime.clone());
+        for (listener, tls) in
+            std::iter::once((proxy, None)).chain(proxy_tls.map(|listener| (listener, Some(tls))))
+        {
+            let mut stop = stop_rx.clone();
+            proxies.push(tokio::spawn(server::serve_proxy(
+                self.shared.clone(),
+                listener,
+                tls,
+                async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                },
+                grace,
+            )));
+        }
         shutdown.await;
         let _ = stop_tx.send(true);
-        let _ = proxy_task.await;
+        for proxy in proxies {
+            let _ = proxy.await;
+        }
         let _ = admin_task.await;
         // Swap in an empty runtime so health checkers stop, then flush telemetry.
         self.shared

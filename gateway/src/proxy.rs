@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
@@ -21,12 +22,14 @@ use crate::config::ServiceConfig;
 use weft_proxy::headers::{remove_hop_by_hop, upgrade_protocol};
 use weft_proxy::{end_span, Telemetry};
 
-use crate::http::{gateway_response, AnsweredBy, Body, ClientAddr, ProxyRequest, ProxyResponse};
+use crate::http::{
+    gateway_response, AnsweredBy, Body, ClientAddr, ClientScheme, ProxyRequest, ProxyResponse,
+};
 use crate::router::Matched;
 use crate::upstream::{Outcome, Upstream};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(crate) type UpstreamClient = Client<HttpConnector, Body>;
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// The request's SERVER span, in its extensions.
 #[derive(Clone)]
@@ -39,6 +42,8 @@ pub(crate) struct Forwarder {
     base_path: String,
     pub(crate) upstream: Arc<Upstream>,
     client: UpstreamClient,
+    /// `http` or `https`, to the targets.
+    scheme: &'static str,
     read_timeout: Duration,
     write_timeout: Duration,
     retries: u32,
@@ -58,6 +63,7 @@ impl Forwarder {
         config: &ServiceConfig,
         upstream: Arc<Upstream>,
         client: UpstreamClient,
+        https: bool,
         telemetry: Arc<Telemetry>,
     ) -> Self {
         let base_path = config
@@ -70,6 +76,7 @@ impl Forwarder {
             base_path,
             upstream,
             client,
+            scheme: if https { "https" } else { "http" },
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             retries: config.retries,
@@ -107,6 +114,10 @@ impl Forwarder {
             .map(|s| s.0.clone())
             .unwrap_or_default();
         let client_ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+        let client_scheme = request
+            .extensions()
+            .get::<ClientScheme>()
+            .map_or("http", |s| s.0);
         let path = self.upstream_path(&request, matched.as_deref());
         let preserve_host = matched.as_ref().is_some_and(|m| m.route.preserve_host);
         let upgrade = upgrade_protocol(request.headers());
@@ -135,7 +146,7 @@ impl Forwarder {
                 headers.insert("x-real-ip", value);
             }
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(client_scheme));
         if let Some(host) = parts.headers.get(header::HOST) {
             headers.insert("x-forwarded-host", host.clone());
         }
@@ -173,7 +184,8 @@ impl Forwarder {
                 break;
             };
             tried.push(index);
-            let Ok(uri) = format!("http://{}{}", target.address, path).parse::<Uri>() else {
+            let Ok(uri) = format!("{}://{}{}", self.scheme, target.address, path).parse::<Uri>()
+            else {
                 return gateway_response(
                     StatusCode::BAD_REQUEST,
                     "the request path cannot be forwarded",
@@ -189,7 +201,7 @@ impl Forwarder {
                 // Without the query, which may carry credentials (`?apikey=`).
                 KeyValue::new(
                     "url.full",
-                    format!("http://{}{}", target.address, uri.path()),
+                    format!("{}://{}{}", self.scheme, target.address, uri.path()),
                 ),
                 KeyValue::new("peer.service", self.name.clone()),
             ];

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::StatusCode;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry::logs::AnyValue;
@@ -28,12 +27,14 @@ use weft_proxy::{end_span, Telemetry};
 use crate::config::{ConfigError, GatewayConfig, TelemetryConfig, UpstreamProtocol};
 use crate::health::HealthCheckers;
 use crate::http::{
-    gateway_response, AnsweredBy, Body, ClientAddr, ProxyRequest, ProxyResponse, ProxyService,
+    gateway_response, AnsweredBy, Body, ClientAddr, ClientScheme, ProxyRequest, ProxyResponse,
+    ProxyService,
 };
 use crate::metrics::Metrics;
 use crate::plugins::{self, AuthenticatedConsumer, Consumers};
 use crate::proxy::{Forwarder, RequestSpan, UpstreamClient};
 use crate::router::{Route, RouteTable};
+use crate::tls::{Certificates, UpstreamTls};
 use crate::upstream::Upstream;
 
 /// One compiled configuration.
@@ -43,6 +44,8 @@ pub(crate) struct Runtime {
     /// Declared upstreams, and one per service with a plain `host:port` URL
     /// (named after the service).
     pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// What the HTTPS proxy listener serves.
+    pub(crate) certificates: Certificates,
     _health: HealthCheckers,
 }
 
@@ -53,6 +56,7 @@ impl Runtime {
             config: GatewayConfig::default(),
             routes: RouteTable::default(),
             upstreams: BTreeMap::new(),
+            certificates: Certificates::default(),
             _health: HealthCheckers::default(),
         }
     }
@@ -71,14 +75,18 @@ impl Runtime {
         let consumers = Arc::new(
             Consumers::new(&config.consumers).map_err(|r| invalid("consumers".into(), r))?,
         );
+        let certificates =
+            Certificates::load(&config.certificates).map_err(|(at, reason)| invalid(at, reason))?;
         let mut health = HealthCheckers::default();
         let mut upstreams = BTreeMap::new();
-        for declared in &config.upstreams {
+        for (i, declared) in config.upstreams.iter().enumerate() {
             let upstream = Arc::new(Upstream::new(
                 declared,
                 previous.upstreams.get(&declared.name).map(|u| &**u),
             ));
-            health.watch(&upstream);
+            health.watch(&upstream).map_err(|e| {
+                invalid(format!("upstreams[{i}].healthchecks.active"), e.to_string())
+            })?;
             upstreams.insert(declared.name.clone(), upstream);
         }
         let mut routes = Vec::new();
@@ -88,20 +96,35 @@ impl Runtime {
                 .parse()
                 .map_err(|e| invalid(format!("services[{i}].url"), format!("{e}")))?;
             let host = uri.host().unwrap_or_default();
+            let https = uri.scheme_str() == Some("https");
             let upstream = match (upstreams.get(host), uri.port_u16()) {
                 (Some(declared), None) => declared.clone(),
                 _ => {
-                    let address = format!("{host}:{}", uri.port_u16().unwrap_or(80));
-                    let upstream = Arc::new(Upstream::single(&service.name, address));
+                    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+                    let upstream =
+                        Arc::new(Upstream::single(&service.name, format!("{host}:{port}")));
                     upstreams.insert(service.name.clone(), upstream.clone());
                     upstream
                 }
             };
-            let client = shared.client(service.connect_timeout, service.protocol);
+            let (protocol, tls) = if https {
+                let tls = UpstreamTls::new(
+                    service.tls_verify,
+                    service.tls_ca_file.as_ref(),
+                    service.tls_server_name.as_deref(),
+                );
+                (UpstreamProtocol::Https, Some(tls))
+            } else {
+                (service.protocol, None)
+            };
+            let client = shared
+                .client(service.connect_timeout, protocol, tls)
+                .map_err(|e| invalid(format!("services[{i}]"), e.to_string()))?;
             let forwarder = Arc::new(Forwarder::new(
                 service,
                 upstream,
                 client,
+                https,
                 shared.telemetry.clone(),
             ));
             let proxy = ProxyService::new(tower::service_fn(move |request: ProxyRequest| {
@@ -126,10 +149,15 @@ impl Runtime {
             config,
             routes: RouteTable::new(routes),
             upstreams,
+            certificates,
             _health: health,
         })
     }
 }
+
+/// What makes two services' connections interchangeable: connect timeout,
+/// protocol and TLS settings.
+type ClientKey = (Duration, UpstreamProtocol, Option<UpstreamTls>);
 
 /// What the proxy, the admin API and reloads share.
 pub(crate) struct Shared {
@@ -139,7 +167,7 @@ pub(crate) struct Shared {
     started_telemetry: TelemetryConfig,
     pub(crate) metrics: Metrics,
     /// Connection pools, kept across reloads.
-    clients: Mutex<HashMap<(Duration, UpstreamProtocol), UpstreamClient>>,
+    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
     /// One reload at a time.
     reloading: Mutex<()>,
     pub(crate) config_path: Option<std::path::PathBuf>,
@@ -164,20 +192,22 @@ impl Shared {
         }
     }
 
-    fn client(&self, connect_timeout: Duration, protocol: UpstreamProtocol) -> UpstreamClient {
-        self.clients
-            .lock()
-            .entry((connect_timeout, protocol))
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(connect_timeout));
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .http2_only(protocol == UpstreamProtocol::H2c)
-                    .build(connector)
-            })
-            .clone()
+    fn client(
+        &self,
+        connect_timeout: Duration,
+        protocol: UpstreamProtocol,
+        tls: Option<UpstreamTls>,
+    ) -> Result<UpstreamClient, weft_access::tls::TlsError> {
+        let key = (connect_timeout, protocol, tls);
+        if let Some(client) = self.clients.lock().get(&key) {
+            return Ok(client.clone());
+        }
+        let connector = crate::tls::connector(key.2.as_ref(), connect_timeout)?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(protocol == UpstreamProtocol::H2c)
+            .build(connector);
+        Ok(self.clients.lock().entry(key).or_insert(client).clone())
     }
 
     /// Compiles and swaps in `config`; on error the running one stays.
@@ -224,6 +254,7 @@ impl Shared {
 async fn handle(
     shared: Arc<Shared>,
     client: SocketAddr,
+    scheme: &'static str,
     request: http::Request<Incoming>,
 ) -> Result<ProxyResponse, Infallible> {
     let started = Instant::now();
@@ -234,7 +265,7 @@ async fn handle(
     let mut attributes = vec![
         KeyValue::new("http.request.method", method.to_string()),
         KeyValue::new("url.path", path.clone()),
-        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("url.scheme", scheme),
         KeyValue::new("client.address", client.ip().to_string()),
         KeyValue::new(
             "network.protocol.version",
@@ -259,6 +290,7 @@ async fn handle(
         .telemetry
         .server_span(request.headers(), method.to_string(), attributes);
     request.extensions_mut().insert(ClientAddr(client));
+    request.extensions_mut().insert(ClientScheme(scheme));
     let (response, route, service) = match runtime.routes.find(&request) {
         None => (
             gateway_response(StatusCode::NOT_FOUND, "no Route matched with those values"),
@@ -330,29 +362,69 @@ fn protocol_version(version: http::Version) -> &'static str {
     }
 }
 
-/// Accepts proxy connections (HTTP/1.1, and HTTP/2 with prior knowledge)
-/// until `shutdown`, then lets open connections finish for up to `grace`.
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts proxy connections (HTTP/1.1, and HTTP/2 with prior knowledge;
+/// with `tls`, a TLS handshake first and HTTP/2 or HTTP/1.1 by ALPN) until
+/// `shutdown`, then lets open connections finish for up to `grace`.
 pub(crate) async fn serve_proxy(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let what = if acceptor.is_some() {
+        "https proxy"
+    } else {
+        "proxy"
+    };
     weft_proxy::accept_until(
         listener,
         shutdown,
         grace,
-        "proxy",
+        what,
         |stream, client, watcher| {
             let shared = shared.clone();
-            let service =
-                hyper::service::service_fn(move |request| handle(shared.clone(), client, request));
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
+            let builder = builder.clone();
+            let acceptor = acceptor.clone();
+            // The handshake runs in the connection's task, so a slow client
+            // never holds up the accept loop.
             tokio::spawn(async move {
-                if let Err(e) = watcher.watch(connection).await {
+                let scheme = if acceptor.is_some() { "https" } else { "http" };
+                let service = hyper::service::service_fn(move |request| {
+                    handle(shared.clone(), client, scheme, request)
+                });
+                let served = match acceptor {
+                    None => {
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, %client, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%client, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                };
+                if let Err(e) = served {
                     tracing::debug!(error = %e, %client, "proxy connection ended with an error");
                 }
             });
