@@ -14,6 +14,13 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ServerArgs};
 
+/// Every role allocates per request or per batch on several threads at once
+/// (the gateway and sidecars per request, the collector per batch); glibc's
+/// allocator spent an eighth of the gateway's CPU there, mimalloc a fraction
+/// of that (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// weft: traces and logs in over OTLP, stored as Parquet with full-text indexes.
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about, propagate_version = true)]
