@@ -273,6 +273,9 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), %mesh, "weft mesh control-plane listening");
+    if tls.is_none() && !args.addr.ip().is_loopback() {
+        tracing::warn!(addr = %args.addr, "the control plane listens beyond loopback without TLS: sidecars' tokens travel in clear text and the API can be tampered with on the way (--tls-cert-file/--tls-key-file)");
+    }
     let shutdown = async move {
         let signal = signals.recv().await;
         tracing::info!(signal, "shutting down");

@@ -74,6 +74,9 @@ impl ControlPlaneClient {
             }
             (false, None) => {}
         }
+        if token.is_some() && !https && !is_loopback_url(base) {
+            tracing::warn!(control_plane = %base, "the dataplane token goes to the control plane in clear text: give it TLS (https://… with --control-plane-ca)");
+        }
         let authorization = token
             .map(|token| {
                 let mut value =
@@ -172,6 +175,22 @@ impl ControlPlaneClient {
     }
 }
 
+/// Whether `url`'s host is this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    match uri.host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
 async fn answer(response: reqwest::Response) -> Result<reqwest::Response, CallError> {
     let status = response.status();
     if status.is_success() {
@@ -189,4 +208,27 @@ async fn answer(response: reqwest::Response) -> Result<reqwest::Response, CallEr
         }
         _ => CallError::Failed(message),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn loopback_control_planes_are_told_apart() {
+        for url in [
+            "http://127.0.0.1:5681",
+            "http://localhost:5681/",
+            "http://[::1]:5681",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.5:5681",
+            "http://cp.mesh.internal:5681",
+            "not a url",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
+    }
 }

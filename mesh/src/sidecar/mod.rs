@@ -391,7 +391,7 @@ where
             Ok(value) => return Ok(value),
             Err(CallError::Refused(message)) => {
                 return Err(SidecarError::Invalid(format!(
-                    "{message} (does --token-file hold a dataplane token for this service, from `weft mesh token create --service …`?)"
+                    "{message} (is this sidecar's token, from --token-file or WEFT_SIDECAR_TOKEN, one that `weft mesh token create --service …` made for this service?)"
                 )))
             }
             Err(e) => {
