@@ -575,4 +575,47 @@ services:
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    // A new configuration swaps the certificates for new handshakes: with
+    // api.example.com's now from another CA, a client of the old CA refuses it.
+    let admin = logged_addr(&line, "admin");
+    let admin_api = reqwest::Client::new();
+    let other_ca = ca("weft test other CA");
+    let replaced = issue_for(&other_ca, "api.example.com", false, -1, 30);
+    let yaml = |certificates: &str| {
+        format!(
+            "{certificates}services:\n  - name: unverified\n    url: https://127.0.0.1:{port}\n    tls_verify: false\n    routes: [{{name: unverified, paths: [/unverified]}}]\n"
+        )
+    };
+    let certificates = format!(
+        "certificates:\n  - cert: {:?}\n    key: {:?}\n    snis: [api.example.com]\n",
+        replaced.cert, replaced.key
+    );
+    let post = |body: String| {
+        admin_api
+            .post(format!("http://{admin}/config"))
+            .body(body)
+            .send()
+    };
+    let applied = post(yaml(&certificates)).await.unwrap();
+    assert_eq!(applied.status(), 200, "{}", applied.text().await.unwrap());
+    let old_ca = client_config(&edge_ca.pem, None, b"http/1.1");
+    assert!(
+        https_to(proxy_tls, old_ca, "api.example.com", "/unverified")
+            .await
+            .is_err()
+    );
+    let new_ca = client_config(&other_ca.pem, None, b"http/1.1");
+    let answer = https_to(proxy_tls, new_ca, "api.example.com", "/unverified")
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Without certificates the open HTTPS listener could not serve: refused.
+    let refused = post(yaml("")).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let message = refused.text().await.unwrap();
+    assert!(
+        message.contains("certificates") && message.contains("HTTPS"),
+        "{message}"
+    );
 }

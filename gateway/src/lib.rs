@@ -106,6 +106,9 @@ impl Gateway {
         });
         let mut proxies = Vec::new();
         let tls = crate::tls::proxy_server_config(self.shared.runtime.clone());
+        self.shared
+            .serving_https
+            .store(proxy_tls.is_some(), std::sync::atomic::Ordering::Relaxed);
         for (listener, tls) in
             std::iter::once((proxy, None)).chain(proxy_tls.map(|listener| (listener, Some(tls))))
         {

@@ -170,6 +170,9 @@ pub(crate) struct Shared {
     clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// Set once the HTTPS listener is open: from then on a configuration
+    /// needs certificates.
+    pub(crate) serving_https: std::sync::atomic::AtomicBool,
     pub(crate) config_path: Option<std::path::PathBuf>,
 }
 
@@ -188,6 +191,7 @@ impl Shared {
             started_telemetry,
             clients: Mutex::new(HashMap::new()),
             reloading: Mutex::new(()),
+            serving_https: std::sync::atomic::AtomicBool::new(false),
             config_path,
         }
     }
@@ -217,7 +221,19 @@ impl Shared {
         if config.telemetry != self.started_telemetry {
             tracing::warn!("telemetry settings changed; they take effect at the next restart");
         }
-        let result = Runtime::build(config, self, &previous);
+        let result = if config.certificates.is_empty()
+            && self
+                .serving_https
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Err(ConfigError::Invalid {
+                at: "certificates".to_string(),
+                reason: "the HTTPS listener is open and would fail every handshake without a certificate (restart without it to close it)".to_string(),
+                line: None,
+            })
+        } else {
+            Runtime::build(config, self, &previous)
+        };
         self.metrics.reloaded(result.is_ok());
         let runtime = result?;
         tracing::info!(
