@@ -19,13 +19,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use weft_access::tls::{parse_certificates, parse_private_key, read_roots, TlsError};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use weft_access::tls::{
+    parse_certificates, parse_private_key, read_roots, AnyServerCertificate, TlsError,
+};
 use weft_access::FileVersion;
 
 use crate::config::CertificateConfig;
@@ -210,7 +211,7 @@ fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsError> {
     let config = if !tls.verify {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate::new(provider())))
             .with_no_client_auth()
     } else {
         let roots = match &tls.ca_file {
@@ -238,57 +239,6 @@ fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
         ));
     }
     Ok(ROOTS.get_or_init(|| Arc::new(roots)).clone())
-}
-
-/// `tls_verify: false`: any certificate is accepted (the handshake's
-/// signatures are still checked, so the connection is still encrypted to
-/// whoever holds the key).
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
