@@ -126,7 +126,26 @@ async fn https(
     config: Arc<rustls::ClientConfig>,
     request: &str,
 ) -> Result<String, String> {
-    let mut tls = tls_connect(addr, config).await.map_err(|e| e.to_string())?;
+    let response = exchange(addr, config, "localhost", request).await?;
+    response
+        .lines()
+        .next()
+        .map(str::to_string)
+        .filter(|line| line.starts_with("HTTP/"))
+        .ok_or_else(|| format!("no HTTP response: {response:?}"))
+}
+
+/// Sends `request` over TLS to `name` at `addr` and reads until the close:
+/// the whole response, or the error that ended the exchange.
+async fn exchange(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+    request: &str,
+) -> Result<String, String> {
+    let mut tls = tls_connect_to(addr, config, name)
+        .await
+        .map_err(|e| e.to_string())?;
     tls.write_all(request.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
@@ -134,13 +153,7 @@ async fn https(
     tls.read_to_end(&mut response)
         .await
         .map_err(|e| e.to_string())?;
-    let response = String::from_utf8_lossy(&response);
-    response
-        .lines()
-        .next()
-        .map(str::to_string)
-        .filter(|line| line.starts_with("HTTP/"))
-        .ok_or_else(|| format!("no HTTP response: {response:?}"))
+    Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
 fn export_request(token: &str) -> String {
@@ -461,25 +474,15 @@ async fn https_backend(dir: &Path, pem: &Pem) -> SocketAddr {
     addr
 }
 
-/// One HTTP/1.1 request over TLS to `name` at `addr`: the whole response.
+/// One HTTP/1.1 `GET path` over TLS to `name` at `addr`: the whole response.
 async fn https_to(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     name: &str,
     path: &str,
 ) -> Result<String, String> {
-    let mut tls = tls_connect_to(addr, config, name)
-        .await
-        .map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    tls.read_to_end(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&response).into_owned())
+    exchange(addr, config, name, &request).await
 }
 
 /// The gateway's HTTPS listener serves the certificate the client's SNI

@@ -119,7 +119,8 @@ fn file_versions(files: &TlsFiles) -> Vec<Option<FileVersion>> {
     .collect()
 }
 
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
+/// The bytes of a PEM file; `what` names it in the error (`certificate file`).
+pub fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| {
         TlsError(format!(
             "cannot read the TLS {what} {}: {e}",

@@ -25,7 +25,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use weft_access::tls::{
-    parse_certificates, parse_private_key, read_roots, AnyServerCertificate, TlsError,
+    parse_certificates, parse_private_key, read_pem, read_roots, AnyServerCertificate, TlsError,
 };
 use weft_access::FileVersion;
 
@@ -109,14 +109,10 @@ fn pem(
 ) -> Result<(Vec<u8>, String), TlsError> {
     match (inline, file) {
         (Some(text), _) => Ok((text.as_bytes().to_vec(), format!("the inline {what}"))),
-        (None, Some(path)) => std::fs::read(path)
-            .map(|pem| (pem, format!("the {what} file {}", path.display())))
-            .map_err(|e| {
-                TlsError(format!(
-                    "cannot read the {what} file {}: {e}",
-                    path.display()
-                ))
-            }),
+        (None, Some(path)) => Ok((
+            read_pem(path, &format!("{what} file"))?,
+            format!("the {what} file {}", path.display()),
+        )),
         (None, None) => Err(TlsError(format!("no {what}"))),
     }
 }
