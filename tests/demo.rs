@@ -90,12 +90,13 @@ impl Demo {
         )
     }
 
-    /// The root-cause report of the window from `start_ns` to a moment ago:
-    /// the newest traces may still have spans in their exporters' batches.
+    /// The root-cause report of the window from `start_ns` to now, leaving
+    /// out the traces that ended within [`SETTLE`]: they may still have
+    /// spans in their exporters' batches.
     fn rca_settled(&self, start_ns: u128) -> Value {
-        let end_ns = now_ns() - SETTLE.as_nanos();
         let (status, report) = self.get(&format!(
-            "/api/v1/analysis/rca?start={start_ns}&end={end_ns}"
+            "/api/v1/analysis/rca?start={start_ns}&settle={}s",
+            SETTLE.as_secs()
         ));
         assert_eq!(status, 200, "{report}");
         report

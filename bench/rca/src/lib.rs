@@ -459,7 +459,8 @@ pub fn suite() -> Vec<Scenario> {
             });
         };
     for service in [SALESFORCE, DATABASE, CONDUCTOR, MOBILE] {
-        for (extra_ms, probability) in [(300, 0.2), (150, 0.1)] {
+        // The last: rarer than the slowest 5 %, so chance slow traces outnumber it.
+        for (extra_ms, probability) in [(300, 0.2), (150, 0.1), (300, 0.02)] {
             add(
                 format!("{service} +{extra_ms}ms for {:.0}%", probability * 100.0),
                 Injection {

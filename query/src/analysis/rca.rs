@@ -7,9 +7,12 @@
 //!    a span with status `ERROR` that is not a client call; OpenTelemetry
 //!    marks a CLIENT span `ERROR` for any 4xx answer, and a 404 its caller
 //!    handles is no failure of the request — the failures that matter show
-//!    on a SERVER or INTERNAL span, or on a root), finds the window's slow threshold (a duration quantile), classifies
-//!    each trace as `error`, `slow` or `baseline`, and keeps a deterministic
-//!    sample of each class (ordered by trace id, which is random).
+//!    on a SERVER or INTERNAL span, or on a root), leaves out the traces
+//!    that ended too recently to be complete (their spans may still be in
+//!    exporters' batches), finds the window's slow threshold (a duration
+//!    quantile), classifies each trace as `error`, `slow` or `baseline`, and
+//!    keeps a deterministic sample of each class (ordered by trace id, which
+//!    is random).
 //! 2. The sampled traces' spans come back in one query; each becomes a
 //!    [`TraceTree`] with its critical path.
 //! 3. Every bad trace gets a verdict: for a failed trace, its error origin —
@@ -19,7 +22,9 @@
 //!    mean the most.
 //! 4. Verdicts are counted per (service, kind), weighted by how
 //!    many traces each class stands for, into a score: the share of bad
-//!    traces that suspect explains. Slow traces count less when the window's
+//!    traces that suspect explains — a slow trace's vote scaled by the time
+//!    its verdict explains, against the mean of the slow traces, so that a
+//!    few far-out traces outweigh many a little over. Slow traces count less when the window's
 //!    slow tail is no further out than healthy traffic's always is
 //!    ([`slow_tail_sigma`]), so background variance does not outrank errors.
 //!    Evidence is attached: error rates with a chi-square test, the self-time
@@ -49,11 +54,19 @@ pub struct WindowRequest {
     pub slow_quantile: f64,
     /// Traces analysed per class (error, slow, baseline).
     pub sample_per_class: usize,
+    /// Traces whose newest span ended after this moment are left out: their
+    /// other spans may still sit in an exporter's batch, and a trace missing
+    /// its deeper spans blames the deepest span that did arrive.
+    pub settled_before_ns: i64,
 }
 
 impl WindowRequest {
     pub const DEFAULT_SLOW_QUANTILE: f64 = 0.95;
     pub const DEFAULT_SAMPLE: usize = 1000;
+    /// How long after a trace's last span ended it is taken as complete:
+    /// twice the OpenTelemetry SDKs' default batch delay (5 s), and
+    /// Tempo's `trace_idle_period`.
+    pub const DEFAULT_SETTLE_NS: i64 = 10_000_000_000;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -205,6 +218,9 @@ pub struct WindowReport {
     /// deviations: about 2 in healthy traffic, far more when something slowed
     /// requests down. Below 4, slow traces count little against failed ones.
     pub slow_tail_sigma: Option<f64>,
+    /// Traces of the window left out because they ended too recently to
+    /// have all their spans (see `settle`).
+    pub unsettled_traces: u64,
     pub sampled: u64,
     pub causes: Vec<Cause>,
     /// Attribute values over-represented in all bad traces.
@@ -487,6 +503,7 @@ enum Class {
 
 struct Sample {
     class_traces: HashMap<Class, u64>,
+    unsettled_traces: u64,
     slow_threshold_ns: Option<i64>,
     /// Sampled trace ids with their class and end-to-end duration.
     traces: Vec<(String, Class, i64)>,
@@ -554,6 +571,7 @@ pub async fn window(
         slow_traces: count(Class::Slow),
         slow_threshold_ns: sample.slow_threshold_ns,
         slow_tail_sigma: slow_tail_sigma(&analysed),
+        unsettled_traces: sample.unsettled_traces,
         sampled: analysed.len() as u64,
         causes,
         attributes: correlate_attributes(&bad, &baseline),
@@ -567,7 +585,7 @@ struct Analysed {
     /// Self time on the critical path per (service, operation).
     self_on_path: HashMap<(String, String), i64>,
     failed: HashSet<(String, String)>,
-    verdict: Option<(String, String, CauseKind)>,
+    verdict: Option<Verdict>,
     attributes: HashSet<(String, String)>,
     tree: TraceTree,
     path: Vec<PathStep>,
@@ -624,14 +642,26 @@ fn slow_class_weight(sigma: Option<f64>) -> f64 {
     sigma.map_or(1.0, |z| ((z - 4.0) / 4.0).clamp(0.05, 1.0))
 }
 
+/// Where one bad trace's trouble came from.
+struct Verdict {
+    service: String,
+    operation: String,
+    kind: CauseKind,
+    /// A slow trace: how far the blamed operation's self time on the
+    /// critical path exceeded its baseline mean, in nanoseconds.
+    excess_ns: Option<f64>,
+}
+
 /// Which operation a bad trace's trouble came from.
-fn verdict(
-    trace: &Analysed,
-    baseline_self: &HashMap<(String, String), f64>,
-) -> Option<(String, String, CauseKind)> {
-    let name = |span: usize| {
+fn verdict(trace: &Analysed, baseline_self: &HashMap<(String, String), f64>) -> Option<Verdict> {
+    let blame = |span: usize, kind: CauseKind| {
         let s = &trace.tree.spans[span];
-        (s.service.clone(), s.operation.clone())
+        Verdict {
+            service: s.service.clone(),
+            operation: s.operation.clone(),
+            kind,
+            excess_ns: None,
+        }
     };
     match trace.class {
         Class::Baseline => None,
@@ -656,14 +686,8 @@ fn verdict(
                     trace.tree.gave_up_on(origin, waited) || (usual > 0.0 && took > 3.0 * usual)
                 });
             Some(match waited {
-                Some(waited) => {
-                    let (service, operation) = name(waited);
-                    (service, operation, CauseKind::Latency)
-                }
-                None => {
-                    let (service, operation) = name(origin);
-                    (service, operation, CauseKind::Error)
-                }
+                Some(waited) => blame(waited, CauseKind::Latency),
+                None => blame(origin, CauseKind::Error),
             })
         }
         Class::Slow => trace
@@ -677,8 +701,11 @@ fn verdict(
             })
             .filter(|(_, excess)| *excess > 0.0)
             .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|((service, operation), _)| {
-                (service.clone(), operation.clone(), CauseKind::Latency)
+            .map(|((service, operation), excess)| Verdict {
+                service: service.clone(),
+                operation: operation.clone(),
+                kind: CauseKind::Latency,
+                excess_ns: Some(excess),
             }),
     }
 }
@@ -703,15 +730,32 @@ fn rank(traces: &[Analysed], sample: &Sample) -> Vec<Cause> {
         }
     };
     let bad_population = population(Class::Error) + slow_weight * population(Class::Slow);
+    // Slow traces vote with the time they explain, not one vote each: a
+    // fault that adds 300 ms to 2 % of requests must outrank the service
+    // that happens to be a few milliseconds over its mean in the chance
+    // slow traces around them. The slow class's votes still sum to its
+    // weighted population.
+    let slow_excess: Vec<f64> = traces
+        .iter()
+        .filter(|t| t.class == Class::Slow)
+        .map(|t| t.verdict.as_ref().and_then(|v| v.excess_ns).unwrap_or(0.0))
+        .collect();
+    let mean_slow_excess = slow_excess.iter().sum::<f64>() / slow_excess.len().max(1) as f64;
+    let vote = |trace: &Analysed| match trace.verdict.as_ref().and_then(|v| v.excess_ns) {
+        Some(excess) if trace.class == Class::Slow && mean_slow_excess > 0.0 => {
+            weight(Class::Slow) * excess / mean_slow_excess
+        }
+        _ => weight(trace.class),
+    };
     // A fault in a service shows in each of its operations; the cause is
     // the service, with its operations listed by how many traces they explain.
     let mut verdicts: BTreeMap<(String, CauseKind), Vec<(&Analysed, &str)>> = BTreeMap::new();
     for trace in traces {
-        if let Some((service, operation, kind)) = &trace.verdict {
+        if let Some(verdict) = &trace.verdict {
             verdicts
-                .entry((service.clone(), *kind))
+                .entry((verdict.service.clone(), verdict.kind))
                 .or_default()
-                .push((trace, operation.as_str()));
+                .push((trace, verdict.operation.as_str()));
         }
     }
     let bad: Vec<&Analysed> = traces
@@ -740,7 +784,7 @@ fn rank(traces: &[Analysed], sample: &Sample) -> Vec<Cause> {
     let mut causes: Vec<Cause> = verdicts
         .into_iter()
         .filter_map(|((service, kind), explained)| {
-            let weighted: f64 = explained.iter().map(|(t, _)| weight(t.class)).sum();
+            let weighted: f64 = explained.iter().map(|(t, _)| vote(t)).sum();
             let score = if bad_population > 0.0 {
                 weighted / bad_population
             } else {
@@ -951,30 +995,37 @@ async fn sample_traces(
         ),
         None => String::new(),
     };
+    // Unsettled traces are counted (one row of their class comes back with
+    // the count) but neither sampled nor part of the slow threshold.
     let sql = format!(
         "WITH traces AS ( \
            SELECT trace_id, \
                   CAST(max(end_time) AS BIGINT) - CAST(min(start_time) AS BIGINT) AS duration_ns, \
+                  CAST(max(end_time) AS BIGINT) > {settled} AS unsettled, \
                   max(CASE WHEN status_code = 'ERROR' AND (kind <> 'CLIENT' OR parent_span_id IS NULL) \
                            THEN 1 ELSE 0 END) AS failed \
            FROM spans WHERE {window}{through_service} GROUP BY trace_id), \
-         threshold AS (SELECT approx_percentile_cont(duration_ns, {q}) AS slow_ns FROM traces), \
+         threshold AS ( \
+           SELECT approx_percentile_cont(duration_ns, {q}) AS slow_ns FROM traces WHERE NOT unsettled), \
          classified AS ( \
            SELECT t.trace_id, t.duration_ns, CAST(th.slow_ns AS BIGINT) AS slow_ns, \
-                  CASE WHEN t.failed = 1 THEN 'error' \
+                  CASE WHEN t.unsettled THEN 'unsettled' \
+                       WHEN t.failed = 1 THEN 'error' \
                        WHEN t.duration_ns > th.slow_ns THEN 'slow' ELSE 'baseline' END AS class \
            FROM traces t CROSS JOIN threshold th) \
          SELECT trace_id, duration_ns, slow_ns, class, class_traces FROM ( \
            SELECT c.*, row_number() OVER (PARTITION BY class ORDER BY trace_id) AS n, \
                   count(*) OVER (PARTITION BY class) AS class_traces \
            FROM classified c) \
-         WHERE n <= {n}",
+         WHERE n <= {n} AND (class <> 'unsettled' OR n = 1)",
+        settled = request.settled_before_ns,
         q = request.slow_quantile,
         n = request.sample_per_class
     );
     let result = engine.sql_internal(&sql).await?;
     let mut sample = Sample {
         class_traces: HashMap::new(),
+        unsettled_traces: 0,
         slow_threshold_ns: None,
         traces: Vec::new(),
     };
@@ -986,6 +1037,10 @@ async fn sample_traces(
         let totals = i64s(batch, "class_traces")?;
         for row in 0..batch.num_rows() {
             let class = match classes[row].as_deref() {
+                Some("unsettled") => {
+                    sample.unsettled_traces = totals[row].unwrap_or(0).max(0) as u64;
+                    continue;
+                }
                 Some("error") => Class::Error,
                 Some("slow") => Class::Slow,
                 _ => Class::Baseline,
@@ -1015,7 +1070,7 @@ async fn load_error_logs(
         trace
             .verdict
             .as_ref()
-            .is_some_and(|(service, _, kind)| *service == cause.service && *kind == cause.kind)
+            .is_some_and(|v| v.service == cause.service && v.kind == cause.kind)
     };
     let explained: HashSet<&str> = causes
         .iter()

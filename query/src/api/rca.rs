@@ -1,5 +1,5 @@
 //! `GET /api/v1/analysis/rca`: root cause of one trace (`?trace_id=`) or of
-//! a window (`?start=&end=[&service=][&slow_quantile=][&sample=]`).
+//! a window (`?start=&end=[&service=][&slow_quantile=][&sample=][&settle=]`).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
-use super::params::parse_trace_id;
+use super::params::{now_nanos, parse_duration, parse_trace_id};
 use super::search::{time_window, DEFAULT_LOOKBACK_NS};
 use super::{ApiError, ApiResult, TenantEngine};
 use crate::analysis::rca::{self, WindowRequest};
@@ -21,6 +21,7 @@ pub(super) struct RcaParams {
     service: Option<String>,
     slow_quantile: Option<f64>,
     sample: Option<usize>,
+    settle: Option<String>,
 }
 
 /// The most traces of each class (failed, slow, baseline) a window analysis reads.
@@ -32,9 +33,13 @@ pub(super) async fn rca(
 ) -> ApiResult {
     let Query(params) = params?;
     if let Some(trace_id) = params.trace_id.as_deref().filter(|t| !t.is_empty()) {
-        if params.start.is_some() || params.end.is_some() || params.service.is_some() {
+        if params.start.is_some()
+            || params.end.is_some()
+            || params.service.is_some()
+            || params.settle.is_some()
+        {
             return Err(ApiError::bad_request(
-                "trace_id analyses one trace; start, end and service belong to a window analysis",
+                "trace_id analyses one trace; start, end, service and settle belong to a window analysis",
             ));
         }
         let trace_id = parse_trace_id(trace_id).map_err(ApiError::bad_request)?;
@@ -62,12 +67,17 @@ pub(super) async fn rca(
             "sample={sample_per_class} must be between 1 and {MAX_SAMPLE}"
         )));
     }
+    let settle_ns = match params.settle.as_deref() {
+        Some(settle) => parse_duration("settle", settle).map_err(ApiError::bad_request)?,
+        None => WindowRequest::DEFAULT_SETTLE_NS,
+    };
     let request = WindowRequest {
         start_ns,
         end_ns,
         service: params.service.filter(|s| !s.is_empty()),
         slow_quantile,
         sample_per_class,
+        settled_before_ns: now_nanos().saturating_sub(settle_ns),
     };
     Ok(Json(rca::window(&engine, &request).await?).into_response())
 }
