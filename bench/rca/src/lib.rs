@@ -102,6 +102,11 @@ pub struct Workload {
 /// Generates the scenario's traffic, `start_ms` being the first request's
 /// unix time in milliseconds; requests come every 100 ms.
 pub fn generate(scenario: &Scenario, start_ms: u64) -> Workload {
+    generate_every(scenario, start_ms, 100.0)
+}
+
+/// [`generate`] with requests `every_ms` apart.
+pub fn generate_every(scenario: &Scenario, start_ms: u64, every_ms: f64) -> Workload {
     let mut rng = fastrand::Rng::with_seed(scenario.seed);
     let mut workload = Workload::default();
     for i in 0..scenario.requests {
@@ -128,7 +133,7 @@ pub fn generate(scenario: &Scenario, start_ms: u64) -> Workload {
             hit.then_some(&scenario.injection.fault),
             scenario.seed,
             i,
-            start_ms + i as u64 * 100,
+            start_ms + (i as f64 * every_ms) as u64,
         );
     }
     workload

@@ -515,9 +515,12 @@ pub async fn window(
     engine: &QueryEngine,
     request: &WindowRequest,
 ) -> Result<WindowReport, QueryError> {
+    let started = std::time::Instant::now();
     let sample = sample_traces(engine, request).await?;
+    let classified = started.elapsed();
     let ids: Vec<String> = sample.traces.iter().map(|(id, _, _)| id.clone()).collect();
     let mut loaded = load_traces(engine, &ids).await?;
+    let read = started.elapsed();
 
     let mut analysed: Vec<Analysed> = Vec::new();
     for (id, class, duration) in &sample.traces {
@@ -562,6 +565,14 @@ pub async fn window(
         .filter(|t| t.class == Class::Baseline)
         .collect();
     let count = |class| sample.class_traces.get(&class).copied().unwrap_or(0);
+    tracing::debug!(
+        traces = count(Class::Error) + count(Class::Slow) + count(Class::Baseline),
+        sampled = analysed.len(),
+        ?classified,
+        read_sample = ?read - classified,
+        analysed = ?started.elapsed() - read,
+        "window root-cause analysis"
+    );
     Ok(WindowReport {
         start: rfc3339(request.start_ns),
         end: rfc3339(request.end_ns),
@@ -996,7 +1007,10 @@ async fn sample_traces(
         None => String::new(),
     };
     // Unsettled traces are counted (one row of their class comes back with
-    // the count) but neither sampled nor part of the slow threshold.
+    // the count) but neither sampled nor part of the slow threshold. The
+    // threshold is a window aggregate over all traces rather than a join
+    // with a one-row aggregate: DataFusion would compute the per-trace
+    // summary twice and hold all of it in the join's build side.
     let sql = format!(
         "WITH traces AS ( \
            SELECT trace_id, \
@@ -1005,14 +1019,16 @@ async fn sample_traces(
                   max(CASE WHEN status_code = 'ERROR' AND (kind <> 'CLIENT' OR parent_span_id IS NULL) \
                            THEN 1 ELSE 0 END) AS failed \
            FROM spans WHERE {window}{through_service} GROUP BY trace_id), \
-         threshold AS ( \
-           SELECT approx_percentile_cont(duration_ns, {q}) AS slow_ns FROM traces WHERE NOT unsettled), \
+         thresholded AS ( \
+           SELECT t.*, CAST(approx_percentile_cont( \
+                    CASE WHEN unsettled THEN NULL ELSE duration_ns END, {q}) OVER () AS BIGINT) AS slow_ns \
+           FROM traces t), \
          classified AS ( \
-           SELECT t.trace_id, t.duration_ns, CAST(th.slow_ns AS BIGINT) AS slow_ns, \
-                  CASE WHEN t.unsettled THEN 'unsettled' \
-                       WHEN t.failed = 1 THEN 'error' \
-                       WHEN t.duration_ns > th.slow_ns THEN 'slow' ELSE 'baseline' END AS class \
-           FROM traces t CROSS JOIN threshold th) \
+           SELECT trace_id, duration_ns, slow_ns, \
+                  CASE WHEN unsettled THEN 'unsettled' \
+                       WHEN failed = 1 THEN 'error' \
+                       WHEN duration_ns > slow_ns THEN 'slow' ELSE 'baseline' END AS class \
+           FROM thresholded) \
          SELECT trace_id, duration_ns, slow_ns, class, class_traces FROM ( \
            SELECT c.*, row_number() OVER (PARTITION BY class ORDER BY trace_id) AS n, \
                   count(*) OVER (PARTITION BY class) AS class_traces \

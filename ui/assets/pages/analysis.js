@@ -167,9 +167,14 @@ function rootCause(report) {
     stat('Slow', formatCount(report.slow_traces), { id: 'rca-slow' }),
     stat('Slow threshold', report.slow_threshold_ns === null || report.slow_threshold_ns === undefined
       ? '–' : `> ${formatDuration(report.slow_threshold_ns)}`),
-    stat('Analysed', `${formatCount(report.sampled)} sampled`));
+    stat('Analysed', `${formatCount(report.sampled)} sampled`),
+    // Traces that ended moments ago may still miss spans sitting in exporters' batches.
+    report.unsettled_traces ? stat('Still arriving', `${formatCount(report.unsettled_traces)} left out`,
+      { id: 'rca-unsettled', title: 'Traces that ended in the last seconds wait until all their spans can have arrived' }) : null);
   if (!report.traces) {
-    return [stats, notice('empty', `No traces in this window${scope}. Widen the time range or choose another service.`)];
+    const settling = report.unsettled_traces
+      ? ` ${plural(report.unsettled_traces, 'trace')} that just ended will be analysed once their spans have all arrived.` : '';
+    return [stats, notice('empty', `No traces in this window${scope}.${settling} Widen the time range or choose another service.`)];
   }
   if (!bad) {
     return [stats, notice('empty', `No bad traces: nothing to explain. None of the ${plural(report.traces, 'trace')}${scope} ` +
