@@ -746,6 +746,92 @@ fn tcp_streams_are_tunnelled_and_permissions_apply_per_connection() {
     });
 }
 
+/// A WebSocket app: echoes every text message back.
+fn websocket_echo_app() -> App {
+    use futures::{SinkExt, StreamExt};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() && ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    App {
+        addr,
+        _runtime: runtime,
+    }
+}
+
+#[test]
+fn websockets_cross_the_mesh_and_permissions_apply_to_them() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let control_plane = ControlPlane::start(dir.path(), MESH);
+    let feed_app = websocket_echo_app();
+    let _feed = Sidecar::start(&control_plane, "crm-feed", feed_app.addr, "http", &[]);
+    let conductor_app = echo_app("crm-conductor");
+    let conductor = Sidecar::start(
+        &control_plane,
+        "crm-conductor",
+        conductor_app.addr,
+        "http",
+        &["crm-feed"],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("ws://{}/live/opportunities", conductor.outbound["crm-feed"]);
+    // The echoed messages, or the status the handshake was refused with.
+    let exchange = || -> Result<Vec<String>, Option<u16>> {
+        runtime.block_on(async {
+            let (mut ws, response) = match tokio_tungstenite::connect_async(&url).await {
+                Ok(connected) => connected,
+                Err(Error::Http(response)) => return Err(Some(response.status().as_u16())),
+                Err(_) => return Err(None),
+            };
+            assert_eq!(response.status(), 101);
+            let mut echoed = Vec::new();
+            for text in ["opportunity 1 won", "opportunity 2 lost"] {
+                ws.send(Message::text(text)).await.map_err(|_| None)?;
+                let message = ws.next().await.ok_or(None)?.map_err(|_| None)?;
+                echoed.push(message.into_text().map_err(|_| None)?.to_string());
+            }
+            let _ = ws.close(None).await;
+            Ok(echoed)
+        })
+    };
+    eventually("messages both ways through the mesh", || {
+        exchange()
+            == Ok(vec![
+                "opportunity 1 won".into(),
+                "opportunity 2 lost".into(),
+            ])
+    });
+
+    control_plane.put_policies("traffic_permissions: {enabled: true}");
+    eventually("the handshake refused by the callee's sidecar", || {
+        exchange() == Err(Some(403))
+    });
+}
+
 #[test]
 fn a_busy_port_or_a_bad_flag_stops_the_sidecar_with_the_reason() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -14,12 +14,12 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioIo;
 use opentelemetry::{Context, KeyValue};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::ServiceConfig;
-use weft_proxy::headers::{remove_hop_by_hop, upgrade_protocol};
+use weft_proxy::headers::remove_hop_by_hop;
+use weft_proxy::upgrade;
 use weft_proxy::{end_span, Telemetry};
 
 use crate::http::{
@@ -120,15 +120,14 @@ impl Forwarder {
             .map_or("http", |s| s.0);
         let path = self.upstream_path(&request, matched.as_deref());
         let preserve_host = matched.as_ref().is_some_and(|m| m.route.preserve_host);
-        let upgrade = upgrade_protocol(request.headers());
+        let upgrade = upgrade::requested_protocol(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
 
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers.clone();
         remove_hop_by_hop(&mut headers);
         if let Some(protocol) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
+            upgrade::ask_again(&mut headers, protocol);
         }
         if let Some(ip) = client_ip {
             let forwarded_for = match parts
@@ -340,19 +339,14 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
     }
 }
 
-/// Joins the client's and the target's upgraded connections.
+/// Joins the client's and the target's upgraded connections; the target
+/// counts the connection as in flight until it ends.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     in_flight: crate::upstream::InFlight,
 ) {
-    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
-        return;
-    };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection ended");
-    }
+    upgrade::join(client, upstream).await;
     drop(in_flight);
 }
 

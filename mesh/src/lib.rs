@@ -19,7 +19,7 @@
 //! tokens](tokens) bound to their service, and it serves its API over TLS
 //! when given a certificate.
 //!
-//! Not here: locality-aware balancing, WebSocket upgrades across the mesh.
+//! Not here: locality-aware balancing.
 
 pub mod api;
 mod ca;

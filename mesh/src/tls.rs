@@ -21,10 +21,29 @@ use rustls::{
 
 use crate::spiffe::SpiffeId;
 
-/// ALPN of HTTP between sidecars: always HTTP/2, whatever the apps speak.
-pub(crate) const ALPN_HTTP: &[u8] = b"h2";
-/// ALPN of a plain TCP stream tunnelled between sidecars.
-pub(crate) const ALPN_TCP: &[u8] = b"weft-tcp";
+/// What a connection between two sidecars carries, agreed by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Wire {
+    /// HTTP between sidecars: HTTP/2, whatever the apps speak, so one
+    /// connection carries many requests.
+    Http2,
+    /// One HTTP/1.1 request that switches protocols (a WebSocket): an
+    /// upgrade cannot share a multiplexed HTTP/2 connection, so it gets a
+    /// connection of its own, as Linkerd does it.
+    Http1Upgrade,
+    /// A plain TCP stream tunnelled between sidecars.
+    Tcp,
+}
+
+impl Wire {
+    fn alpn(self) -> &'static [u8] {
+        match self {
+            Wire::Http2 => b"h2",
+            Wire::Http1Upgrade => b"http/1.1",
+            Wire::Tcp => b"weft-tcp",
+        }
+    }
+}
 
 /// Why a certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +96,7 @@ impl MeshTls {
         let roots = Arc::new(roots);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = PrivateKeyDer::Pkcs8(key_der.into());
-        let server = |alpn: &[u8]| -> Result<Arc<ServerConfig>, TlsError> {
+        let server = |wires: &[Wire]| -> Result<Arc<ServerConfig>, TlsError> {
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .build()
@@ -88,12 +107,12 @@ impl MeshTls {
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain.clone(), key.clone_key())
                 .map_err(|e| error(&e))?;
-            config.alpn_protocols = vec![alpn.to_vec()];
+            config.alpn_protocols = wires.iter().map(|w| w.alpn().to_vec()).collect();
             Ok(Arc::new(config))
         };
         Ok(Self {
-            server_http: server(ALPN_HTTP)?,
-            server_tcp: server(ALPN_TCP)?,
+            server_http: server(&[Wire::Http2, Wire::Http1Upgrade])?,
+            server_tcp: server(&[Wire::Tcp])?,
             identity,
             not_after,
             generation,
@@ -118,7 +137,7 @@ impl MeshTls {
     pub(crate) fn client_config(
         &self,
         expected: SpiffeId,
-        tcp: bool,
+        wire: Wire,
     ) -> Result<Arc<ClientConfig>, TlsError> {
         let verifier = SpiffeVerifier {
             expected,
@@ -132,7 +151,7 @@ impl MeshTls {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError(e.to_string()))?;
-        config.alpn_protocols = vec![if tcp { ALPN_TCP } else { ALPN_HTTP }.to_vec()];
+        config.alpn_protocols = vec![wire.alpn().to_vec()];
         Ok(Arc::new(config))
     }
 }

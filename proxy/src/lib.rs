@@ -5,7 +5,7 @@
 //! OpenTelemetry SDK, exported over OTLP from bounded queues that the request
 //! path never waits on, with a [`TelemetryCollector`] for `/metrics`.
 //! [`headers`] holds the HTTP header rules every hop applies (hop-by-hop
-//! headers, upgrades), [`accept_until`] the accept loop with graceful
+//! headers), [`upgrade`] carries WebSockets across a hop, [`accept_until`] the accept loop with graceful
 //! shutdown, and [`message_response`] the shape of a proxy's own answers.
 //!
 //! Not here: routing, balancing or anything else one proxy does and the other
@@ -15,6 +15,7 @@ pub mod headers;
 mod listener;
 mod response;
 mod telemetry;
+pub mod upgrade;
 
 pub use crate::listener::accept_until;
 pub use crate::response::message_response;

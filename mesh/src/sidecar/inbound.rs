@@ -14,7 +14,7 @@ use opentelemetry::{Context, KeyValue};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, end_span, message_response, Telemetry};
+use weft_proxy::{accept_until, end_span, message_response, upgrade, Telemetry};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -80,7 +80,7 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |request| {
         handle(shared.clone(), peer.clone(), remote, request)
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(error = %e, %remote, "inbound connection ended with an error");
     }
@@ -198,10 +198,17 @@ async fn forward_to_app(
     telemetry: &Telemetry,
     cx: &Context,
     peer: &SpiffeId,
-    request: http::Request<hyper::body::Incoming>,
+    mut request: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
+    // A protocol switch (a WebSocket) needs HTTP/1.1 to the app.
+    let switch = upgrade::requested_protocol(request.headers())
+        .filter(|_| shared.app_protocol == AppProtocol::Http);
+    let caller_upgrade = switch.is_some().then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = &switch {
+        upgrade::ask_again(&mut parts.headers, protocol);
+    }
     telemetry.inject(cx, &mut parts.headers);
     // Envoy's header: who called, as the mesh proved it. Whatever the caller
     // put there is replaced.
@@ -233,6 +240,14 @@ async fn forward_to_app(
     }
     let request = http::Request::from_parts(parts, Body::new(body));
     match shared.app_client.request(request).await {
+        Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            if let Some(caller_upgrade) = caller_upgrade {
+                let app_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(upgrade::join(caller_upgrade, app_upgrade));
+            }
+            let (parts, body) = response.into_parts();
+            http::Response::from_parts(parts, Body::new(body))
+        }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers);

@@ -2,7 +2,9 @@
 //! mTLS to a sidecar of that service that proves to be it.
 //!
 //! HTTP goes over one multiplexed HTTP/2 connection per endpoint, kept open
-//! and replaced when it closes; TCP gets a tunnel per connection.
+//! and replaced when it closes; a request that switches protocols (a
+//! WebSocket) gets an HTTP/1.1 connection of its own, joined to the app's
+//! after the `101`; TCP gets a tunnel per connection.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -22,11 +24,12 @@ use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, end_span, message_response};
+use weft_proxy::{accept_until, end_span, message_response, upgrade};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
 use crate::spiffe::SpiffeId;
+use crate::tls::Wire;
 
 /// Calls to one service.
 pub(crate) struct Destination {
@@ -35,7 +38,7 @@ pub(crate) struct Destination {
     connections: Mutex<HashMap<SocketAddr, SendRequest<Body>>>,
     /// Client configs by protocol, with the TLS generation they were built
     /// from (a renewed certificate means new ones).
-    client_configs: Mutex<HashMap<bool, (u64, Arc<ClientConfig>)>>,
+    client_configs: Mutex<HashMap<Wire, (u64, Arc<ClientConfig>)>>,
 }
 
 /// Why an attempt failed before a response came back.
@@ -76,7 +79,7 @@ pub(super) async fn serve(
                 handle(shared.clone(), destination.clone(), client, request)
             });
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             tokio::spawn(async move {
                 if let Err(e) = watcher.watch(connection).await {
@@ -92,12 +95,14 @@ async fn handle(
     shared: Arc<Shared>,
     destination: Arc<Destination>,
     client: SocketAddr,
-    request: http::Request<hyper::body::Incoming>,
+    mut request: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Body>, Infallible> {
     let started = Instant::now();
     let snapshot = shared.config.load_full();
     let telemetry = shared.telemetry.load_full();
     let to = destination.service.as_str();
+    let switch = upgrade::requested_protocol(request.headers());
+    let mut app_upgrade = switch.is_some().then(|| hyper::upgrade::on(&mut request));
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let parent = telemetry.extract(request.headers());
@@ -117,6 +122,9 @@ async fn handle(
     let (connect_timeout, request_timeout) = snapshot.policies.timeouts(to);
     let (mut parts, body) = request.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = &switch {
+        upgrade::ask_again(&mut parts.headers, protocol);
+    }
     telemetry.inject(&cx, &mut parts.headers);
     let path_and_query = parts
         .uri
@@ -148,7 +156,11 @@ async fn handle(
         let mut request = http::Request::new(body.take().unwrap_or_else(Body::empty));
         *request.method_mut() = method.clone();
         *request.headers_mut() = parts.headers.clone();
-        *request.version_mut() = http::Version::HTTP_2;
+        *request.version_mut() = if switch.is_some() {
+            http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_2
+        };
         *request.uri_mut() = match format!("http://{to}{path_and_query}").parse() {
             Ok(uri) => uri,
             Err(_) => {
@@ -166,6 +178,14 @@ async fn handle(
         )
         .await;
         match outcome {
+            Ok(Ok(mut response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                if let Some(app_upgrade) = app_upgrade.take() {
+                    let callee_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(upgrade::join(app_upgrade, callee_upgrade));
+                }
+                answer = Some(response);
+                break;
+            }
             Ok(Ok(response)) => {
                 let retryable = matches!(response.status().as_u16(), 502..=504);
                 answer = Some(response);
@@ -250,19 +270,19 @@ impl Destination {
         &self,
         shared: &Shared,
         expected: &SpiffeId,
-        tcp: bool,
+        wire: Wire,
     ) -> Result<Arc<ClientConfig>, String> {
         let tls = shared.tls.load();
         let mut configs = self.client_configs.lock();
-        if let Some((generation, config)) = configs.get(&tcp) {
+        if let Some((generation, config)) = configs.get(&wire) {
             if *generation == tls.generation {
                 return Ok(config.clone());
             }
         }
         let config = tls
-            .client_config(expected.clone(), tcp)
+            .client_config(expected.clone(), wire)
             .map_err(|e| e.to_string())?;
-        configs.insert(tcp, (tls.generation, config.clone()));
+        configs.insert(wire, (tls.generation, config.clone()));
         Ok(config)
     }
 
@@ -272,9 +292,9 @@ impl Destination {
         expected: &SpiffeId,
         endpoint: SocketAddr,
         connect_timeout: Duration,
-        tcp: bool,
+        wire: Wire,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-        let config = self.client_config(shared, expected, tcp)?;
+        let config = self.client_config(shared, expected, wire)?;
         let connect = async {
             let stream = TcpStream::connect(endpoint)
                 .await
@@ -309,7 +329,7 @@ impl Destination {
             }
         }
         let stream = self
-            .connect_tls(shared, expected, endpoint, connect_timeout, false)
+            .connect_tls(shared, expected, endpoint, connect_timeout, Wire::Http2)
             .await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -334,6 +354,12 @@ impl Destination {
         connect_timeout: Duration,
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, AttemptError> {
+        // `handle` sends only protocol switches as HTTP/1.1.
+        if request.version() == http::Version::HTTP_11 {
+            return self
+                .send_switching(shared, expected, endpoint, connect_timeout, request)
+                .await;
+        }
         let mut sender = self
             .sender(shared, expected, endpoint, connect_timeout)
             .await
@@ -350,6 +376,46 @@ impl Destination {
         remove_hop_by_hop(&mut parts.headers);
         Ok(http::Response::from_parts(parts, Body::new(body)))
     }
+
+    /// A request that asks to switch protocols, on an HTTP/1.1 connection
+    /// of its own that becomes the switched protocol's after a `101`.
+    async fn send_switching(
+        &self,
+        shared: &Shared,
+        expected: &SpiffeId,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, AttemptError> {
+        let stream = self
+            .connect_tls(
+                shared,
+                expected,
+                endpoint,
+                connect_timeout,
+                Wire::Http1Upgrade,
+            )
+            .await
+            .map_err(AttemptError::Connect)?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| AttemptError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "mesh upgrade connection closed");
+            }
+        });
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| AttemptError::Send(e.to_string()))?;
+        let (mut parts, body) = response.into_parts();
+        // A 101 keeps `Connection` and `Upgrade`: the app's client needs them.
+        if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            remove_hop_by_hop(&mut parts.headers);
+        }
+        Ok(http::Response::from_parts(parts, Body::new(body)))
+    }
 }
 
 /// A TCP connection from the app, tunnelled to a sidecar of the service.
@@ -363,7 +429,7 @@ async fn tunnel(shared: Arc<Shared>, destination: Arc<Destination>, mut app: Tcp
     for attempt in 0..endpoints.len() {
         let endpoint = endpoints[(first + attempt) % endpoints.len()];
         match destination
-            .connect_tls(&shared, &expected, endpoint, connect_timeout, true)
+            .connect_tls(&shared, &expected, endpoint, connect_timeout, Wire::Tcp)
             .await
         {
             Ok(mut stream) => {
