@@ -24,9 +24,10 @@
 //!    many traces each class stands for, into a score: the share of bad
 //!    traces that suspect explains — a slow trace's vote scaled by the time
 //!    its verdict explains, against the mean of the slow traces, so that a
-//!    few far-out traces outweigh many a little over. Slow traces count less when the window's
-//!    slow tail is no further out than healthy traffic's always is
-//!    ([`slow_tail_sigma`]), so background variance does not outrank errors.
+//!    few far-out traces outweigh many a little over. Slow traces count
+//!    less when the window's slow tail is no further out than healthy
+//!    traffic's always is ([`slow_tail_sigma`]), so background variance
+//!    does not outrank errors.
 //!    Evidence is attached: error rates with a chi-square test, the self-time
 //!    shift with a Kolmogorov–Smirnov test and its share of the end-to-end
 //!    increase, the attribute values over-represented in the traces it
