@@ -261,7 +261,6 @@ fn mesh(yaml: &str, outbound: &[&str]) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let control_plane = ControlPlane::start(dir.path(), yaml);
     let database_app = echo_app("crm-database");
-    let conductor_app = echo_app("crm-conductor");
     let database = Sidecar::start(
         &control_plane,
         "crm-database",
@@ -269,13 +268,7 @@ fn mesh(yaml: &str, outbound: &[&str]) -> Mesh {
         "http",
         &[],
     );
-    let conductor = Sidecar::start(
-        &control_plane,
-        "crm-conductor",
-        conductor_app.addr,
-        "http",
-        outbound,
-    );
+    let (conductor, conductor_app) = conductor(&control_plane, outbound);
     let c = client();
     eventually(
         "the conductor's sidecar to learn where crm-database is",
@@ -295,6 +288,14 @@ fn mesh(yaml: &str, outbound: &[&str]) -> Mesh {
 }
 
 const MESH: &str = "mesh: crm\n";
+
+/// `crm-conductor`'s sidecar, with outbound listeners to `outbound`, and
+/// the echo app behind it (the test plays the app when it calls out).
+fn conductor(control_plane: &ControlPlane, outbound: &[&str]) -> (Sidecar, App) {
+    let app = echo_app("crm-conductor");
+    let sidecar = Sidecar::start(control_plane, "crm-conductor", app.addr, "http", outbound);
+    (sidecar, app)
+}
 
 #[test]
 fn calls_cross_the_mesh_over_mtls_and_other_clients_are_refused() {
@@ -713,14 +714,7 @@ fn tcp_streams_are_tunnelled_and_permissions_apply_per_connection() {
     let control_plane = ControlPlane::start(dir.path(), MESH);
     let cache_app = tcp_echo_app();
     let cache = Sidecar::start(&control_plane, "crm-cache", cache_app.addr, "tcp", &[]);
-    let conductor_app = echo_app("crm-conductor");
-    let conductor = Sidecar::start(
-        &control_plane,
-        "crm-conductor",
-        conductor_app.addr,
-        "http",
-        &["crm-cache"],
-    );
+    let (conductor, _conductor_app) = conductor(&control_plane, &["crm-cache"]);
     let roundtrip = |payload: &[u8]| -> Vec<u8> {
         let mut stream = std::net::TcpStream::connect(conductor.outbound["crm-cache"]).unwrap();
         stream
@@ -786,14 +780,7 @@ fn websockets_cross_the_mesh_and_permissions_apply_to_them() {
     let control_plane = ControlPlane::start(dir.path(), MESH);
     let feed_app = websocket_echo_app();
     let _feed = Sidecar::start(&control_plane, "crm-feed", feed_app.addr, "http", &[]);
-    let conductor_app = echo_app("crm-conductor");
-    let conductor = Sidecar::start(
-        &control_plane,
-        "crm-conductor",
-        conductor_app.addr,
-        "http",
-        &["crm-feed"],
-    );
+    let (conductor, _conductor_app) = conductor(&control_plane, &["crm-feed"]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -172,11 +172,18 @@ async fn handle(
             }
         };
         let last = attempt + 1 == attempts as usize;
-        let outcome = tokio::time::timeout(
-            request_timeout,
-            destination.send(&shared, &expected, endpoint, connect_timeout, request),
-        )
-        .await;
+        let attempt = async {
+            if switch.is_some() {
+                destination
+                    .send_switching(&shared, &expected, endpoint, connect_timeout, request)
+                    .await
+            } else {
+                destination
+                    .send(&shared, &expected, endpoint, connect_timeout, request)
+                    .await
+            }
+        };
+        let outcome = tokio::time::timeout(request_timeout, attempt).await;
         match outcome {
             Ok(Ok(mut response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 if let Some(app_upgrade) = app_upgrade.take() {
@@ -354,12 +361,6 @@ impl Destination {
         connect_timeout: Duration,
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, AttemptError> {
-        // `handle` sends only protocol switches as HTTP/1.1.
-        if request.version() == http::Version::HTTP_11 {
-            return self
-                .send_switching(shared, expected, endpoint, connect_timeout, request)
-                .await;
-        }
         let mut sender = self
             .sender(shared, expected, endpoint, connect_timeout)
             .await
