@@ -70,6 +70,18 @@ pub struct StoreSettings {
     /// Refuse new data (503 / RESOURCE_EXHAUSTED, retryable) while this many
     /// bytes of a table wait to be flushed. Bounds memory under overload.
     pub max_buffered_bytes: usize,
+    /// How often each table is checked for small segments to merge and
+    /// expired segments to drop.
+    #[serde(with = "humantime_serde")]
+    pub compaction_interval: Duration,
+    /// Drop data once its newest row in a segment is older than this, e.g.
+    /// `7d`; unset keeps everything.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// How long files of merged or expired segments stay for queries that
+    /// were already reading them; at least `query.timeout`.
+    #[serde(with = "humantime_serde")]
+    pub deletion_grace: Duration,
 }
 
 /// TLS on every listener, from PEM files reloaded when they change.
@@ -187,6 +199,9 @@ impl Default for StoreSettings {
             flush_interval: store.flush_interval,
             flush_bytes: store.flush_bytes,
             max_buffered_bytes: store.max_buffered_bytes,
+            compaction_interval: store.compaction_interval,
+            retention: store.retention,
+            deletion_grace: store.deletion_grace,
         }
     }
 }
@@ -227,6 +242,15 @@ pub struct ServerArgs {
     /// Refuse data with 503 while this many bytes of a table are unflushed [default: 1073741824]
     #[arg(long, env = "WEFT_MAX_BUFFERED_BYTES", value_name = "BYTES")]
     pub max_buffered_bytes: Option<usize>,
+    /// Merge small segments and drop expired ones this often, e.g. 1m [default: 1m]
+    #[arg(long, env = "WEFT_COMPACTION_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub compaction_interval: Option<Duration>,
+    /// Drop segments whose newest row is older than this, e.g. 7d [default: keep everything]
+    #[arg(long, env = "WEFT_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+    /// Keep files of merged or expired segments this long for running queries [default: 2m]
+    #[arg(long, env = "WEFT_DELETION_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub deletion_grace: Option<Duration>,
     /// Cancel a query running longer than this, e.g. 30s [default: 30s]
     #[arg(long, env = "WEFT_QUERY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub query_timeout: Option<Duration>,
@@ -298,6 +322,14 @@ impl Config {
         set(&mut self.store.flush_interval, &args.flush_interval);
         set(&mut self.store.flush_bytes, &args.flush_bytes);
         set(&mut self.store.max_buffered_bytes, &args.max_buffered_bytes);
+        set(
+            &mut self.store.compaction_interval,
+            &args.compaction_interval,
+        );
+        if args.retention.is_some() {
+            self.store.retention = args.retention;
+        }
+        set(&mut self.store.deletion_grace, &args.deletion_grace);
         set(&mut self.query.timeout, &args.query_timeout);
         set(&mut self.query.max_rows, &args.query_max_rows);
         set(
@@ -347,6 +379,19 @@ impl Config {
                 self.store.max_buffered_bytes
             );
         }
+        if self.store.compaction_interval.is_zero() {
+            bail!("store.compaction_interval must be greater than 0");
+        }
+        if self.store.retention.is_some_and(|r| r.is_zero()) {
+            bail!("store.retention must be greater than 0; leave it unset to keep everything");
+        }
+        if self.store.deletion_grace < self.query.timeout {
+            bail!(
+                "store.deletion_grace ({}) must be at least query.timeout ({}): a query may read a merged segment's files until it ends",
+                humantime::format_duration(self.store.deletion_grace),
+                humantime::format_duration(self.query.timeout)
+            );
+        }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             bail!("tls.cert_file and tls.key_file go together: set both for TLS, or neither");
         }
@@ -383,6 +428,9 @@ impl Config {
             flush_interval: self.store.flush_interval,
             flush_bytes: self.store.flush_bytes,
             max_buffered_bytes: self.store.max_buffered_bytes,
+            compaction_interval: self.store.compaction_interval,
+            retention: self.store.retention,
+            deletion_grace: self.store.deletion_grace,
             ..weft_store::StoreConfig::new(&self.data_dir)
         }
     }
@@ -495,5 +543,30 @@ mod tests {
         };
         let err = Config::resolve(&args).unwrap_err().to_string();
         assert!(err.contains("store.flush_bytes"), "{err}");
+
+        let args = ServerArgs {
+            deletion_grace: Some(Duration::from_secs(10)),
+            ..Default::default()
+        };
+        let err = Config::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("store.deletion_grace (10s)"), "{err}");
+        assert!(err.contains("query.timeout (30s)"), "{err}");
+    }
+
+    #[test]
+    fn retention_is_read_from_the_file_and_unset_keeps_everything() {
+        assert_eq!(Config::default().store.retention, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.toml");
+        std::fs::write(&path, "[store]\nretention = \"7d\"\n").unwrap();
+        let args = ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(
+            config.store_config().retention,
+            Some(Duration::from_secs(7 * 86_400))
+        );
     }
 }

@@ -40,8 +40,12 @@ fn assert_exactly_once(stored: &[u64], expected: impl IntoIterator<Item = u64>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_spans_survive_sigkill_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    // Small flushes, so the kill can land before, during or after one.
-    let weft = Weft::start(dir.path(), &["--flush-bytes", "300000"]);
+    // Small flushes and frequent merges, so the kill can land before, during
+    // or after either.
+    let weft = Weft::start(
+        dir.path(),
+        &["--flush-bytes", "300000", "--compaction-interval", "50ms"],
+    );
     let url = weft.grpc_url();
     let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
     let mut clients = Vec::new();

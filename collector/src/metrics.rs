@@ -189,7 +189,7 @@ fn seconds(nanos: &AtomicU64) -> Reading {
 
 type Read = fn(&Table) -> Reading;
 
-const STORE_COUNTERS: [(&str, &str, Read); 8] = [
+const STORE_COUNTERS: [(&str, &str, Read); 13] = [
     ("weft_store_rows_appended", "Rows made durable in the WAL", |t| count(&t.stats().rows_appended)),
     ("weft_store_wal_bytes", "Bytes written to the WAL", |t| count(&t.stats().wal_bytes)),
     ("weft_store_wal_fsyncs", "WAL group commits (one fdatasync each)", |t| count(&t.stats().wal_syncs)),
@@ -206,6 +206,15 @@ const STORE_COUNTERS: [(&str, &str, Read); 8] = [
         |t| seconds(&t.stats().flush_nanos),
     ),
     ("weft_store_flush_errors", "Flushes that failed and will be retried", |t| count(&t.stats().flush_errors)),
+    ("weft_store_compactions", "Merges of small segments into one", |t| count(&t.stats().compactions)),
+    ("weft_store_segments_merged", "Segments replaced by merges", |t| count(&t.stats().segments_merged)),
+    (
+        "weft_store_compaction_seconds",
+        "Time spent merging segments (read, sort, Parquet, index, catalog)",
+        |t| seconds(&t.stats().compaction_nanos),
+    ),
+    ("weft_store_compaction_errors", "Merges that failed; their segments stay as they were", |t| count(&t.stats().compaction_errors)),
+    ("weft_store_segments_expired", "Segments dropped by retention", |t| count(&t.stats().segments_expired)),
 ];
 
 const STORE_GAUGES: [(&str, &str, Read); 2] = [

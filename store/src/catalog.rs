@@ -5,6 +5,8 @@
 //! Writing it is the commit point of a flush: segment files it does not name
 //! are leftovers of an interrupted flush and are deleted at start-up, and WAL
 //! files up to `flushed_wal_seq` are already in segments and are not replayed.
+//! A compaction commits the same way: one replace swaps its inputs for the
+//! merged segment.
 
 use std::fs;
 use std::io::Write;
@@ -25,6 +27,10 @@ pub struct SegmentEntry {
     pub rows: u64,
     /// Size of the Parquet file.
     pub bytes: u64,
+    /// Size of its rows in memory (Arrow), which bounds what merging it
+    /// costs; 0 in catalogs written before it was recorded.
+    #[serde(default)]
+    pub arrow_bytes: u64,
     /// Earliest and latest row time (span start or log time), ns since the epoch.
     pub min_time_ns: i64,
     pub max_time_ns: i64,
@@ -109,6 +115,7 @@ mod tests {
                 id: "abc".into(),
                 rows: 3,
                 bytes: 100,
+                arrow_bytes: 800,
                 min_time_ns: 1,
                 max_time_ns: 2,
                 services: vec!["crm-mobile".into()],

@@ -7,7 +7,9 @@
 //! Parquet segment ([`segment`]) with a tantivy full-text index beside it
 //! ([`index`]). The [`catalog`] lists the segments that exist and is the commit
 //! point of every flush: a segment is part of the table once the catalog names
-//! it, and only then is the WAL behind it deleted.
+//! it, and only then is the WAL behind it deleted. A compactor merges small
+//! segments and drops the ones retention has expired ([`compaction`]),
+//! committing through the catalog the same way.
 //!
 //! This crate is not a query engine: it hands readers a consistent
 //! [`TableSnapshot`] (flushed segments plus not-yet-flushed batches) and leaves
@@ -16,6 +18,7 @@
 //! HTTP live in `collector/`.
 
 pub mod catalog;
+pub mod compaction;
 pub mod convert;
 mod error;
 pub mod index;

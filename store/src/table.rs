@@ -11,22 +11,35 @@
 //! a freeze (rotate the WAL, move the active batches aside) cannot interleave
 //! with an append. Readers see `catalog segments + frozen + active` under one
 //! lock, so data is never missing or doubled across a flush.
+//!
+//! A compactor task per table merges small segments and drops expired ones
+//! (see [`compaction`](crate::compaction)). Flushes and compactions both
+//! change the catalog; they take turns on `commit_lock`, and each swaps the
+//! catalog and the in-memory state under one write lock, so a reader sees a
+//! merge's inputs or its output, never both. Files a compaction replaced stay
+//! on disk for `deletion_grace`, because queries that took their snapshot
+//! before the swap may still be reading them.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::catalog::{Catalog, SegmentEntry};
 use crate::error::{IoContext, Result, StoreError};
-use crate::{index, schema, segment, wal};
+use crate::{compaction, index, schema, segment, wal};
+
+/// Merges running at once in the process, whatever the number of tables and
+/// tenants: each holds up to `flush_bytes` of input in memory.
+static MERGES: Semaphore = Semaphore::const_new(1);
 
 /// The kinds of telemetry weft stores, one table each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,6 +81,13 @@ pub struct StoreConfig {
     pub max_buffered_bytes: usize,
     /// Appends that may wait for the WAL thread before new ones are refused.
     pub commit_queue_len: usize,
+    /// How often the compactor looks for segments to merge or expire.
+    pub compaction_interval: Duration,
+    /// Drop segments whose newest row is older than this; `None` keeps everything.
+    pub retention: Option<Duration>,
+    /// How long the files of a segment that compaction or retention removed
+    /// stay on disk, for queries that started before; longer than any query runs.
+    pub deletion_grace: Duration,
 }
 
 impl StoreConfig {
@@ -78,6 +98,9 @@ impl StoreConfig {
             flush_bytes: 128 * 1024 * 1024,
             max_buffered_bytes: 1024 * 1024 * 1024,
             commit_queue_len: 4096,
+            compaction_interval: Duration::from_secs(60),
+            retention: None,
+            deletion_grace: Duration::from_secs(120),
         }
     }
 }
@@ -94,6 +117,13 @@ pub struct TableStats {
     pub segment_bytes: AtomicU64,
     pub flush_nanos: AtomicU64,
     pub flush_errors: AtomicU64,
+    /// Merges committed, and the segments they replaced.
+    pub compactions: AtomicU64,
+    pub segments_merged: AtomicU64,
+    pub compaction_nanos: AtomicU64,
+    pub compaction_errors: AtomicU64,
+    /// Segments dropped by retention.
+    pub segments_expired: AtomicU64,
 }
 
 /// What a reader sees of a table at one instant.
@@ -196,7 +226,15 @@ struct Shared {
     flushing: tokio::sync::Mutex<()>,
     closing: Notify,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stop_compactor: Notify,
+    compactor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held while the catalog is read, changed, stored and installed.
+    commit_lock: Mutex<()>,
+    /// Segments no longer in the catalog whose files wait out `deletion_grace`.
+    retired: Mutex<Vec<(Vec<String>, Instant)>>,
+    /// Segments a merge could not read (another version's schema), left as they are.
+    unmergeable: Mutex<HashSet<String>>,
     stats: TableStats,
 }
 
@@ -263,7 +301,12 @@ impl Table {
             flushing: tokio::sync::Mutex::new(()),
             closing: Notify::new(),
             flusher: Mutex::new(None),
+            stop_compactor: Notify::new(),
+            compactor: Mutex::new(None),
             writer: Mutex::new(None),
+            commit_lock: Mutex::new(()),
+            retired: Mutex::new(Vec::new()),
+            unmergeable: Mutex::new(HashSet::new()),
             stats: TableStats::default(),
         });
         let (commits, queue) = mpsc::sync_channel(config.commit_queue_len);
@@ -278,6 +321,8 @@ impl Table {
         let table = Self { shared, commits };
         let flusher = tokio::spawn(table.clone().run_flusher());
         *table.shared.flusher.lock() = Some(flusher);
+        let compactor = tokio::spawn(table.clone().run_compactor());
+        *table.shared.compactor.lock() = Some(compactor);
         Ok(table)
     }
 
@@ -383,11 +428,18 @@ impl Table {
 
     async fn shutdown(&self) -> Result<()> {
         self.shared.closing.notify_one();
+        self.shared.stop_compactor.notify_one();
         let flusher = self.shared.flusher.lock().take();
         if let Some(flusher) = flusher {
             let _ = flusher.await;
         }
+        let compactor = self.shared.compactor.lock().take();
+        if let Some(compactor) = compactor {
+            let _ = compactor.await;
+        }
         let result = self.flush().await;
+        // Every query has finished by now: nothing reads replaced files.
+        delete_retired(&self.shared, Duration::ZERO);
         let _ = self.send_command(Command::Stop).await;
         let writer = self.shared.writer.lock().take();
         if let Some(writer) = writer {
@@ -455,54 +507,260 @@ impl Table {
 fn write_frozen(shared: &Shared, frozen: Frozen) -> Result<()> {
     let started = Instant::now();
     let signal = shared.signal;
-    let mut catalog = shared.state.read().catalog.clone();
+    let mut written = None;
     if !frozen.batches.is_empty() {
         let sorted = segment::sort_for_locality(signal, &frozen.batches)?;
-        let sorted_at = Instant::now();
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let parquet = segment_path(&shared.dir, &id);
-        let written = segment::write_segment(signal, &sorted, &parquet)?;
-        let written_at = Instant::now();
-        index::build_index(signal, &sorted, &index_dir(&shared.dir, &id))?;
+        let entry = write_sorted(shared, &sorted, frozen.bytes as u64, started)?;
         let stats = &shared.stats;
         stats.segments_written.fetch_add(1, Ordering::Relaxed);
-        stats
-            .segment_rows
-            .fetch_add(written.rows, Ordering::Relaxed);
+        stats.segment_rows.fetch_add(entry.rows, Ordering::Relaxed);
         stats
             .segment_bytes
-            .fetch_add(written.bytes, Ordering::Relaxed);
-        tracing::info!(
-            table = signal.table_name(),
-            segment = %id,
-            rows = written.rows,
-            bytes = written.bytes,
-            sort_ms = (sorted_at - started).as_millis() as u64,
-            parquet_ms = (written_at - sorted_at).as_millis() as u64,
-            index_ms = written_at.elapsed().as_millis() as u64,
-            "segment written"
-        );
-        catalog.segments.push(SegmentEntry {
-            id,
-            rows: written.rows,
-            bytes: written.bytes,
-            min_time_ns: written.min_time_ns,
-            max_time_ns: written.max_time_ns,
-            services: written.services,
-        });
+            .fetch_add(entry.bytes, Ordering::Relaxed);
+        written = Some(entry);
     }
-    catalog.flushed_wal_seq = frozen.up_to_wal_seq;
-    catalog.store(&shared.dir)?;
-    {
-        let mut state = shared.state.write();
-        state.catalog = catalog;
-        state.frozen.remove(0);
-    }
+    commit_catalog(
+        shared,
+        |catalog| {
+            catalog.segments.extend(written);
+            catalog.flushed_wal_seq = frozen.up_to_wal_seq;
+        },
+        |state| {
+            state.frozen.remove(0);
+        },
+    )?;
     shared
         .stats
         .flush_nanos
         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     Ok(())
+}
+
+/// Writes `sorted` as a new segment, Parquet file then index, and returns
+/// its catalog entry. The segment is not part of the table until a catalog
+/// names it.
+fn write_sorted(
+    shared: &Shared,
+    sorted: &RecordBatch,
+    arrow_bytes: u64,
+    started: Instant,
+) -> Result<SegmentEntry> {
+    let signal = shared.signal;
+    let sorted_at = Instant::now();
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let result = segment::write_segment(signal, sorted, &segment_path(&shared.dir, &id)).and_then(
+        |written| {
+            let written_at = Instant::now();
+            index::build_index(signal, sorted, &index_dir(&shared.dir, &id))?;
+            tracing::info!(
+                table = signal.table_name(),
+                segment = %id,
+                rows = written.rows,
+                bytes = written.bytes,
+                sort_ms = (sorted_at - started).as_millis() as u64,
+                parquet_ms = (written_at - sorted_at).as_millis() as u64,
+                index_ms = written_at.elapsed().as_millis() as u64,
+                "segment written"
+            );
+            Ok(written)
+        },
+    );
+    let written = match result {
+        Ok(written) => written,
+        Err(e) => {
+            remove_segment_files(&shared.dir, &id);
+            return Err(e);
+        }
+    };
+    Ok(SegmentEntry {
+        id,
+        rows: written.rows,
+        bytes: written.bytes,
+        arrow_bytes,
+        min_time_ns: written.min_time_ns,
+        max_time_ns: written.max_time_ns,
+        services: written.services,
+    })
+}
+
+/// Changes the catalog: `change` edits a copy, which is stored durably and
+/// then installed together with `then`'s change to the in-memory state, under
+/// one write lock so readers see both or neither.
+fn commit_catalog(
+    shared: &Shared,
+    change: impl FnOnce(&mut Catalog),
+    then: impl FnOnce(&mut State),
+) -> Result<()> {
+    let _turn = shared.commit_lock.lock();
+    let mut catalog = shared.state.read().catalog.clone();
+    change(&mut catalog);
+    catalog.store(&shared.dir)?;
+    let mut state = shared.state.write();
+    state.catalog = catalog;
+    then(&mut state);
+    Ok(())
+}
+
+impl Table {
+    /// Every `compaction_interval`: expires and merges segments, and deletes
+    /// the files of replaced segments once their grace is over.
+    async fn run_compactor(self) {
+        loop {
+            tokio::select! {
+                _ = self.shared.stop_compactor.notified() => return,
+                _ = tokio::time::sleep(self.shared.config.compaction_interval) => {}
+            }
+            let Ok(permit) = MERGES.acquire().await else {
+                return;
+            };
+            let shared = self.shared.clone();
+            let round = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                compaction_round(&shared);
+            });
+            if let Err(e) = round.await {
+                tracing::error!(table = self.shared.signal.table_name(), error = %e, "compaction round panicked");
+            }
+        }
+    }
+}
+
+/// One round of the compactor. A merge's failure leaves its inputs as they
+/// were; the next round tries again.
+fn compaction_round(shared: &Shared) {
+    let table = shared.signal.table_name();
+    if let Err(e) = expire(shared) {
+        tracing::error!(table, error = %e, "retention could not drop expired segments; will retry");
+    }
+    // One merge per round: a backlog drains over the following rounds while
+    // flushes and other tables get their turn.
+    let plan = compaction::plan_merge(
+        &shared.state.read().catalog.segments,
+        shared.config.flush_bytes as u64,
+        &shared.unmergeable.lock(),
+    );
+    if let Some(inputs) = plan {
+        if let Err(e) = merge(shared, &inputs) {
+            shared
+                .stats
+                .compaction_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(table, error = %e, "merging segments failed; they stay as they are");
+        }
+    }
+    delete_retired(shared, shared.config.deletion_grace);
+}
+
+/// Drops the segments retention has expired.
+fn expire(shared: &Shared) -> Result<()> {
+    let Some(retention) = shared.config.retention else {
+        return Ok(());
+    };
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let expired = compaction::expired(&shared.state.read().catalog.segments, retention, now_ns);
+    if expired.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = expired.into_iter().map(|s| s.id).collect();
+    commit_catalog(
+        shared,
+        |catalog| catalog.segments.retain(|s| !ids.contains(&s.id)),
+        |_| {},
+    )?;
+    shared
+        .stats
+        .segments_expired
+        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+    tracing::info!(table = shared.signal.table_name(), segments = ids.len(), retention = ?retention, "dropped segments older than the retention period");
+    shared.retired.lock().push((ids, Instant::now()));
+    Ok(())
+}
+
+/// Merges `inputs` into one segment and commits it in their place.
+fn merge(shared: &Shared, inputs: &[SegmentEntry]) -> Result<()> {
+    let started = Instant::now();
+    let signal = shared.signal;
+    let batches = compaction::read_segments(signal, inputs, |id| segment_path(&shared.dir, id))
+        .inspect_err(|_| {
+            shared
+                .unmergeable
+                .lock()
+                .extend(inputs.iter().map(|s| s.id.clone()));
+        })?;
+    let arrow_bytes = batches
+        .iter()
+        .map(|b| b.get_array_memory_size() as u64)
+        .sum();
+    let sorted = segment::sort_for_locality(signal, &batches)?;
+    drop(batches);
+    let merged = write_sorted(shared, &sorted, arrow_bytes, started)?;
+    let ids: Vec<String> = inputs.iter().map(|s| s.id.clone()).collect();
+    let merged_id = merged.id.clone();
+    let committed = commit_catalog(
+        shared,
+        |catalog| {
+            // Only this task removes segments, so every input is still there.
+            let at = catalog
+                .segments
+                .iter()
+                .position(|s| s.id == ids[0])
+                .unwrap_or(catalog.segments.len());
+            catalog.segments.retain(|s| !ids.contains(&s.id));
+            catalog
+                .segments
+                .insert(at.min(catalog.segments.len()), merged);
+        },
+        |_| {},
+    );
+    if let Err(e) = committed {
+        remove_segment_files(&shared.dir, &merged_id);
+        return Err(e);
+    }
+    let stats = &shared.stats;
+    stats.compactions.fetch_add(1, Ordering::Relaxed);
+    stats
+        .segments_merged
+        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+    stats
+        .compaction_nanos
+        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    tracing::info!(table = signal.table_name(), segments = ids.len(), into = %merged_id, ms = started.elapsed().as_millis() as u64, "merged segments");
+    shared.retired.lock().push((ids, Instant::now()));
+    Ok(())
+}
+
+/// Deletes the files of segments retired at least `grace` ago.
+fn delete_retired(shared: &Shared, grace: Duration) {
+    let due: Vec<String> = {
+        let mut retired = shared.retired.lock();
+        let (due, waiting) = retired
+            .drain(..)
+            .partition::<Vec<_>, _>(|(_, at)| at.elapsed() >= grace);
+        *retired = waiting;
+        due.into_iter().flat_map(|(ids, _)| ids).collect()
+    };
+    for id in &due {
+        remove_segment_files(&shared.dir, id);
+    }
+}
+
+/// Deletes a segment's Parquet file and index, logging what could not be:
+/// files the catalog does not name are removed at the next start anyway.
+fn remove_segment_files(table_dir: &Path, id: &str) {
+    let parquet = segment_path(table_dir, id);
+    let index = index_dir(table_dir, id);
+    for (path, removed) in [
+        (&parquet, fs::remove_file(&parquet)),
+        (&index, fs::remove_dir_all(&index)),
+    ] {
+        if let Err(e) = removed {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete a replaced segment's files");
+            }
+        }
+    }
 }
 
 /// The WAL thread: group commit. It takes every command waiting in the queue,
@@ -750,6 +1008,93 @@ mod tests {
         let snapshot = store.table(Signal::Spans).snapshot();
         assert_eq!(rows(&snapshot), (5, 0));
         assert_eq!(snapshot.segments.len(), 2);
+        store.shutdown().await.unwrap();
+    }
+
+    fn parquet_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join("spans").join("segments"))
+            .unwrap()
+            .filter(|e| {
+                let path = e.as_ref().unwrap().path();
+                path.extension().is_some_and(|e| e == "parquet")
+            })
+            .count()
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn small_segments_are_merged_and_readers_see_every_row_once_throughout() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            compaction_interval: Duration::from_millis(20),
+            deletion_grace: Duration::from_secs(3600),
+            ..StoreConfig::new(dir.path())
+        };
+        let store = Store::open(config.clone()).unwrap();
+        let spans = store.table(Signal::Spans);
+        for i in 0..12 {
+            spans.append(test_spans(i * 2 + 1, 2)).await.unwrap();
+            spans.flush().await.unwrap();
+        }
+        until("a merge", || {
+            let snapshot = spans.snapshot();
+            assert_eq!(rows(&snapshot), (24, 0), "a row went missing or doubled");
+            snapshot.segments.len() == 3
+        })
+        .await;
+        let merged = &spans.snapshot().segments[0];
+        assert_eq!(merged.rows, 20);
+        assert!(merged.arrow_bytes > 0);
+        assert_eq!(spans.stats().segments_merged.load(Ordering::Relaxed), 10);
+        // Replaced files wait out their grace for queries still reading them.
+        assert_eq!(parquet_files(dir.path()), 13);
+
+        store.shutdown().await.unwrap();
+        drop(store);
+        assert_eq!(
+            parquet_files(dir.path()),
+            3,
+            "shutdown deletes replaced files"
+        );
+        let store = Store::open(config).unwrap();
+        let snapshot = store.table(Signal::Spans).snapshot();
+        assert_eq!(rows(&snapshot), (24, 0));
+        assert_eq!(snapshot.segments.len(), 3);
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn retention_drops_segments_whose_rows_are_all_older_and_deletes_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            compaction_interval: Duration::from_millis(20),
+            retention: Some(Duration::from_secs(3600)),
+            deletion_grace: Duration::ZERO,
+            ..StoreConfig::new(dir.path())
+        };
+        let store = Store::open(config).unwrap();
+        let spans = store.table(Signal::Spans);
+        // Test spans start at the epoch: long expired.
+        spans.append(test_spans(1, 3)).await.unwrap();
+        spans.flush().await.unwrap();
+        until("retention", || spans.segment_count() == 0).await;
+        until("the files' deletion", || parquet_files(dir.path()) == 0).await;
+        assert_eq!(spans.stats().segments_expired.load(Ordering::Relaxed), 1);
+        assert!(!dir
+            .path()
+            .join("spans/index")
+            .read_dir()
+            .unwrap()
+            .any(|_| true));
         store.shutdown().await.unwrap();
     }
 

@@ -179,6 +179,34 @@ impl Weft {
         format!("http://{}{path}", self.otlp_http)
     }
 
+    /// A sample's value on `/metrics`, e.g. `weft_store_compactions_total{table="spans"}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = client()
+            .get(self.http_url("/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .expect("/metrics answers");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {sample} on /metrics:\n{text}"))
+            .parse()
+            .expect("a number")
+    }
+
+    /// Sends a trace export request over OTLP/HTTP protobuf; it must be accepted whole.
+    pub fn post_spans(
+        &self,
+        request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    ) {
+        let response = client()
+            .post(self.http_url("/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(prost::Message::encode_to_vec(request))
+            .send()
+            .expect("OTLP/HTTP answers");
+        assert_eq!(response.status().as_u16(), 200, "{:?}", response.text());
+    }
+
     /// A URL on the query API port.
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
@@ -269,17 +297,14 @@ impl Weft {
     }
 }
 
+/// Every row of a table's segments, read with the parquet crate from the
+/// files its catalog names (a merge's inputs stay on disk for a while after
+/// the catalog replaced them).
 pub fn read_table(data_dir: &Path, table: &str) -> RecordBatch {
     let segments = data_dir.join(table).join("segments");
     let mut batches = Vec::new();
     let mut schema = None;
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&segments)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    paths.sort();
-    for path in paths {
+    for path in catalog_segments(data_dir, table) {
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
         schema = Some(builder.schema().clone());
@@ -287,6 +312,23 @@ pub fn read_table(data_dir: &Path, table: &str) -> RecordBatch {
     }
     let schema = schema.unwrap_or_else(|| panic!("no segments in {}", segments.display()));
     arrow::compute::concat_batches(&schema, &batches).unwrap()
+}
+
+/// The Parquet files the table's catalog names.
+pub fn catalog_segments(data_dir: &Path, table: &str) -> Vec<PathBuf> {
+    let table_dir = data_dir.join(table);
+    let catalog: serde_json::Value = std::fs::read(table_dir.join("catalog.json"))
+        .map(|bytes| serde_json::from_slice(&bytes).expect("catalog is JSON"))
+        .unwrap_or_else(|e| panic!("no catalog in {}: {e}", table_dir.display()));
+    catalog["segments"]
+        .as_array()
+        .expect("catalog lists segments")
+        .iter()
+        .map(|segment| {
+            let id = segment["id"].as_str().expect("segment id");
+            table_dir.join("segments").join(format!("{id}.parquet"))
+        })
+        .collect()
 }
 
 /// A text column's values, NULL as `None`.
