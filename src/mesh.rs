@@ -172,6 +172,10 @@ struct SidecarArgs {
     /// Where other sidecars reach the inbound listener (default: --inbound).
     #[arg(long, env = "WEFT_SIDECAR_ADVERTISE")]
     advertise: Option<SocketAddr>,
+    /// The zone this instance runs in (e.g. eu-west-1a): calls go to sidecars
+    /// of the same zone while there are any, to other zones when they fail.
+    #[arg(long, env = "WEFT_SIDECAR_ZONE")]
+    zone: Option<String>,
     /// Admin API and /metrics (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:0", env = "WEFT_SIDECAR_ADMIN_ADDR")]
     admin_addr: SocketAddr,
@@ -309,6 +313,7 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
         },
         inbound: args.inbound,
         advertise: args.advertise,
+        zone: args.zone,
         app: args.app,
         app_protocol: args.app_protocol,
         outbound: args.outbound,

@@ -177,7 +177,20 @@ impl Sidecar {
         outbound: &[&str],
     ) -> Self {
         let token = control_plane.sidecar_token(service);
-        Self::start_with_token(control_plane, service, app, protocol, outbound, &token)
+        Self::start_with_token(control_plane, service, app, protocol, outbound, &token, &[])
+    }
+
+    /// An HTTP app's sidecar that says it runs in `zone`.
+    fn start_in_zone(
+        control_plane: &ControlPlane,
+        service: &str,
+        app: SocketAddr,
+        outbound: &[&str],
+        zone: &str,
+    ) -> Self {
+        let token = control_plane.sidecar_token(service);
+        let zone = ["--zone", zone];
+        Self::start_with_token(control_plane, service, app, "http", outbound, &token, &zone)
     }
 
     fn start_with_token(
@@ -187,6 +200,7 @@ impl Sidecar {
         protocol: &str,
         outbound: &[&str],
         token: &str,
+        extra_args: &[&str],
     ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
         command
@@ -195,6 +209,7 @@ impl Sidecar {
             .args(["--app-protocol", protocol])
             .args(["--control-plane", &control_plane.url("")])
             .args(["--shutdown-grace", "2s"])
+            .args(extra_args)
             .env("WEFT_SIDECAR_TOKEN", token)
             .env("WEFT_LOG", "info");
         if !outbound.is_empty() {
@@ -820,6 +835,62 @@ fn websockets_cross_the_mesh_and_permissions_apply_to_them() {
 }
 
 #[test]
+fn calls_stay_in_their_zone_and_cross_to_another_only_when_it_has_no_sidecar_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "mesh: crm\npolicies:\n  retries:\n    - { to: crm-database, attempts: 1 }\n";
+    let control_plane = ControlPlane::start(dir.path(), yaml);
+    let near_app = echo_app("database in zone-a");
+    let far_app = echo_app("database in zone-b");
+    let near = Sidecar::start_in_zone(&control_plane, "crm-database", near_app.addr, &[], "zone-a");
+    let _far = Sidecar::start_in_zone(&control_plane, "crm-database", far_app.addr, &[], "zone-b");
+    let conductor_app = echo_app("crm-conductor");
+    let conductor = Sidecar::start_in_zone(
+        &control_plane,
+        "crm-conductor",
+        conductor_app.addr,
+        &["crm-database"],
+        "zone-a",
+    );
+    eventually("the conductor's sidecar to learn both zones", || {
+        conductor.admin_json("/config")["services"]["crm-database"]["zones"]
+            .as_object()
+            .is_some_and(|zones| zones.len() == 2)
+    });
+    let zones: Vec<String> = control_plane
+        .dataplanes()
+        .iter()
+        .map(|dp| format!("{} {}", dp["service"], dp["zone"]))
+        .collect();
+    assert!(
+        zones.contains(&r#""crm-database" "zone-b""#.to_string()),
+        "{zones:?}"
+    );
+
+    let c = client();
+    let answered_by = || {
+        let response = c
+            .get(conductor.call("crm-database", "/accounts"))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<serde_json::Value>().unwrap()["app"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for _ in 0..20 {
+        assert_eq!(answered_by(), "database in zone-a");
+    }
+
+    // Zone a loses its database: calls cross to zone b, and none fails, even
+    // before the control plane notices (the retry goes to the far endpoint).
+    near.process.stop();
+    for _ in 0..20 {
+        assert_eq!(answered_by(), "database in zone-b");
+    }
+}
+
+#[test]
 fn a_busy_port_or_a_bad_flag_stops_the_sidecar_with_the_reason() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -843,6 +914,25 @@ fn a_busy_port_or_a_bad_flag_stops_the_sidecar_with_the_reason() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not a service name"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "mesh",
+            "sidecar",
+            "--service",
+            "crm-database",
+            "--zone",
+            "eu west",
+        ])
+        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(r#"--zone "eu west" is not a zone name"#),
+        "{stderr}"
+    );
 }
 
 /// A new key and the control plane's answer to its CSR for `service`,
@@ -987,6 +1077,7 @@ fn sidecars_need_a_token_of_their_own_service_and_revoked_tokens_stop_working() 
         "http",
         &[],
         &database_token,
+        &[],
     );
     let status = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["mesh", "token", "revoke", &database_id, "--state-dir"])

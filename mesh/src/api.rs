@@ -87,6 +87,9 @@ pub struct Registration {
     /// Where other sidecars reach its inbound listener.
     pub address: String,
     pub protocol: AppProtocol,
+    /// The zone (data centre, availability zone) it runs in, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// Unix seconds.
     pub certificate_not_after: u64,
     /// The config version it runs.
@@ -108,4 +111,7 @@ pub struct SidecarConfig {
 pub struct ServiceEndpoints {
     pub protocol: AppProtocol,
     pub endpoints: Vec<String>,
+    /// The zone of each endpoint whose sidecar gave one, by address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zones: BTreeMap<String, String>,
 }

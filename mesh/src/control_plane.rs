@@ -429,10 +429,14 @@ impl CpState {
                 .or_insert_with(|| ServiceEndpoints {
                     protocol: r.protocol,
                     endpoints: Vec::new(),
+                    zones: BTreeMap::new(),
                 });
             entry.protocol = r.protocol;
             if !entry.endpoints.contains(&r.address) {
                 entry.endpoints.push(r.address.clone());
+            }
+            if let Some(zone) = &r.zone {
+                entry.zones.insert(r.address.clone(), zone.clone());
             }
         }
         SidecarConfig {
@@ -494,6 +498,7 @@ async fn dataplanes(State(state): State<Arc<CpState>>) -> Response {
                 "service": r.service,
                 "spiffe_id": SpiffeId::new(&state.mesh, &r.service).to_string(),
                 "address": r.address,
+                "zone": r.zone,
                 "protocol": r.protocol,
                 "certificate_expires_at": rfc3339(r.certificate_not_after),
                 "config_version": r.config_version,
@@ -611,6 +616,12 @@ async fn register(
         return Ok(error(StatusCode::BAD_REQUEST, "invalid service name"));
     }
     acts_for(grant.as_ref(), &registration.service, peer)?;
+    if let Some(zone) = registration.zone.as_deref().filter(|z| !is_service_name(z)) {
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            format!("zone {zone:?} is not a zone name (letters, digits, '-', '_', '.')"),
+        ));
+    }
     if registration.address.parse::<SocketAddr>().is_err() {
         return Ok(error(
             StatusCode::BAD_REQUEST,
@@ -630,7 +641,8 @@ async fn register(
         Some(dp) => {
             let moved = dp.registration.service != registration.service
                 || dp.registration.address != registration.address
-                || dp.registration.protocol != registration.protocol;
+                || dp.registration.protocol != registration.protocol
+                || dp.registration.zone != registration.zone;
             dp.registration = registration;
             dp.last_seen = Instant::now();
             moved

@@ -17,9 +17,8 @@
 //!
 //! Sidecars prove who they are to the control plane with [dataplane
 //! tokens](tokens) bound to their service, and it serves its API over TLS
-//! when given a certificate.
-//!
-//! Not here: locality-aware balancing.
+//! when given a certificate. A sidecar started with a zone calls sidecars of
+//! its own zone while there are any (locality-aware balancing).
 
 pub mod api;
 mod ca;

@@ -65,6 +65,9 @@ pub struct SidecarOptions {
     pub inbound: SocketAddr,
     /// Where other sidecars reach the inbound listener (default: `inbound`).
     pub advertise: Option<SocketAddr>,
+    /// The zone this instance runs in: its calls go to sidecars of the same
+    /// zone while there are any.
+    pub zone: Option<String>,
     /// The app's own port, on loopback.
     pub app: SocketAddr,
     pub app_protocol: AppProtocol,
@@ -101,6 +104,7 @@ pub(crate) struct Shared {
     pub(crate) app_protocol: AppProtocol,
     instance: String,
     advertise: SocketAddr,
+    pub(crate) zone: Option<String>,
     control_plane: ControlPlaneClient,
     pub(crate) tls: ArcSwap<MeshTls>,
     pub(crate) config: ArcSwap<Snapshot>,
@@ -133,6 +137,11 @@ impl Sidecar {
             return Err(SidecarError::Invalid(
                 "--inbound listens on every interface: say with --advertise where other sidecars reach it".to_string(),
             ));
+        }
+        if let Some(zone) = options.zone.as_deref().filter(|z| !is_service_name(z)) {
+            return Err(SidecarError::Invalid(format!(
+                "--zone {zone:?} is not a zone name (letters, digits, '-', '_', '.')"
+            )));
         }
         let mut names = std::collections::HashSet::new();
         for (name, _) in &options.outbound {
@@ -210,6 +219,7 @@ impl Sidecar {
             app_protocol: options.app_protocol,
             instance,
             advertise,
+            zone: options.zone.clone(),
             control_plane,
             tls: ArcSwap::from_pointee(tls),
             config: ArcSwap::from_pointee(snapshot),
@@ -301,13 +311,61 @@ impl Sidecar {
     }
 }
 
+/// Where the sidecars of a service listen, as the control plane last said,
+/// split by locality: a call goes to a sidecar in the caller's zone while
+/// there is one (Kuma's locality-aware balancing), and to the others only
+/// when those fail. A caller without a zone treats every endpoint as near.
+pub(crate) struct Endpoints {
+    near: Vec<SocketAddr>,
+    far: Vec<SocketAddr>,
+}
+
+impl Endpoints {
+    pub(crate) fn len(&self) -> usize {
+        self.near.len() + self.far.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The endpoint for `attempt` (0 first, then retries) of the call that
+    /// drew `turn` from its destination's round-robin counter: each near
+    /// endpoint in turn, then each far one, then around again.
+    pub(crate) fn pick(&self, turn: usize, attempt: usize) -> Option<SocketAddr> {
+        let i = attempt.checked_rem(self.len())?;
+        Some(if i < self.near.len() {
+            self.near[(turn + i) % self.near.len()]
+        } else {
+            let far = i - self.near.len();
+            self.far[(turn + far) % self.far.len()]
+        })
+    }
+}
+
 impl Snapshot {
-    /// Where the sidecars of `service` listen, as the control plane last said.
-    pub(crate) fn endpoints(&self, service: &str) -> Vec<SocketAddr> {
-        self.services
-            .get(service)
-            .map(|s| s.endpoints.iter().filter_map(|e| e.parse().ok()).collect())
-            .unwrap_or_default()
+    /// The endpoints of `service` as seen from a caller in `zone`.
+    pub(crate) fn endpoints(&self, service: &str, zone: Option<&str>) -> Endpoints {
+        let mut endpoints = Endpoints {
+            near: Vec::new(),
+            far: Vec::new(),
+        };
+        let Some(service) = self.services.get(service) else {
+            return endpoints;
+        };
+        for address in &service.endpoints {
+            let Ok(addr) = address.parse() else {
+                continue;
+            };
+            let near =
+                zone.is_none_or(|zone| service.zones.get(address).is_some_and(|z| z == zone));
+            if near {
+                endpoints.near.push(addr);
+            } else {
+                endpoints.far.push(addr);
+            }
+        }
+        endpoints
     }
 
     fn compile(config: SidecarConfig) -> Result<Self, String> {
@@ -326,6 +384,7 @@ impl Shared {
             service: self.service.clone(),
             address: self.advertise.to_string(),
             protocol: self.app_protocol,
+            zone: self.zone.clone(),
             certificate_not_after: unix_seconds(self.tls.load().not_after),
             config_version: self.config.load().version.clone(),
         };
@@ -530,5 +589,52 @@ async fn heartbeat(shared: Arc<Shared>) {
             }
             Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(zones: &[(&str, Option<&str>)]) -> Snapshot {
+        let endpoints = ServiceEndpoints {
+            protocol: AppProtocol::Http,
+            endpoints: zones.iter().map(|(addr, _)| addr.to_string()).collect(),
+            zones: zones
+                .iter()
+                .filter_map(|(addr, zone)| Some((addr.to_string(), (*zone)?.to_string())))
+                .collect(),
+        };
+        Snapshot {
+            version: "1".into(),
+            mesh: "crm".into(),
+            services: [("crm-database".to_string(), endpoints)].into(),
+            policies: CompiledPolicies::compile(Default::default()).unwrap(),
+        }
+    }
+
+    fn picks(endpoints: &Endpoints, turn: usize) -> Vec<u16> {
+        (0..endpoints.len())
+            .map(|attempt| endpoints.pick(turn, attempt).unwrap().port())
+            .collect()
+    }
+
+    #[test]
+    fn calls_go_to_their_own_zone_first_and_round_robin_within_it() {
+        let snapshot = snapshot(&[
+            ("127.0.0.1:1", Some("a")),
+            ("127.0.0.1:2", Some("b")),
+            ("127.0.0.1:3", Some("a")),
+            ("127.0.0.1:4", None),
+        ]);
+        let from_a = snapshot.endpoints("crm-database", Some("a"));
+        assert_eq!(picks(&from_a, 0), [1, 3, 2, 4]);
+        assert_eq!(picks(&from_a, 1), [3, 1, 4, 2]);
+        // A caller in a zone nobody else is in, or in none, spreads over all.
+        let from_c = snapshot.endpoints("crm-database", Some("c"));
+        assert_eq!(picks(&from_c, 1), [2, 3, 4, 1]);
+        let anywhere = snapshot.endpoints("crm-database", None);
+        assert_eq!(picks(&anywhere, 0), [1, 2, 3, 4]);
+        assert_eq!(snapshot.endpoints("crm-payments", None).pick(0, 0), None);
     }
 }

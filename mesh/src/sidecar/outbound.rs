@@ -118,7 +118,7 @@ async fn handle(
             KeyValue::new("weft.mesh.peer_identity", expected.to_string()),
         ],
     );
-    let endpoints = snapshot.endpoints(to);
+    let endpoints = snapshot.endpoints(to, shared.zone.as_deref());
     let (connect_timeout, request_timeout) = snapshot.policies.timeouts(to);
     let (mut parts, body) = request.into_parts();
     remove_hop_by_hop(&mut parts.headers);
@@ -148,10 +148,9 @@ async fn handle(
     }
     let first = destination.next.fetch_add(1, Ordering::Relaxed);
     for attempt in 0..attempts as usize {
-        if endpoints.is_empty() {
+        let Some(endpoint) = endpoints.pick(first, attempt) else {
             break;
-        }
-        let endpoint = endpoints[(first + attempt) % endpoints.len()];
+        };
         endpoint_used = Some(endpoint);
         let mut request = http::Request::new(body.take().unwrap_or_else(Body::empty));
         *request.method_mut() = method.clone();
@@ -424,11 +423,13 @@ async fn tunnel(shared: Arc<Shared>, destination: Arc<Destination>, mut app: Tcp
     let snapshot = shared.config.load_full();
     let to = destination.service.as_str();
     let expected = SpiffeId::new(&snapshot.mesh, to);
-    let endpoints = snapshot.endpoints(to);
+    let endpoints = snapshot.endpoints(to, shared.zone.as_deref());
     let (connect_timeout, _) = snapshot.policies.timeouts(to);
     let first = destination.next.fetch_add(1, Ordering::Relaxed);
     for attempt in 0..endpoints.len() {
-        let endpoint = endpoints[(first + attempt) % endpoints.len()];
+        let Some(endpoint) = endpoints.pick(first, attempt) else {
+            break;
+        };
         match destination
             .connect_tls(&shared, &expected, endpoint, connect_timeout, Wire::Tcp)
             .await
