@@ -26,6 +26,14 @@ use crate::table::Signal;
 /// little, large enough that statistics and dictionaries stay effective.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
 
+/// Rows per data page at most. A trace-by-id lookup decodes whole pages:
+/// those whose `trace_id` statistics may hold the id, and the same rows of
+/// every other column it reads (the offset index finds them). Spans are
+/// sorted by service first, so a row group holds one sorted run of trace ids
+/// per service, and the pages across a run boundary match any id; small pages
+/// keep those and the matching ones a small part of the row group.
+const DATA_PAGE_ROWS: usize = 2048;
+
 /// What a finished segment holds, for the catalog.
 #[derive(Debug, Clone)]
 pub struct WrittenSegment {
@@ -96,6 +104,7 @@ fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> Write
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(DATA_PAGE_ROWS)
         .set_sorting_columns(Some(sorting))
         .set_created_by(format!("weft {}", env!("CARGO_PKG_VERSION")));
     for id in ["trace_id", "span_id"] {

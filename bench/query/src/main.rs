@@ -9,6 +9,10 @@
 //!    `POST /api/v1/sql`.
 //! 3. Run the same suite in DuckDB and chDB over the very same Parquet files
 //!    (`compare.py`), in the same run, and print the ratios.
+//!
+//! With `--compact`, the load writes small segments (`--flush-bytes`) and
+//! does not merge them; step 2 runs over those, then a `weft serve` with
+//! compaction on merges them, and step 2 runs again: before and after, one run.
 
 mod workload;
 
@@ -46,6 +50,25 @@ struct Args {
     /// Skip DuckDB and chDB.
     #[arg(long)]
     weft_only: bool,
+    /// `--flush-bytes` of the loading `weft serve` (smaller: more, smaller segments).
+    #[arg(long)]
+    flush_bytes: Option<u64>,
+    /// Measure over the loaded segments, merge them with compaction, measure
+    /// again, and compare the two (instead of DuckDB and chDB). Use a fresh
+    /// `--data-dir`: a loaded one may be merged already.
+    #[arg(long)]
+    compact: bool,
+}
+
+/// What one pass of step 2 measured.
+struct Measurement {
+    /// Spans and log records seen.
+    rows: (Value, Value),
+    segments: (u64, u64),
+    trace_ms: Vec<f64>,
+    search_ms: Vec<f64>,
+    /// Median of each query of the suite, in its order.
+    suite_ms: Vec<f64>,
 }
 
 /// One query of the SQL suite, in each engine's dialect.
@@ -64,90 +87,36 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
     let samples_path = args.data_dir.join("bench-trace-ids.json");
     if !samples_path.exists() {
-        let samples = load(&weft, &args.data_dir, args.spans)?;
+        let mut serve_args = Vec::new();
+        if let Some(bytes) = args.flush_bytes {
+            serve_args.extend(["--flush-bytes".to_string(), bytes.to_string()]);
+        }
+        if args.compact {
+            serve_args.extend(["--compaction-interval".to_string(), "1000h".to_string()]);
+        }
+        let samples = load(&weft, &args.data_dir, args.spans, &serve_args)?;
         std::fs::write(&samples_path, serde_json::to_vec(&samples)?)?;
     }
     let samples: Vec<String> = serde_json::from_slice(&std::fs::read(&samples_path)?)?;
 
-    let server = Server::start(
-        &weft,
-        &["query", "--data-dir"],
-        &args.data_dir,
-        "weft query listening",
-    )?;
-    let base = format!("http://{}", server.http);
-    let client = reqwest::blocking::Client::new();
-    let counts = sql(
-        &client,
-        &base,
-        "SELECT (SELECT count(*) FROM spans) AS spans, (SELECT count(*) FROM logs) AS logs",
-    )?;
-    println!(
-        "# data: {} spans, {} log records",
-        counts[0][0], counts[0][1]
-    );
-
-    let mut rng = fastrand::Rng::with_seed(7);
-    let trace_latencies = time_each(args.lookups, 20, |_| {
-        let id = &samples[rng.usize(0..samples.len())];
-        let response = client.get(format!("{base}/api/v1/traces/{id}")).send()?;
-        if !response.status().is_success() {
-            bail!("trace {id}: {}", response.status());
-        }
-        let body: Value = response.json()?;
-        if body["spans"].as_array().map_or(0, Vec::len) == 0 {
-            bail!("trace {id} has no spans");
-        }
-        Ok(())
-    })?;
-    let searches = [
-        "timeout AND database",
-        "slow AND salesforce",
-        "\"customer acc-4242\"",
-        "orchestrate AND opportunities AND slow",
-        "handled AND contacts AND acc-777",
-        "error OR timeout",
-    ];
-    let search_latencies = time_each(searches.len() * 20, searches.len(), |i| {
-        let q = searches[i % searches.len()];
-        let response = client
-            .get(format!("{base}/api/v1/logs"))
-            .query(&[("q", q), ("limit", "20")])
-            .send()?;
-        if !response.status().is_success() {
-            bail!("search {q}: {}", response.text()?);
-        }
-        Ok(())
-    })?;
-    println!("\n## Lookups over HTTP\n");
-    println!("| what | runs | p50 | p99 |\n|---|---|---|---|");
-    for (what, latencies) in [
-        (
-            "trace by id (`GET /api/v1/traces/{id}`, spans + logs)",
-            &trace_latencies,
-        ),
-        (
-            "full-text log search (`GET /api/v1/logs?q=…&limit=20`)",
-            &search_latencies,
-        ),
-    ] {
-        println!(
-            "| {what} | {} | {:.1} ms | {:.1} ms |",
-            latencies.len(),
-            percentile(latencies, 0.50),
-            percentile(latencies, 0.99)
-        );
-    }
-
     let suite_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries.json");
     let suite: Vec<SuiteQuery> = serde_json::from_slice(&std::fs::read(&suite_path)?)?;
-    let mut weft_ms = Vec::new();
-    for query in &suite {
-        let times = time_each(args.runs, 1, |_| sql(&client, &base, &query.weft).map(drop))
-            .with_context(|| format!("query {}", query.name))?;
-        weft_ms.push(percentile(&times, 0.5));
+    let measured = measure(&weft, &args, &samples, &suite)?;
+    if args.compact {
+        let merged = compact(&weft, &args.data_dir)?;
+        let after = measure(&weft, &args, &samples, &suite)?;
+        if after.rows != measured.rows {
+            bail!(
+                "compaction changed the row counts: {:?} → {:?}",
+                measured.rows,
+                after.rows
+            );
+        }
+        print_compaction(&measured, &merged, &after, &suite);
+        return Ok(());
     }
-    drop(server);
+    print_lookups(&measured);
+    let weft_ms = measured.suite_ms;
 
     let others: Value = if args.weft_only {
         json!({})
@@ -186,6 +155,187 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Step 2: trace by id, log search and the SQL suite over a `weft query` of the data directory.
+fn measure(
+    weft: &Path,
+    args: &Args,
+    samples: &[String],
+    suite: &[SuiteQuery],
+) -> anyhow::Result<Measurement> {
+    let server = Server::start(
+        weft,
+        &["query", "--data-dir"],
+        &args.data_dir,
+        "weft query listening",
+    )?;
+    let base = format!("http://{}", server.http);
+    let client = reqwest::blocking::Client::new();
+    let counts = sql(
+        &client,
+        &base,
+        "SELECT (SELECT count(*) FROM spans) AS spans, (SELECT count(*) FROM logs) AS logs",
+    )?;
+
+    println!(
+        "# data: {} spans, {} log records",
+        counts[0][0], counts[0][1]
+    );
+
+    let mut rng = fastrand::Rng::with_seed(7);
+    let trace_latencies = time_each(args.lookups, 20, |_| {
+        let id = &samples[rng.usize(0..samples.len())];
+        let response = client.get(format!("{base}/api/v1/traces/{id}")).send()?;
+        if !response.status().is_success() {
+            bail!("trace {id}: {}", response.status());
+        }
+        let body: Value = response.json()?;
+        if body["spans"].as_array().map_or(0, Vec::len) == 0 {
+            bail!("trace {id} has no spans");
+        }
+        Ok(())
+    })?;
+    let searches = [
+        "timeout AND database",
+        "slow AND salesforce",
+        "\"customer acc-4242\"",
+        "orchestrate AND opportunities AND slow",
+        "handled AND contacts AND acc-777",
+        "error OR timeout",
+    ];
+    let search_latencies = time_each(searches.len() * 20, searches.len(), |i| {
+        let q = searches[i % searches.len()];
+        let response = client
+            .get(format!("{base}/api/v1/logs"))
+            .query(&[("q", q), ("limit", "20")])
+            .send()?;
+        if !response.status().is_success() {
+            bail!("search {q}: {}", response.text()?);
+        }
+        Ok(())
+    })?;
+    let mut weft_ms = Vec::new();
+    for query in suite {
+        let times = time_each(args.runs, 1, |_| sql(&client, &base, &query.weft).map(drop))
+            .with_context(|| format!("query {}", query.name))?;
+        weft_ms.push(percentile(&times, 0.5));
+    }
+    drop(server);
+    Ok(Measurement {
+        rows: (counts[0][0].clone(), counts[0][1].clone()),
+        segments: (
+            segments(&args.data_dir, "spans")?,
+            segments(&args.data_dir, "logs")?,
+        ),
+        trace_ms: trace_latencies,
+        search_ms: search_latencies,
+        suite_ms: weft_ms,
+    })
+}
+
+/// Segments in a table's catalog.
+fn segments(data_dir: &Path, table: &str) -> anyhow::Result<u64> {
+    let path = data_dir.join(table).join("catalog.json");
+    let catalog: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    Ok(catalog["segments"].as_array().map_or(0, Vec::len) as u64)
+}
+
+fn print_lookups(measured: &Measurement) {
+    println!("\n## Lookups over HTTP\n");
+    println!("| what | runs | p50 | p99 |\n|---|---|---|---|");
+    for (what, latencies) in [
+        (
+            "trace by id (`GET /api/v1/traces/{id}`, spans + logs)",
+            &measured.trace_ms,
+        ),
+        (
+            "full-text log search (`GET /api/v1/logs?q=…&limit=20`)",
+            &measured.search_ms,
+        ),
+    ] {
+        println!(
+            "| {what} | {} | {:.1} ms | {:.1} ms |",
+            latencies.len(),
+            percentile(latencies, 0.50),
+            percentile(latencies, 0.99)
+        );
+    }
+}
+
+/// Runs `weft serve` with compaction on over the data directory until the
+/// segment counts stop changing, then stops it. Returns how long it took.
+fn compact(weft: &Path, data_dir: &Path) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let server = Server::start(
+        weft,
+        &["serve", "--compaction-interval", "50ms", "--data-dir"],
+        data_dir,
+        "weft listening",
+    )?;
+    let count = || -> anyhow::Result<(f64, f64)> {
+        Ok((
+            server.metric("weft_store_compactions_total{table=\"spans\"}")?,
+            server.metric("weft_store_compactions_total{table=\"logs\"}")?,
+        ))
+    };
+    // Done once no merge has been committed for a while: each round merges
+    // one group and rounds come every 50 ms.
+    let mut last = count()?;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = count()?;
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    server.stop()?;
+    eprintln!("# compaction: {} + {} merges", last.0, last.1);
+    Ok(started.elapsed() - Duration::from_secs(3))
+}
+
+fn print_compaction(
+    before: &Measurement,
+    took: &Duration,
+    after: &Measurement,
+    suite: &[SuiteQuery],
+) {
+    println!(
+        "\n## Before and after compaction (merging took {:.1} s)\n",
+        took.as_secs_f64()
+    );
+    println!("| | before | after | after / before |\n|---|---|---|---|");
+    let row = |what: &str, b: f64, a: f64| println!("| {what} | {b:.1} | {a:.1} | {:.2} |", a / b);
+    row(
+        "span segments",
+        before.segments.0 as f64,
+        after.segments.0 as f64,
+    );
+    row(
+        "log segments",
+        before.segments.1 as f64,
+        after.segments.1 as f64,
+    );
+    for (what, b, a) in [
+        ("trace by id", &before.trace_ms, &after.trace_ms),
+        ("log search", &before.search_ms, &after.search_ms),
+    ] {
+        row(
+            &format!("{what} p50 (ms)"),
+            percentile(b, 0.5),
+            percentile(a, 0.5),
+        );
+        row(
+            &format!("{what} p99 (ms)"),
+            percentile(b, 0.99),
+            percentile(a, 0.99),
+        );
+    }
+    for ((query, b), a) in suite.iter().zip(&before.suite_ms).zip(&after.suite_ms) {
+        row(&format!("{} (median ms)", query.name), *b, *a);
+    }
 }
 
 fn sql(
@@ -233,6 +383,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 struct Server {
     child: Child,
     http: String,
+    otlp_http: String,
     grpc: String,
 }
 
@@ -278,8 +429,19 @@ impl Server {
         Ok(Self {
             child,
             http: field("http="),
+            otlp_http: field("otlp_http="),
             grpc: format!("http://{}", field("otlp_grpc=")),
         })
+    }
+
+    /// A sample's value on the OTLP/HTTP port's `/metrics`.
+    fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let text = reqwest::blocking::get(format!("http://{}/metrics", self.otlp_http))?.text()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .with_context(|| format!("no {sample} on /metrics"))?
+            .parse()
+            .context("a number")
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
@@ -303,8 +465,16 @@ impl Drop for Server {
 
 /// Loads `spans` spans (and their logs) through `weft serve`, then stops it
 /// so everything is flushed. Returns a sample of trace ids.
-fn load(weft: &Path, data_dir: &Path, spans: u64) -> anyhow::Result<Vec<String>> {
-    let server = Server::start(weft, &["serve", "--data-dir"], data_dir, "weft listening")?;
+fn load(
+    weft: &Path,
+    data_dir: &Path,
+    spans: u64,
+    serve_args: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let mut role: Vec<&str> = vec!["serve"];
+    role.extend(serve_args.iter().map(String::as_str));
+    role.push("--data-dir");
+    let server = Server::start(weft, &role, data_dir, "weft listening")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
