@@ -233,7 +233,8 @@ struct Shared {
     commit_lock: Mutex<()>,
     /// Segments no longer in the catalog whose files wait out `deletion_grace`.
     retired: Mutex<Vec<(Vec<String>, Instant)>>,
-    /// Segments a merge could not read (another version's schema), left as they are.
+    /// Segments a merge could not read (another version's schema, a damaged
+    /// file): left as they are until the next start.
     unmergeable: Mutex<HashSet<String>>,
     stats: TableStats,
 }
