@@ -19,18 +19,37 @@ use axum::{Json, Router};
 use rustls::pki_types::pem::PemObject;
 use support::*;
 
-/// An app behind a sidecar: answers every request with what it received.
+/// An app behind a sidecar.
 struct App {
     addr: SocketAddr,
     _runtime: tokio::runtime::Runtime,
 }
 
+impl App {
+    /// Runs `serve` on a loopback listener of its own, in a runtime of its own.
+    fn serve<F>(serve: impl FnOnce(tokio::net::TcpListener) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(serve(listener));
+        Self {
+            addr,
+            _runtime: runtime,
+        }
+    }
+}
+
+/// An HTTP app that answers every request with what it received.
 fn echo_app(name: &'static str) -> App {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
     let app = Router::new().fallback(any(
         move |method: Method, uri: Uri, headers: HeaderMap| async move {
             let headers: HashMap<String, String> = headers
@@ -45,40 +64,21 @@ fn echo_app(name: &'static str) -> App {
             }))
         },
     ));
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    App {
-        addr,
-        _runtime: runtime,
-    }
+    App::serve(|listener| async move {
+        let _ = axum::serve(listener, app).await;
+    })
 }
 
 /// A TCP app that echoes every byte back.
 fn tcp_echo_app() -> App {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move {
+    App::serve(|listener| async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let (mut read, mut write) = stream.split();
                 let _ = tokio::io::copy(&mut read, &mut write).await;
             });
         }
-    });
-    App {
-        addr,
-        _runtime: runtime,
-    }
+    })
 }
 
 struct ControlPlane {
@@ -758,16 +758,7 @@ fn tcp_streams_are_tunnelled_and_permissions_apply_per_connection() {
 /// A WebSocket app: echoes every text message back.
 fn websocket_echo_app() -> App {
     use futures::{SinkExt, StreamExt};
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move {
+    App::serve(|listener| async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
@@ -780,11 +771,7 @@ fn websocket_echo_app() -> App {
                 }
             });
         }
-    });
-    App {
-        addr,
-        _runtime: runtime,
-    }
+    })
 }
 
 #[test]
