@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -82,6 +83,13 @@ pub struct StoreSettings {
     /// were already reading them; at least `query.timeout`.
     #[serde(with = "humantime_serde")]
     pub deletion_grace: Duration,
+    /// Keep segments, indexes and catalogs in this object store
+    /// (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///path`); the data
+    /// directory then holds the WAL and a cache. Unset: everything stays in
+    /// the data directory.
+    pub storage: Option<String>,
+    /// With `storage`: bytes of segments the data directory caches at most.
+    pub cache_bytes: u64,
 }
 
 /// TLS on every listener, from PEM files reloaded when they change.
@@ -202,6 +210,8 @@ impl Default for StoreSettings {
             compaction_interval: store.compaction_interval,
             retention: store.retention,
             deletion_grace: store.deletion_grace,
+            storage: None,
+            cache_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -251,6 +261,12 @@ pub struct ServerArgs {
     /// Keep files of merged or expired segments this long for running queries [default: 2m]
     #[arg(long, env = "WEFT_DELETION_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub deletion_grace: Option<Duration>,
+    /// Keep segments in an object store: s3://bucket/prefix, gs://…, az://…, file:///path [default: all in the data directory]
+    #[arg(long, env = "WEFT_STORAGE", value_name = "URL")]
+    pub storage: Option<String>,
+    /// With --storage: bytes of segments cached in the data directory at most [default: 10737418240]
+    #[arg(long, env = "WEFT_CACHE_BYTES", value_name = "BYTES")]
+    pub cache_bytes: Option<u64>,
     /// Cancel a query running longer than this, e.g. 30s [default: 30s]
     #[arg(long, env = "WEFT_QUERY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub query_timeout: Option<Duration>,
@@ -330,6 +346,10 @@ impl Config {
             self.store.retention = args.retention;
         }
         set(&mut self.store.deletion_grace, &args.deletion_grace);
+        if args.storage.is_some() {
+            self.store.storage.clone_from(&args.storage);
+        }
+        set(&mut self.store.cache_bytes, &args.cache_bytes);
         set(&mut self.query.timeout, &args.query_timeout);
         set(&mut self.query.max_rows, &args.query_max_rows);
         set(
@@ -421,6 +441,27 @@ impl Config {
                 .memory_limit_per_query_bytes
                 .min(self.query.memory_limit_bytes),
         }
+    }
+
+    /// Connects to the object store of `store.storage`, if one is set.
+    pub fn object_storage(&self) -> anyhow::Result<Option<Arc<weft_store::ObjectStorage>>> {
+        let Some(url) = &self.store.storage else {
+            return Ok(None);
+        };
+        let storage = weft_store::ObjectStorage::open(
+            url,
+            &self.data_dir,
+            self.store.cache_bytes,
+            // A query may read a cached segment until it times out.
+            self.store.deletion_grace,
+        )?;
+        tracing::info!(
+            storage = url,
+            node = storage.node(),
+            cache_bytes = self.store.cache_bytes,
+            "segments and catalogs are kept in object storage"
+        );
+        Ok(Some(storage))
     }
 
     pub fn store_config(&self) -> weft_store::StoreConfig {

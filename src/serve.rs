@@ -108,15 +108,22 @@ fn api_router(
 }
 
 /// `weft query`: the query API alone, over a data directory that a separate
-/// `weft collector` writes. It never takes the directory's lock.
+/// `weft collector` writes (it never takes the directory's lock), or over the
+/// object store that any number of collectors write.
 pub async fn run_query(config: Config) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
     let (auth, _watcher) = authenticator(&config)?;
     let root = config.data_dir.clone();
+    let storage = config.object_storage()?;
     let engines = query_engines(
         &config,
         Box::new(move |tenant: &TenantId| {
-            Ok(Arc::new(StoreReader::new(tenant.data_dir(&root))) as Arc<dyn SnapshotSource>)
+            let dir = tenant.data_dir(&root);
+            let reader = match &storage {
+                Some(storage) => StoreReader::with_storage(dir, storage),
+                None => StoreReader::new(dir),
+            };
+            Ok(Arc::new(reader) as Arc<dyn SnapshotSource>)
         }),
     )?;
     let api_tls = config
@@ -168,7 +175,11 @@ pub async fn run_until(
     shutdown: impl Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
     let (auth, _watcher) = authenticator(&config)?;
-    let stores = Arc::new(TenantStores::open(config.store_config()).with_context(|| {
+    let store_config = weft_store::StoreConfig {
+        storage: config.object_storage()?,
+        ..config.store_config()
+    };
+    let stores = Arc::new(TenantStores::open(store_config).with_context(|| {
         format!(
             "cannot open the data directory {}",
             config.data_dir.display()

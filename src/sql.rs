@@ -3,7 +3,9 @@
 //! stream, printed here); without, it runs in this process over the data
 //! directory, read-only, beside whatever weft writes it. `--token` (or
 //! `WEFT_TOKEN`) authenticates to a server started with `--auth`;
-//! `--tenant` picks a tenant's data in a data directory.
+//! `--tenant` picks a tenant's data in a data directory. With `--storage` it
+//! reads the segments every collector wrote to an object store, caching them
+//! in the data directory.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +16,10 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use clap::{Args, ValueEnum};
 use weft_query::{format, QueryConfig, QueryEngine};
-use weft_store::{StoreReader, TenantId};
+use weft_store::{ObjectStorage, StoreReader, TenantId};
+
+/// With `--storage`: segment bytes the data directory keeps cached for later runs.
+const CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 
 #[derive(Debug, Args)]
 pub struct SqlArgs {
@@ -38,6 +43,15 @@ pub struct SqlArgs {
     /// PEM CA certificate(s) to verify an https:// server with.
     #[arg(long, env = "WEFT_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Query the segments in this object store (as `weft query --storage`),
+    /// caching them in the data directory.
+    #[arg(
+        long,
+        env = "WEFT_STORAGE",
+        value_name = "URL",
+        conflicts_with = "server"
+    )]
+    pub storage: Option<String>,
     /// Whose data to query in the data directory [default: the default tenant].
     /// (A server answers for the token's tenant.)
     #[arg(long, value_name = "TENANT", conflicts_with = "server")]
@@ -61,17 +75,22 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
             remote(&client, server, args.token.as_deref(), &args.query).await?
         }
         None => {
-            if !args.data_dir.exists() {
-                bail!(
+            let tenant = args.tenant.clone().unwrap_or_default();
+            let dir = tenant.data_dir(&args.data_dir);
+            let config = QueryConfig::default();
+            let reader = match &args.storage {
+                Some(url) => {
+                    let storage =
+                        ObjectStorage::open(url, &args.data_dir, CACHE_BYTES, config.timeout)?;
+                    StoreReader::with_storage(dir, &storage)
+                }
+                None if !args.data_dir.exists() => bail!(
                     "data directory {} does not exist (pass --data-dir, or --server to ask a running weft)",
                     args.data_dir.display()
-                );
-            }
-            let tenant = args.tenant.clone().unwrap_or_default();
-            let engine = QueryEngine::new(
-                Arc::new(StoreReader::new(tenant.data_dir(&args.data_dir))),
-                QueryConfig::default(),
-            )?;
+                ),
+                None => StoreReader::new(dir),
+            };
+            let engine = QueryEngine::new(Arc::new(reader), config)?;
             let result = engine.sql(&args.query).await?;
             (result.schema, result.batches, result.truncated)
         }

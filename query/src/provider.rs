@@ -235,6 +235,15 @@ impl StoreTable {
             })?,
             None => vec![true; snapshot.segments.len()],
         };
+        if trace_ids.is_some() || !text_filters.is_empty() {
+            let kept: Vec<&str> = (snapshot.segments.iter().zip(&keep))
+                .filter(|(_, keep)| **keep)
+                .map(|(entry, _)| entry.id.as_str())
+                .collect();
+            snapshot
+                .fetch_indexes(&kept)
+                .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+        }
         let mut selected = Vec::new();
         for (entry, keep) in snapshot.segments.iter().zip(keep) {
             if !keep {
@@ -349,7 +358,8 @@ impl TableProvider for StoreTable {
         let trace_ids = wanted_trace_ids(filters);
 
         // File I/O: a separate process's WAL tail, index searches, trace
-        // filters read for the first time. Off the runtime's threads.
+        // filters read for the first time, segments fetched from an object
+        // store. Off the runtime's threads.
         let table = self.clone();
         let (snapshot, segments) = {
             let predicate = predicate.clone();
@@ -364,6 +374,13 @@ impl TableProvider for StoreTable {
                     trace_ids.as_deref(),
                     &text_filters,
                 )?;
+                let ids: Vec<&str> = segments
+                    .iter()
+                    .map(|(entry, _)| entry.id.as_str())
+                    .collect();
+                snapshot
+                    .fetch_parquet(&ids)
+                    .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
                 Ok::<_, datafusion::error::DataFusionError>((snapshot, segments))
             })
             .await

@@ -65,19 +65,28 @@ impl Catalog {
     /// Loads the catalog of the table in `table_dir`, or an empty one for a new table.
     pub fn load(table_dir: &Path) -> Result<Self> {
         let path = Self::path(table_dir);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(e).at(&path),
-        };
+        match fs::read(&path) {
+            Ok(bytes) => Self::parse(&bytes, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).at(&path),
+        }
+    }
+
+    /// Whether the table in `table_dir` has a catalog file.
+    pub fn exists(table_dir: &Path) -> bool {
+        Self::path(table_dir).exists()
+    }
+
+    /// Reads a catalog from its JSON; `path` names where it came from in errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
         let catalog: Catalog =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptCatalog {
-                path: path.clone(),
+            serde_json::from_slice(bytes).map_err(|e| StoreError::CorruptCatalog {
+                path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
         if catalog.version != FORMAT_VERSION {
             return Err(StoreError::CorruptCatalog {
-                path,
+                path: path.to_path_buf(),
                 reason: format!(
                     "format version {} is not supported (expected {FORMAT_VERSION})",
                     catalog.version
@@ -87,18 +96,37 @@ impl Catalog {
         Ok(catalog)
     }
 
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("catalog serializes")
+    }
+
     /// Replaces the table's catalog with `self`, atomically and durably.
     pub fn store(&self, table_dir: &Path) -> Result<()> {
+        write_durably(&Self::path(table_dir), &self.to_json())
+    }
+
+    /// Deletes the table's catalog file (once the catalog lives elsewhere).
+    pub fn remove(table_dir: &Path) -> Result<()> {
         let path = Self::path(table_dir);
-        let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(self).expect("catalog serializes");
-        let mut file = fs::File::create(&tmp).at(&tmp)?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .at(&tmp)?;
-        fs::rename(&tmp, &path).at(&path)?;
+        fs::remove_file(&path).at(&path)?;
         crate::wal::sync_dir(table_dir)
     }
+}
+
+/// Replaces the file at `path` with `bytes` atomically and durably: written
+/// to a temporary file, fsync'd, renamed over the old one, directory fsync'd.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp).at(&tmp)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .at(&tmp)?;
+    fs::rename(&tmp, path).at(path)?;
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    crate::wal::sync_dir(dir)
 }
 
 #[cfg(test)]

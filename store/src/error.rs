@@ -23,6 +23,19 @@ pub enum StoreError {
     /// Another process has the data directory open.
     #[error("data directory {0} is in use by another weft process")]
     Locked(PathBuf),
+    /// `--storage` names no object store weft can use.
+    #[error("storage {url} cannot be used: {reason}")]
+    InvalidStorage { url: String, reason: String },
+    #[error("object storage {url}: {source}")]
+    ObjectStore {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// Another process replaced this node's catalog: two processes write as
+    /// one node (a copied data directory, or two sharing one).
+    #[error("catalog {0} was replaced by another process writing as this node; give each writing process its own data directory")]
+    CatalogConflict(PathBuf),
     /// The store is shutting down or its writer has stopped.
     #[error("store is closed")]
     Closed,

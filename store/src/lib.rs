@@ -22,6 +22,7 @@ pub mod compaction;
 pub mod convert;
 mod error;
 pub mod index;
+pub mod object_storage;
 mod reader;
 pub mod schema;
 pub mod segment;
@@ -31,6 +32,7 @@ pub mod trace_filter;
 pub mod wal;
 
 pub use error::{Result, StoreError};
+pub use object_storage::ObjectStorage;
 pub use reader::StoreReader;
 pub use table::{Signal, Store, StoreConfig, Table, TableSnapshot, TableStats};
 pub use tenant::{TenantId, TenantStores};

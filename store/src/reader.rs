@@ -14,21 +14,33 @@
 //!
 //! WAL files are only ever appended to, so the records decoded from them are
 //! kept, and each snapshot reads only what was appended since the last one.
+//!
+//! Over an object store ([`StoreReader::with_storage`]) the table is the
+//! union of every writing node's catalog, re-read at most once a second, and
+//! the data directory is this reader's own cache: the writers' WALs are on
+//! their machines, so a reader sees what they have flushed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, SegmentEntry};
 use crate::error::{Result, StoreError};
+use crate::object_storage::{ObjectStorage, RemoteTable};
 use crate::table::{Signal, TableSnapshot};
 use crate::wal;
 
 /// How often a snapshot starts over because flushes keep committing under it
 /// before giving up; each flush takes far longer than one read of the tail.
 const MAX_ATTEMPTS: usize = 8;
+
+/// How long a reader over an object store uses the catalogs it listed
+/// before listing them again.
+const CATALOG_REFRESH: Duration = Duration::from_secs(1);
 
 /// Read-only access to both tables of a data directory.
 pub struct StoreReader {
@@ -42,8 +54,19 @@ impl StoreReader {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
         Self {
-            spans: TableReader::new(Signal::Spans, &data_dir),
-            logs: TableReader::new(Signal::Logs, &data_dir),
+            spans: TableReader::new(Signal::Spans, &data_dir, None),
+            logs: TableReader::new(Signal::Logs, &data_dir, None),
+        }
+    }
+
+    /// A reader of the tables `storage` keeps for the data directory
+    /// `data_dir` (a tenant's directory below the storage's own), which
+    /// caches the segments queries read.
+    pub fn with_storage(data_dir: impl Into<PathBuf>, storage: &Arc<ObjectStorage>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            spans: TableReader::new(Signal::Spans, &data_dir, Some(storage)),
+            logs: TableReader::new(Signal::Logs, &data_dir, Some(storage)),
         }
     }
 
@@ -61,6 +84,32 @@ struct TableReader {
     dir: PathBuf,
     /// Decoded records of the WAL files read so far, by sequence number.
     tail: Mutex<BTreeMap<u64, TailFile>>,
+    remote: Option<RemoteCatalogs>,
+}
+
+/// Every node's catalog of one table in an object store, as last listed.
+struct RemoteCatalogs {
+    table: RemoteTable,
+    listed: Mutex<Option<(Instant, Vec<SegmentEntry>)>>,
+}
+
+impl RemoteCatalogs {
+    fn segments(&self) -> Result<Vec<SegmentEntry>> {
+        let mut listed = self.listed.lock();
+        if let Some((at, segments)) = listed.as_ref() {
+            if at.elapsed() < CATALOG_REFRESH {
+                return Ok(segments.clone());
+            }
+        }
+        let segments: Vec<SegmentEntry> = self
+            .table
+            .load_all_catalogs()?
+            .into_iter()
+            .flat_map(|catalog| catalog.segments)
+            .collect();
+        *listed = Some((Instant::now(), segments.clone()));
+        Ok(segments)
+    }
 }
 
 #[derive(Default)]
@@ -71,15 +120,32 @@ struct TailFile {
 }
 
 impl TableReader {
-    fn new(signal: Signal, data_dir: &Path) -> Self {
+    fn new(signal: Signal, data_dir: &Path, storage: Option<&Arc<ObjectStorage>>) -> Self {
+        let dir = data_dir.join(signal.table_name());
         Self {
             signal,
-            dir: data_dir.join(signal.table_name()),
+            remote: storage.map(|storage| {
+                let table = storage.table(&dir);
+                table.adopt_cache_dir();
+                RemoteCatalogs {
+                    table,
+                    listed: Mutex::new(None),
+                }
+            }),
+            dir,
             tail: Mutex::new(BTreeMap::new()),
         }
     }
 
     fn snapshot(&self) -> Result<TableSnapshot> {
+        if let Some(remote) = &self.remote {
+            return Ok(TableSnapshot {
+                dir: self.dir.clone(),
+                segments: remote.segments()?,
+                unflushed: Vec::new(),
+                remote: Some(remote.table.clone()),
+            });
+        }
         let mut tail = self.tail.lock();
         for _ in 0..MAX_ATTEMPTS {
             let catalog = Catalog::load(&self.dir)?;
@@ -95,6 +161,7 @@ impl TableReader {
                 dir: self.dir.clone(),
                 segments: catalog.segments,
                 unflushed: tail.values().flat_map(|f| f.batches.clone()).collect(),
+                remote: None,
             });
         }
         Err(StoreError::Overloaded(format!(

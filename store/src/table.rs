@@ -35,7 +35,8 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::catalog::{Catalog, SegmentEntry};
 use crate::error::{IoContext, Result, StoreError};
-use crate::{compaction, index, schema, segment, wal};
+use crate::object_storage::{ObjectStorage, RemoteTable};
+use crate::{compaction, index, object_storage, schema, segment, wal};
 
 /// Merges running at once in the process, whatever the number of tables and
 /// tenants: each holds up to `flush_bytes` of input in memory.
@@ -88,6 +89,9 @@ pub struct StoreConfig {
     /// How long the files of a segment that compaction or retention removed
     /// stay on disk, for queries that started before; longer than any query runs.
     pub deletion_grace: Duration,
+    /// Keep segments and catalogs in this object store, with the data
+    /// directory holding the WAL and a cache; `None` keeps everything local.
+    pub storage: Option<Arc<ObjectStorage>>,
 }
 
 impl StoreConfig {
@@ -101,6 +105,7 @@ impl StoreConfig {
             compaction_interval: Duration::from_secs(60),
             retention: None,
             deletion_grace: Duration::from_secs(120),
+            storage: None,
         }
     }
 }
@@ -134,9 +139,27 @@ pub struct TableSnapshot {
     pub segments: Vec<SegmentEntry>,
     /// Acknowledged batches not yet in a segment.
     pub unflushed: Vec<RecordBatch>,
+    /// Where the segments are kept when not only in `dir`: read them through
+    /// [`TableSnapshot::fetch_parquet`] and [`TableSnapshot::fetch_indexes`].
+    pub remote: Option<RemoteTable>,
 }
 
 impl TableSnapshot {
+    /// Brings the Parquet files of segments `ids` into `dir` if they are in
+    /// an object store and not cached; blocks while it downloads.
+    pub fn fetch_parquet(&self, ids: &[&str]) -> Result<()> {
+        self.remote
+            .as_ref()
+            .map_or(Ok(()), |r| r.fetch_parquet(ids))
+    }
+
+    /// Like [`TableSnapshot::fetch_parquet`], for the segments' indexes.
+    pub fn fetch_indexes(&self, ids: &[&str]) -> Result<()> {
+        self.remote
+            .as_ref()
+            .map_or(Ok(()), |r| r.fetch_indexes(ids))
+    }
+
     /// The Parquet file of segment `id`.
     pub fn segment_path(&self, id: &str) -> PathBuf {
         segment_path(&self.dir, id)
@@ -148,11 +171,11 @@ impl TableSnapshot {
     }
 }
 
-fn segment_path(table_dir: &Path, id: &str) -> PathBuf {
+pub(crate) fn segment_path(table_dir: &Path, id: &str) -> PathBuf {
     table_dir.join("segments").join(format!("{id}.parquet"))
 }
 
-fn index_dir(table_dir: &Path, id: &str) -> PathBuf {
+pub(crate) fn index_dir(table_dir: &Path, id: &str) -> PathBuf {
     table_dir.join("index").join(id)
 }
 
@@ -219,6 +242,8 @@ pub struct Table {
 struct Shared {
     signal: Signal,
     dir: PathBuf,
+    /// The object store side of the table, with `--storage`.
+    remote: Option<RemoteTable>,
     config: StoreConfig,
     state: RwLock<State>,
     flush_wanted: Notify,
@@ -282,14 +307,23 @@ impl Table {
             let path = dir.join(sub);
             fs::create_dir_all(&path).at(&path)?;
         }
-        let catalog = Catalog::load(&dir)?;
+        let remote = config.storage.as_ref().map(|storage| storage.table(&dir));
+        let catalog = match &remote {
+            Some(remote) => open_remote_catalog(remote, &dir)?,
+            None => Catalog::load(&dir)?,
+        };
         remove_orphans(&dir, &catalog)?;
+        if let Some(remote) = &remote {
+            let ids: Vec<&str> = catalog.segments.iter().map(|s| s.id.as_str()).collect();
+            remote.adopt_local(&ids);
+        }
         let (active, next_seq) = replay_wal(signal, &dir.join("wal"), catalog.flushed_wal_seq)?;
         let active_bytes = active.iter().map(|b| b.get_array_memory_size()).sum();
         let wal = wal::WalWriter::create(&dir.join("wal"), next_seq)?;
         let shared = Arc::new(Shared {
             signal,
             dir,
+            remote,
             config: config.clone(),
             state: RwLock::new(State {
                 catalog,
@@ -374,6 +408,7 @@ impl Table {
             dir: self.shared.dir.clone(),
             segments: state.catalog.segments.clone(),
             unflushed,
+            remote: self.shared.remote.clone(),
         }
     }
 
@@ -553,6 +588,9 @@ fn write_sorted(
         |written| {
             let written_at = Instant::now();
             index::build_index(signal, sorted, &index_dir(&shared.dir, &id))?;
+            if let Some(remote) = &shared.remote {
+                remote.upload_segment(&id)?;
+            }
             tracing::info!(
                 table = signal.table_name(),
                 segment = %id,
@@ -569,7 +607,7 @@ fn write_sorted(
     let written = match result {
         Ok(written) => written,
         Err(e) => {
-            remove_segment_files(&shared.dir, &id);
+            shared.remove_segment(&id);
             return Err(e);
         }
     };
@@ -595,7 +633,10 @@ fn commit_catalog(
     let _turn = shared.commit_lock.lock();
     let mut catalog = shared.state.read().catalog.clone();
     change(&mut catalog);
-    catalog.store(&shared.dir)?;
+    match &shared.remote {
+        Some(remote) => remote.store_own_catalog(&catalog)?,
+        None => catalog.store(&shared.dir)?,
+    }
     let mut state = shared.state.write();
     state.catalog = catalog;
     then(&mut state);
@@ -683,6 +724,9 @@ fn expire(shared: &Shared) -> Result<()> {
 fn merge(shared: &Shared, inputs: &[SegmentEntry]) -> Result<()> {
     let started = Instant::now();
     let signal = shared.signal;
+    if let Some(remote) = &shared.remote {
+        remote.fetch_parquet(&inputs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())?;
+    }
     let batches = compaction::read_segments(signal, inputs, |id| segment_path(&shared.dir, id))
         .inspect_err(|_| {
             shared
@@ -716,7 +760,7 @@ fn merge(shared: &Shared, inputs: &[SegmentEntry]) -> Result<()> {
         |_| {},
     );
     if let Err(e) = committed {
-        remove_segment_files(&shared.dir, &merged_id);
+        shared.remove_segment(&merged_id);
         return Err(e);
     }
     let stats = &shared.stats;
@@ -743,25 +787,50 @@ fn delete_retired(shared: &Shared, grace: Duration) {
         due.into_iter().flat_map(|(ids, _)| ids).collect()
     };
     for id in &due {
-        remove_segment_files(&shared.dir, id);
+        shared.remove_segment(id);
     }
 }
 
-/// Deletes a segment's Parquet file and index, logging what could not be:
-/// files the catalog does not name are removed at the next start anyway.
-fn remove_segment_files(table_dir: &Path, id: &str) {
-    let parquet = segment_path(table_dir, id);
-    let index = index_dir(table_dir, id);
-    for (path, removed) in [
-        (&parquet, fs::remove_file(&parquet)),
-        (&index, fs::remove_dir_all(&index)),
-    ] {
-        if let Err(e) = removed {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), error = %e, "could not delete a replaced segment's files");
+impl Shared {
+    /// Deletes a segment's Parquet file and index, logging what could not be:
+    /// local files the catalog does not name are removed at the next start
+    /// anyway.
+    fn remove_segment(&self, id: &str) {
+        object_storage::remove_local_files(&self.dir, id);
+        if let Some(remote) = &self.remote {
+            if let Err(e) = remote.delete_segment(id) {
+                tracing::warn!(segment = id, error = %e, "could not delete a replaced segment from the object store");
             }
         }
     }
+}
+
+/// This node's catalog of a table kept in an object store. A data directory
+/// that kept its segments locally until now moves them there first.
+fn open_remote_catalog(remote: &RemoteTable, dir: &Path) -> Result<Catalog> {
+    if let Some(catalog) = remote.load_own_catalog()? {
+        if Catalog::exists(dir) {
+            // A move to the object store that stopped after its commit.
+            Catalog::remove(dir)?;
+        }
+        return Ok(catalog);
+    }
+    if !Catalog::exists(dir) {
+        return Ok(Catalog::default());
+    }
+    let catalog = Catalog::load(dir)?;
+    for segment in &catalog.segments {
+        remote.upload_segment(&segment.id)?;
+    }
+    remote.store_own_catalog(&catalog)?;
+    Catalog::remove(dir)?;
+    tracing::info!(
+        table = %dir.display(),
+        segments = catalog.segments.len(),
+        to = ?remote,
+        "moved the table's segments to the object store"
+    );
+    Ok(catalog)
 }
 
 /// The WAL thread: group commit. It takes every command waiting in the queue,

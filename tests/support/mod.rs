@@ -22,7 +22,16 @@ pub struct Process {
 
 impl Process {
     /// Starts `command` and waits for its "… listening …" log line, which it returns.
-    pub fn spawn(mut command: Command, name: &'static str) -> (Self, String) {
+    pub fn spawn(command: Command, name: &'static str) -> (Self, String) {
+        Self::spawn_until(command, name, "listening")
+    }
+
+    /// Starts `command` and waits for the first log line containing `ready`, which it returns.
+    pub fn spawn_until(
+        mut command: Command,
+        name: &'static str,
+        ready: &'static str,
+    ) -> (Self, String) {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -38,7 +47,7 @@ impl Process {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     eprintln!("[{name}] {line}");
-                    if line.contains("listening") {
+                    if line.contains(ready) {
                         let _ = ready_tx.send(line.clone());
                     }
                     let mut log = log.lock().unwrap();
@@ -142,7 +151,18 @@ impl Weft {
 
     /// Starts `weft <role>` (`serve`, `collector` or `query`) like [`Weft::start`].
     pub fn start_role(role: &str, data_dir: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(role, data_dir, args, &[])
+    }
+
+    /// [`Weft::start_role`] with extra environment variables.
+    pub fn start_with_env(
+        role: &str,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command.envs(env.iter().copied());
         command
             .arg(role)
             .arg("--data-dir")

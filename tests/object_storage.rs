@@ -1,0 +1,285 @@
+//! Segments in an object store (`--storage`): two collectors write one bucket,
+//! queriers over it answer for both, a collector killed with SIGKILL loses
+//! nothing it acknowledged, a querier started later sees everything, and a
+//! querier's small cache is refilled from the bucket. Each test runs against
+//! a `file://` bucket and against S3 (a moto server, `pip install
+//! 'moto[server]'`; required in CI with `WEFT_S3_TESTS=required`).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::*;
+
+/// Where a test's segments go, and what weft needs in its environment to
+/// reach it.
+struct Bucket {
+    url: String,
+    env: Vec<(&'static str, String)>,
+    _server: Option<Process>,
+    dir: tempfile::TempDir,
+}
+
+impl Bucket {
+    fn file() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            url: format!("file://{}/bucket/weft", dir.path().display()),
+            env: Vec::new(),
+            _server: None,
+            dir,
+        }
+    }
+
+    /// A bucket on a fresh moto S3 server, or `None` (with a note) when moto
+    /// is not installed and not required.
+    fn s3() -> Option<Self> {
+        let installed = Command::new("moto_server")
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            assert_ne!(
+                std::env::var("WEFT_S3_TESTS").as_deref(),
+                Ok("required"),
+                "WEFT_S3_TESTS=required but moto_server is missing (pip install 'moto[server]')"
+            );
+            eprintln!("SKIPPED: the S3 half needs moto_server (pip install 'moto[server]')");
+            return None;
+        }
+        let mut command = Command::new("moto_server");
+        command.args(["-H", "127.0.0.1", "-p", "0"]);
+        let (server, line) = Process::spawn_until(command, "moto", "Running on http://");
+        let endpoint = line[line.find("http://").unwrap()..].trim().to_string();
+        // moto takes any credentials and creates a bucket on an unsigned PUT.
+        let created = client()
+            .put(format!("{endpoint}/weft-test"))
+            .send()
+            .unwrap();
+        assert!(created.status().is_success(), "{:?}", created.text());
+        Some(Self {
+            url: "s3://weft-test/prefix".into(),
+            env: vec![
+                ("AWS_ACCESS_KEY_ID", "test".into()),
+                ("AWS_SECRET_ACCESS_KEY", "test".into()),
+                ("AWS_REGION", "us-east-1".into()),
+                ("AWS_ENDPOINT", endpoint),
+                ("AWS_ALLOW_HTTP", "true".into()),
+            ],
+            _server: Some(server),
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// `weft <role> --storage <bucket>` on its own data directory.
+    fn start(&self, role: &str, data_dir: &Path, args: &[&str]) -> Weft {
+        let mut all = vec!["--storage", &self.url];
+        all.extend_from_slice(args);
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Weft::start_with_env(role, data_dir, &all, &env)
+    }
+
+    fn data_dir(&self, name: &str) -> std::path::PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
+
+/// Per service: spans, distinct span ids, and spans whose name matches `op-3`.
+fn per_service(weft: &Weft) -> Vec<(String, i64, i64, i64)> {
+    weft.sql_rows(
+        "SELECT service_name, count(*), count(DISTINCT span_id), \
+         count(*) FILTER (WHERE text_match(name, 'op-3')) FROM spans GROUP BY 1 ORDER BY 1",
+    )
+    .into_iter()
+    .map(|row| {
+        let n = |i: usize| row[i].as_i64().unwrap();
+        (row[0].as_str().unwrap().to_string(), n(1), n(2), n(3))
+    })
+    .collect()
+}
+
+fn trace_spans(weft: &Weft, trace: u64) -> usize {
+    let (status, body) = weft.get_json(&format!("/api/v1/traces/{trace:016x}000000000000feed"));
+    assert_eq!(status, 200, "{body}");
+    body["spans"].as_array().unwrap().len()
+}
+
+fn cached_parquet_files(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("spans/segments"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn op_3(ids: std::ops::Range<u64>) -> i64 {
+    ids.filter(|id| id % 7 == 3).count() as i64
+}
+
+fn two_collectors_and_queriers_share_one_bucket(bucket: &Bucket) {
+    let (dir_a, dir_b, dir_q) = (
+        bucket.data_dir("a"),
+        bucket.data_dir("b"),
+        bucket.data_dir("q"),
+    );
+    let flush_fast = ["--flush-interval", "50ms"];
+    let a = bucket.start("collector", &dir_a, &flush_fast);
+    let b = bucket.start("collector", &dir_b, &flush_fast);
+    // A cache of one byte: every segment not used in the last second goes.
+    let small_cache = [
+        "--cache-bytes",
+        "1",
+        "--query-timeout",
+        "1s",
+        "--deletion-grace",
+        "1s",
+    ];
+    let q = bucket.start("query", &dir_q, &small_cache);
+
+    a.post_spans(&spans_request("crm-conductor", 0..100));
+    b.post_spans(&spans_request("crm-database", 100..200));
+    let both = vec![
+        ("crm-conductor".to_string(), 100, 100, op_3(0..100)),
+        ("crm-database".to_string(), 100, 100, op_3(100..200)),
+    ];
+    eventually("both collectors' segments reach the querier", || {
+        per_service(&q) == both
+    });
+    assert_eq!(trace_spans(&q, 5), 10);
+    assert_eq!(trace_spans(&q, 15), 10);
+
+    // Queries that read only crm-conductor's segment keep it cached; the
+    // other one leaves the cache once its second is over.
+    eventually("the unused segment is evicted", || {
+        let rows = q.sql_rows("SELECT count(*) FROM spans WHERE service_name = 'crm-conductor'");
+        assert_eq!(rows[0][0], 100);
+        cached_parquet_files(&dir_q) == 1
+    });
+    // ... and is fetched again when a query needs it.
+    assert_eq!(per_service(&q), both);
+
+    // Collector a acknowledges spans it has not flushed and is killed.
+    assert!(a.stop().success());
+    let a = bucket.start("collector", &dir_a, &["--flush-interval", "1h"]);
+    a.post_spans(&spans_request("crm-conductor", 200..250));
+    a.kill9();
+    // Restarted, it replays its WAL and flushes into its own catalog again.
+    let a = bucket.start("collector", &dir_a, &flush_fast);
+    let all = vec![
+        (
+            "crm-conductor".to_string(),
+            150,
+            150,
+            op_3(0..100) + op_3(200..250),
+        ),
+        ("crm-database".to_string(), 100, 100, op_3(100..200)),
+    ];
+    eventually("the replayed spans reach the querier", || {
+        per_service(&q) == all
+    });
+
+    // A querier started now, with a cold cache, sees everything; restarted,
+    // it answers the same from the cache it left.
+    let late = bucket.start("query", &bucket.data_dir("late"), &[]);
+    assert_eq!(per_service(&late), all);
+    assert_eq!(trace_spans(&late, 22), 10);
+    assert!(late.stop().success());
+    assert!(cached_parquet_files(&bucket.data_dir("late")) >= 3);
+    let late = bucket.start("query", &bucket.data_dir("late"), &[]);
+    assert_eq!(per_service(&late), all);
+
+    for weft in [a, b, q, late] {
+        assert!(weft.stop().success());
+    }
+}
+
+#[test]
+fn collectors_and_queriers_share_a_file_bucket() {
+    let bucket = Bucket::file();
+    let root = bucket.dir.path().join("bucket/weft/spans");
+    two_collectors_and_queriers_share_one_bucket(&bucket);
+    // One catalog per collector, and the segments beside them.
+    let names = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(root.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    assert_eq!(names("catalogs").len(), 2, "{:?}", names("catalogs"));
+    assert!(names("segments").iter().all(|n| n.ends_with(".parquet")));
+    assert!(names("segments").len() >= 3);
+}
+
+#[test]
+fn collectors_and_queriers_share_an_s3_bucket() {
+    if let Some(bucket) = Bucket::s3() {
+        two_collectors_and_queriers_share_one_bucket(&bucket);
+    }
+}
+
+#[test]
+fn a_data_directory_with_local_segments_moves_them_to_the_bucket() {
+    let bucket = Bucket::file();
+    let dir = bucket.data_dir("serve");
+    let local = Weft::start(&dir, &[]);
+    local.post_spans(&spans_request("crm-mobile", 0..30));
+    assert!(local.stop().success());
+    assert_eq!(cached_parquet_files(&dir), 1);
+
+    let remote = bucket.start("serve", &dir, &[]);
+    assert_eq!(
+        per_service(&remote),
+        vec![("crm-mobile".to_string(), 30, 30, op_3(0..30))]
+    );
+    assert!(remote.stop().success());
+    assert!(!dir.join("spans/catalog.json").exists());
+    let querier = bucket.start("query", &bucket.data_dir("q"), &[]);
+    assert_eq!(
+        per_service(&querier),
+        vec![("crm-mobile".to_string(), 30, 30, op_3(0..30))]
+    );
+    assert!(querier.stop().success());
+
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "--storage",
+            &bucket.url,
+            "--data-dir",
+        ])
+        .arg(bucket.data_dir("sql"))
+        .arg("SELECT service_name, count(*) AS spans FROM spans GROUP BY 1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "service_name,spans\ncrm-mobile,30\n"
+    );
+}
+
+#[test]
+fn an_unusable_storage_url_stops_weft_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, says) in [
+        ("ftp://example.com/x", "ftp://example.com/x"),
+        ("not a url", "not a url"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--storage", url, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
