@@ -184,6 +184,22 @@ fn two_collectors_and_queriers_share_one_bucket(bucket: &Bucket) {
         per_service(&q) == all
     });
 
+    // A trace lookup on a cold cache fetches the segments' trace-id filters,
+    // not their full-text indexes, and only the Parquet files that hold it.
+    let cold = bucket.data_dir("cold");
+    let querier = bucket.start("query", &cold, &[]);
+    assert_eq!(trace_spans(&querier, 15), 10);
+    let (mut filters, mut indexes) = (0, 0);
+    for entry in std::fs::read_dir(cold.join("spans/index")).unwrap() {
+        let dir = entry.unwrap().path();
+        filters += usize::from(dir.join("trace_ids.bloom").exists());
+        indexes += usize::from(dir.join("meta.json").exists());
+    }
+    assert!(filters >= 3, "{filters} trace filters fetched");
+    assert_eq!(indexes, 0);
+    assert_eq!(cached_parquet_files(&cold), 1);
+    assert!(querier.stop().success());
+
     // A querier started now, with a cold cache, sees everything; restarted,
     // it answers the same from the cache it left.
     let late = bucket.start("query", &bucket.data_dir("late"), &[]);

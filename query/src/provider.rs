@@ -235,15 +235,18 @@ impl StoreTable {
             })?,
             None => vec![true; snapshot.segments.len()],
         };
-        if trace_ids.is_some() || !text_filters.is_empty() {
-            let kept: Vec<&str> = (snapshot.segments.iter().zip(&keep))
-                .filter(|(_, keep)| **keep)
-                .map(|(entry, _)| entry.id.as_str())
-                .collect();
-            snapshot
-                .fetch_indexes(&kept)
-                .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
-        }
+        let kept: Vec<&str> = (snapshot.segments.iter().zip(&keep))
+            .filter(|(_, keep)| **keep)
+            .map(|(entry, _)| entry.id.as_str())
+            .collect();
+        let fetched = if !text_filters.is_empty() {
+            snapshot.fetch_indexes(&kept)
+        } else if trace_ids.is_some() {
+            snapshot.fetch_trace_filters(&kept)
+        } else {
+            Ok(())
+        };
+        fetched.map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
         let mut selected = Vec::new();
         for (entry, keep) in snapshot.segments.iter().zip(keep) {
             if !keep {

@@ -45,9 +45,13 @@ use tokio::io::AsyncWriteExt;
 
 use crate::catalog::Catalog;
 use crate::error::{IoContext, Result, StoreError};
+use crate::trace_filter;
 
 /// The file in the data directory that names this node.
 const NODE_ID_FILE: &str = "node-id";
+
+/// The file of a tantivy index that makes it whole.
+const INDEX_META: &str = "meta.json";
 
 /// Downloads and uploads running at once for one batch of segments.
 const CONCURRENT_TRANSFERS: usize = 8;
@@ -553,25 +557,38 @@ impl RemoteTable {
 
     /// Makes sure the Parquet files of `ids` are in the data directory.
     pub fn fetch_parquet(&self, ids: &[&str]) -> Result<()> {
-        self.fetch(ids, false)
+        self.fetch(ids, Part::Parquet)
     }
 
-    /// Makes sure the full-text indexes (and trace-id filters) of `ids` are in
-    /// the data directory.
+    /// Makes sure the full-text indexes (with their trace-id filters) of
+    /// `ids` are in the data directory.
     pub fn fetch_indexes(&self, ids: &[&str]) -> Result<()> {
-        self.fetch(ids, true)
+        self.fetch(ids, Part::Index)
     }
 
-    fn fetch(&self, ids: &[&str], indexes: bool) -> Result<()> {
+    /// Makes sure the trace-id filters of `ids` are in the data directory: a
+    /// trace lookup needs them, not the whole index.
+    pub fn fetch_trace_filters(&self, ids: &[&str]) -> Result<()> {
+        self.fetch(ids, Part::TraceFilter)
+    }
+
+    /// The local file whose presence means `part` of segment `id` is cached.
+    fn local_part(&self, id: &str, part: Part) -> PathBuf {
+        match part {
+            Part::Parquet => self.local_parquet(id),
+            // tantivy's index metadata: a fetched index is moved into place
+            // with it last.
+            Part::Index => self.local_index(id).join(INDEX_META),
+            Part::TraceFilter => self.local_index(id).join(trace_filter::FILE_NAME),
+        }
+    }
+
+    fn fetch(&self, ids: &[&str], part: Part) -> Result<()> {
         let mut missing = Vec::new();
         for id in ids {
-            let local = if indexes {
-                self.local_index(id)
-            } else {
-                self.local_parquet(id)
-            };
             // Touch first: once marked as used, eviction leaves it alone.
-            if !(self.storage.touch(&self.dir, id) && local.exists()) {
+            let cached = self.storage.touch(&self.dir, id);
+            if !(cached && self.local_part(id, part).exists()) {
                 missing.push(id.to_string());
             }
         }
@@ -581,18 +598,22 @@ impl RemoteTable {
         }
         let jobs: Vec<_> = missing
             .iter()
-            .map(|id| {
-                if indexes {
-                    Download::Index {
-                        prefix: self.index_prefix(id),
-                        to: self.local_index(id),
-                    }
-                } else {
-                    Download::File {
-                        from: self.parquet_path(id),
-                        to: self.local_parquet(id),
-                    }
-                }
+            .map(|id| match part {
+                Part::Parquet => Download::File {
+                    from: self.parquet_path(id),
+                    to: self.local_parquet(id),
+                    optional: false,
+                },
+                // Segments written before trace filters existed have none.
+                Part::TraceFilter => Download::File {
+                    from: self.index_prefix(id).join(trace_filter::FILE_NAME),
+                    to: self.local_part(id, part),
+                    optional: true,
+                },
+                Part::Index => Download::Index {
+                    prefix: self.index_prefix(id),
+                    to: self.local_index(id),
+                },
             })
             .collect();
         let store = self.storage.store.clone();
@@ -642,9 +663,23 @@ impl RemoteTable {
     }
 }
 
+/// What of a segment a query needs locally.
+#[derive(Clone, Copy)]
+enum Part {
+    Parquet,
+    Index,
+    TraceFilter,
+}
+
 /// One segment file or index to bring into the data directory.
 enum Download {
-    File { from: ObjectPath, to: PathBuf },
+    /// One object; `optional`: a missing one is not an error.
+    File {
+        from: ObjectPath,
+        to: PathBuf,
+        optional: bool,
+    },
+    /// Every object below `prefix`, into the directory `to`.
     Index { prefix: ObjectPath, to: PathBuf },
 }
 
@@ -659,7 +694,7 @@ impl Download {
                 .map_err(|e| local_error(parent, e))?;
         }
         match self {
-            Download::File { from, to } => {
+            Download::File { from, to, optional } => {
                 let staging = staging_path(&to);
                 let result = download(&store, &from, &staging)
                     .await
@@ -667,7 +702,10 @@ impl Download {
                 if result.is_err() {
                     let _ = std::fs::remove_file(&staging);
                 }
-                result
+                match result {
+                    Err(object_store::Error::NotFound { .. }) if optional => Ok(()),
+                    result => result,
+                }
             }
             Download::Index { prefix, to } => {
                 let staging = staging_path(&to);
@@ -688,15 +726,25 @@ impl Download {
                         };
                         download(&store, &meta.location, &staging.join(name)).await?;
                     }
-                    match std::fs::rename(&staging, &to) {
-                        Ok(()) => Ok(()),
-                        // Another query fetched it first: theirs is as good.
-                        Err(_) if to.is_dir() => {
-                            let _ = std::fs::remove_dir_all(&staging);
-                            Ok(())
-                        }
-                        Err(e) => Err(local_error(&to, e)),
+                    if std::fs::rename(&staging, &to).is_ok() {
+                        return Ok(());
                     }
+                    // The directory is there already, with the trace filter
+                    // or with a whole index another query fetched: move the
+                    // files in one by one, the metadata that marks the
+                    // index as complete last.
+                    let mut names: Vec<_> = std::fs::read_dir(&staging)
+                        .map_err(|e| local_error(&staging, e))?
+                        .flatten()
+                        .map(|entry| entry.file_name())
+                        .collect();
+                    names.sort_by_key(|name| name == INDEX_META);
+                    for name in names {
+                        std::fs::rename(staging.join(&name), to.join(&name))
+                            .map_err(|e| local_error(&to, e))?;
+                    }
+                    let _ = std::fs::remove_dir(&staging);
+                    Ok(())
                 }
                 .await;
                 if result.is_err() {

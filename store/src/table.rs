@@ -160,6 +160,13 @@ impl TableSnapshot {
             .map_or(Ok(()), |r| r.fetch_indexes(ids))
     }
 
+    /// Like [`TableSnapshot::fetch_parquet`], for the segments' trace-id filters.
+    pub fn fetch_trace_filters(&self, ids: &[&str]) -> Result<()> {
+        self.remote
+            .as_ref()
+            .map_or(Ok(()), |r| r.fetch_trace_filters(ids))
+    }
+
     /// The Parquet file of segment `id`.
     pub fn segment_path(&self, id: &str) -> PathBuf {
         segment_path(&self.dir, id)
