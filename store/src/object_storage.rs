@@ -68,7 +68,7 @@ pub struct ObjectStorage {
     /// Object store requests run here, whatever thread asks: the store's
     /// callers are synchronous (flushes, merges, planning a scan).
     io: tokio::runtime::Handle,
-    _runtime: Option<tokio::runtime::Runtime>,
+    runtime: Option<tokio::runtime::Runtime>,
     cache_bytes: u64,
     keep_for: Duration,
     cache: Mutex<CacheState>,
@@ -99,7 +99,7 @@ impl Drop for ObjectStorage {
     fn drop(&mut self) {
         // Dropping a runtime waits for its threads, which is not allowed in
         // an async context, where the last store may well be dropped.
-        if let Some(runtime) = self._runtime.take() {
+        if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
     }
@@ -132,7 +132,7 @@ impl ObjectStorage {
             node: node_id(local_root)?,
             local_root: local_root.to_path_buf(),
             io: runtime.handle().clone(),
-            _runtime: Some(runtime),
+            runtime: Some(runtime),
             cache_bytes,
             keep_for,
             cache: Mutex::default(),
@@ -163,7 +163,7 @@ impl ObjectStorage {
         let prefix = relative
             .components()
             .filter_map(|c| c.as_os_str().to_str())
-            .fold(self.root.clone(), |path, part| path.clone().join(part));
+            .fold(self.root.clone(), |path, part| path.join(part));
         RemoteTable {
             storage: self.clone(),
             prefix,

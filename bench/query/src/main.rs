@@ -13,6 +13,11 @@
 //! With `--compact`, the load writes small segments (`--flush-bytes`) and
 //! does not merge them; step 2 runs over those, then a `weft serve` with
 //! compaction on merges them, and step 2 runs again: before and after, one run.
+//!
+//! With `--storage URL`, a copy of the loaded directory moves its segments to
+//! that object store (`weft serve --storage`), and step 2 runs again over a
+//! `weft query --storage` with a warm cache, after timing first queries on
+//! cold ones: local disk, cold and warm cache, one run.
 
 mod workload;
 
@@ -58,6 +63,10 @@ struct Args {
     /// `--data-dir`: a loaded one may be merged already.
     #[arg(long)]
     compact: bool,
+    /// Compare local disk with this object store (`s3://…` with the `AWS_*`
+    /// variables set, `file:///…`), cold and warm cache, instead of DuckDB and chDB.
+    #[arg(long, value_name = "URL")]
+    storage: Option<String>,
 }
 
 /// What one pass of step 2 measured.
@@ -101,10 +110,14 @@ fn main() -> anyhow::Result<()> {
 
     let suite_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries.json");
     let suite: Vec<SuiteQuery> = serde_json::from_slice(&std::fs::read(&suite_path)?)?;
-    let measured = measure(&weft, &args, &samples, &suite)?;
+    let local = ["query", "--data-dir"];
+    let measured = measure(&weft, &args, &samples, &suite, &local, &args.data_dir)?;
+    if let Some(url) = &args.storage {
+        return compare_object_storage(&weft, &args, url, &samples, &suite, &measured);
+    }
     if args.compact {
         let merged = compact(&weft, &args.data_dir)?;
-        let after = measure(&weft, &args, &samples, &suite)?;
+        let after = measure(&weft, &args, &samples, &suite, &local, &args.data_dir)?;
         if after.rows != measured.rows {
             bail!(
                 "compaction changed the row counts: {:?} → {:?}",
@@ -157,19 +170,16 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Step 2: trace by id, log search and the SQL suite over a `weft query` of the data directory.
+/// Step 2: trace by id, log search and the SQL suite over `weft <role> <data_dir>`.
 fn measure(
     weft: &Path,
     args: &Args,
     samples: &[String],
     suite: &[SuiteQuery],
+    role: &[&str],
+    data_dir: &Path,
 ) -> anyhow::Result<Measurement> {
-    let server = Server::start(
-        weft,
-        &["query", "--data-dir"],
-        &args.data_dir,
-        "weft query listening",
-    )?;
+    let server = Server::start(weft, role, data_dir, "weft query listening")?;
     let base = format!("http://{}", server.http);
     let client = reqwest::blocking::Client::new();
     let counts = sql(
@@ -234,11 +244,134 @@ fn measure(
     })
 }
 
-/// Segments in a table's catalog.
+/// Segments in a table's catalog (0 when the catalog is in an object store).
 fn segments(data_dir: &Path, table: &str) -> anyhow::Result<u64> {
     let path = data_dir.join(table).join("catalog.json");
+    if !path.exists() {
+        return Ok(0);
+    }
     let catalog: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     Ok(catalog["segments"].as_array().map_or(0, Vec::len) as u64)
+}
+
+/// Moves a copy of the loaded segments to the object store at `url`, times
+/// the first trace lookup, log search and SQL query of queriers with empty
+/// caches, then measures step 2 over a querier of the object store, and
+/// prints it all beside `local`.
+fn compare_object_storage(
+    weft: &Path,
+    args: &Args,
+    url: &str,
+    samples: &[String],
+    suite: &[SuiteQuery],
+    local: &Measurement,
+) -> anyhow::Result<()> {
+    let scratch = |name: &str| -> anyhow::Result<PathBuf> {
+        let dir = args.data_dir.with_extension(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        Ok(dir)
+    };
+    let copy = scratch("upload")?;
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&args.data_dir)
+        .arg(&copy)
+        .status()?;
+    if !copied.success() {
+        bail!("cannot copy {} to {}", args.data_dir.display(), copy.display());
+    }
+    let started = Instant::now();
+    let server = Server::start(
+        weft,
+        &["serve", "--storage", url, "--data-dir"],
+        &copy,
+        "weft listening",
+    )?;
+    let upload = started.elapsed();
+    server.stop()?;
+    std::fs::remove_dir_all(&copy)?;
+    eprintln!("# uploaded in {:.1} s", upload.as_secs_f64());
+
+    let role = ["query", "--storage", url, "--data-dir"];
+    let client = reqwest::blocking::Client::new();
+    // Each first request on its own querier with an empty cache.
+    let first = |request: &dyn Fn(&str) -> anyhow::Result<()>| -> anyhow::Result<Vec<f64>> {
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let cache = scratch("cache")?;
+            let server = Server::start(weft, &role, &cache, "weft query listening")?;
+            let base = format!("http://{}", server.http);
+            let started = Instant::now();
+            request(&base)?;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            drop(server);
+        }
+        Ok(times)
+    };
+    let trace = first(&|base| {
+        let response = client
+            .get(format!("{base}/api/v1/traces/{}", samples[0]))
+            .send()?;
+        if !response.status().is_success() {
+            bail!("trace lookup: {}", response.status());
+        }
+        Ok(())
+    })?;
+    let search = first(&|base| {
+        let response = client
+            .get(format!("{base}/api/v1/logs"))
+            .query(&[("q", "timeout AND database"), ("limit", "20")])
+            .send()?;
+        if !response.status().is_success() {
+            bail!("log search: {}", response.status());
+        }
+        Ok(())
+    })?;
+    let sql_first = first(&|base| sql(&client, base, &suite[0].weft).map(drop))?;
+    let warm = measure(weft, args, samples, suite, &role, &scratch("cache")?)?;
+    if warm.rows != local.rows {
+        bail!(
+            "the object store's rows differ: {:?} → {:?}",
+            local.rows,
+            warm.rows
+        );
+    }
+
+    println!(
+        "\n## Local disk against object storage ({url}; upload of the segments took {:.1} s)\n",
+        upload.as_secs_f64()
+    );
+    println!("| | local disk | object store, cold cache | object store, warm cache | warm / local |\n|---|---|---|---|---|");
+    let median = |v: &[f64]| percentile(v, 0.5);
+    for (what, cold, local, warm) in [
+        ("trace by id p50 (ms)", &trace, &local.trace_ms, &warm.trace_ms),
+        ("log search p50 (ms)", &search, &local.search_ms, &warm.search_ms),
+    ] {
+        println!(
+            "| {what} | {:.1} | {:.1} (first lookup) | {:.1} | {:.2} |",
+            median(local),
+            median(cold),
+            median(warm),
+            median(warm) / median(local)
+        );
+    }
+    for (i, query) in suite.iter().enumerate() {
+        let cold = if i == 0 {
+            format!("{:.1} (first query)", median(&sql_first))
+        } else {
+            "–".to_string()
+        };
+        println!(
+            "| {} (median ms) | {:.1} | {cold} | {:.1} | {:.2} |",
+            query.name,
+            local.suite_ms[i],
+            warm.suite_ms[i],
+            warm.suite_ms[i] / local.suite_ms[i]
+        );
+    }
+    Ok(())
 }
 
 fn print_lookups(measured: &Measurement) {
