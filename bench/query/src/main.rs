@@ -280,7 +280,11 @@ fn compare_object_storage(
         .arg(&copy)
         .status()?;
     if !copied.success() {
-        bail!("cannot copy {} to {}", args.data_dir.display(), copy.display());
+        bail!(
+            "cannot copy {} to {}",
+            args.data_dir.display(),
+            copy.display()
+        );
     }
     let started = Instant::now();
     let server = Server::start(
@@ -346,8 +350,18 @@ fn compare_object_storage(
     println!("| | local disk | object store, cold cache | object store, warm cache | warm / local |\n|---|---|---|---|---|");
     let median = |v: &[f64]| percentile(v, 0.5);
     for (what, cold, local, warm) in [
-        ("trace by id p50 (ms)", &trace, &local.trace_ms, &warm.trace_ms),
-        ("log search p50 (ms)", &search, &local.search_ms, &warm.search_ms),
+        (
+            "trace by id p50 (ms)",
+            &trace,
+            &local.trace_ms,
+            &warm.trace_ms,
+        ),
+        (
+            "log search p50 (ms)",
+            &search,
+            &local.search_ms,
+            &warm.search_ms,
+        ),
     ] {
         println!(
             "| {what} | {:.1} | {:.1} (first lookup) | {:.1} | {:.2} |",
