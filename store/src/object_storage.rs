@@ -289,9 +289,15 @@ fn connect(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
                 .to_file_path()
                 .map_err(|()| invalid("not an absolute file path".into()))?;
             std::fs::create_dir_all(&path).at(&path)?;
-            return Ok((Arc::new(object_store::local::LocalFileSystem::new()), root));
+            // Object stores have no directories: leave none behind.
+            let store = object_store::local::LocalFileSystem::new().with_automatic_cleanup(true);
+            return Ok((Arc::new(store), root));
         }
-        ObjectStoreScheme::Memory => Ok(Arc::new(object_store::memory::InMemory::new())),
+        // Gone with the process, after the WAL behind it was deleted: only
+        // for this crate's tests.
+        ObjectStoreScheme::Memory if cfg!(test) => {
+            Ok(Arc::new(object_store::memory::InMemory::new()))
+        }
         ObjectStoreScheme::AmazonS3 => object_store::aws::AmazonS3Builder::from_env()
             .with_url(url)
             .build()
