@@ -211,7 +211,7 @@ impl Default for StoreSettings {
             retention: store.retention,
             deletion_grace: store.deletion_grace,
             storage: None,
-            cache_bytes: 10 * 1024 * 1024 * 1024,
+            cache_bytes: weft_store::object_storage::DEFAULT_CACHE_BYTES,
         }
     }
 }

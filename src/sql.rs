@@ -16,10 +16,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use clap::{Args, ValueEnum};
 use weft_query::{format, QueryConfig, QueryEngine};
+use weft_store::object_storage::DEFAULT_CACHE_BYTES;
 use weft_store::{ObjectStorage, StoreReader, TenantId};
-
-/// With `--storage`: segment bytes the data directory keeps cached for later runs.
-const CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 
 #[derive(Debug, Args)]
 pub struct SqlArgs {
@@ -81,7 +79,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
             let reader = match &args.storage {
                 Some(url) => {
                     let storage =
-                        ObjectStorage::open(url, &args.data_dir, CACHE_BYTES, config.timeout)?;
+                        ObjectStorage::open(url, &args.data_dir, DEFAULT_CACHE_BYTES, config.timeout)?;
                     StoreReader::with_storage(dir, &storage)
                 }
                 None if !args.data_dir.exists() => bail!(

@@ -58,6 +58,7 @@ use tantivy::columnar::Column as FastColumn;
 use tantivy::query::{BooleanQuery, Occur, Query};
 use tantivy::{DocId, Index, IndexReader, ReloadPolicy, Score, SegmentOrdinal, SegmentReader};
 use weft_store::catalog::SegmentEntry;
+use weft_store::object_storage::SegmentPart;
 use weft_store::trace_filter::TraceFilter;
 use weft_store::{index, segment, Signal, Store, StoreError, StoreReader, TableSnapshot};
 
@@ -235,18 +236,20 @@ impl StoreTable {
             })?,
             None => vec![true; snapshot.segments.len()],
         };
-        let kept: Vec<&str> = (snapshot.segments.iter().zip(&keep))
-            .filter(|(_, keep)| **keep)
-            .map(|(entry, _)| entry.id.as_str())
-            .collect();
-        let fetched = if !text_filters.is_empty() {
-            snapshot.fetch_indexes(&kept)
-        } else if trace_ids.is_some() {
-            snapshot.fetch_trace_filters(&kept)
+        let part = if !text_filters.is_empty() {
+            Some(SegmentPart::Index)
         } else {
-            Ok(())
+            trace_ids.map(|_| SegmentPart::TraceFilter)
         };
-        fetched.map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+        if let Some(part) = part {
+            let kept: Vec<&str> = (snapshot.segments.iter().zip(&keep))
+                .filter(|(_, keep)| **keep)
+                .map(|(entry, _)| entry.id.as_str())
+                .collect();
+            snapshot
+                .fetch(&kept, part)
+                .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+        }
         let mut selected = Vec::new();
         for (entry, keep) in snapshot.segments.iter().zip(keep) {
             if !keep {
@@ -382,7 +385,7 @@ impl TableProvider for StoreTable {
                     .map(|(entry, _)| entry.id.as_str())
                     .collect();
                 snapshot
-                    .fetch_parquet(&ids)
+                    .fetch(&ids, SegmentPart::Parquet)
                     .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
                 Ok::<_, datafusion::error::DataFusionError>((snapshot, segments))
             })

@@ -50,6 +50,9 @@ use crate::trace_filter;
 /// The file in the data directory that names this node.
 const NODE_ID_FILE: &str = "node-id";
 
+/// `cache_bytes` unless configured: what a querier keeps of a bucket.
+pub const DEFAULT_CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
 /// The file of a tantivy index that makes it whole.
 const INDEX_META: &str = "meta.json";
 
@@ -385,24 +388,21 @@ impl RemoteTable {
     pub fn load_own_catalog(&self) -> Result<Option<Catalog>> {
         let path = self.catalog_path(&self.storage.node);
         let store = self.storage.store.clone();
+        let described = self.describe(&path);
         let loaded = self.storage.wait(async move {
-            match store.get(&path).await {
-                Ok(got) => {
-                    let version = UpdateVersion {
-                        e_tag: got.meta.e_tag.clone(),
-                        version: got.meta.version.clone(),
-                    };
-                    Ok(Some((got.bytes().await?, version)))
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
+            let Some(got) = get_if_exists(&store, &path).await? else {
+                return Ok(None);
+            };
+            let version = UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            Ok(Some((got.bytes().await?, version)))
         });
         match loaded.map_err(|e| self.storage.error(e))? {
             Some((bytes, version)) => {
                 *self.version.lock() = Some(version);
-                let path = self.describe(&self.catalog_path(&self.storage.node));
-                Catalog::parse(&bytes, &path).map(Some)
+                Catalog::parse(&bytes, &described).map(Some)
             }
             None => Ok(None),
         }
@@ -424,11 +424,10 @@ impl RemoteTable {
                 .map(|meta| {
                     let store = store.clone();
                     async move {
-                        match store.get(&meta.location).await {
-                            Ok(got) => Ok(Some((meta.location, got.bytes().await?))),
-                            // Deleted between the listing and the read.
-                            Err(object_store::Error::NotFound { .. }) => Ok(None),
-                            Err(e) => Err(e),
+                        // One deleted between the listing and the read is skipped.
+                        match get_if_exists(&store, &meta.location).await? {
+                            Some(got) => Ok(Some((meta.location, got.bytes().await?))),
+                            None => Ok(None),
                         }
                     }
                 })
@@ -510,12 +509,9 @@ impl RemoteTable {
                     .map(|(local, remote)| {
                         let store = store.clone();
                         async move {
-                            let contents = tokio::fs::read(&local).await.map_err(|e| {
-                                object_store::Error::Generic {
-                                    store: "weft",
-                                    source: format!("{}: {e}", local.display()).into(),
-                                }
-                            })?;
+                            let contents = tokio::fs::read(&local)
+                                .await
+                                .map_err(|e| local_error(&local, e))?;
                             store.put(&remote, PutPayload::from(contents)).await
                         }
                     })
@@ -544,52 +540,30 @@ impl RemoteTable {
     /// final name is whole) and removes downloads a crash cut short.
     pub fn adopt_cache_dir(&self) {
         let mut ids = std::collections::BTreeSet::new();
-        for sub in ["segments", "index"] {
-            let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.contains(".download-") {
-                    let path = entry.path();
-                    let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
-                } else {
-                    ids.insert(name.strip_suffix(".parquet").unwrap_or(&name).to_string());
-                }
+        for (id, path) in crate::table::local_segment_files(&self.dir).unwrap_or_default() {
+            if id.contains(".download-") {
+                let _ = crate::table::remove_path(&path);
+            } else {
+                ids.insert(id);
             }
         }
         self.adopt_local(&ids.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
-    /// Makes sure the Parquet files of `ids` are in the data directory.
-    pub fn fetch_parquet(&self, ids: &[&str]) -> Result<()> {
-        self.fetch(ids, Part::Parquet)
-    }
-
-    /// Makes sure the full-text indexes (with their trace-id filters) of
-    /// `ids` are in the data directory.
-    pub fn fetch_indexes(&self, ids: &[&str]) -> Result<()> {
-        self.fetch(ids, Part::Index)
-    }
-
-    /// Makes sure the trace-id filters of `ids` are in the data directory: a
-    /// trace lookup needs them, not the whole index.
-    pub fn fetch_trace_filters(&self, ids: &[&str]) -> Result<()> {
-        self.fetch(ids, Part::TraceFilter)
-    }
-
     /// The local file whose presence means `part` of segment `id` is cached.
-    fn local_part(&self, id: &str, part: Part) -> PathBuf {
+    fn local_part(&self, id: &str, part: SegmentPart) -> PathBuf {
         match part {
-            Part::Parquet => self.local_parquet(id),
+            SegmentPart::Parquet => self.local_parquet(id),
             // tantivy's index metadata: a fetched index is moved into place
             // with it last.
-            Part::Index => self.local_index(id).join(INDEX_META),
-            Part::TraceFilter => self.local_index(id).join(trace_filter::FILE_NAME),
+            SegmentPart::Index => self.local_index(id).join(INDEX_META),
+            SegmentPart::TraceFilter => self.local_index(id).join(trace_filter::FILE_NAME),
         }
     }
 
-    fn fetch(&self, ids: &[&str], part: Part) -> Result<()> {
+    /// Makes sure `part` of each segment of `ids` is in the data directory,
+    /// downloading what is not.
+    pub fn fetch(&self, ids: &[&str], part: SegmentPart) -> Result<()> {
         let mut missing = Vec::new();
         for id in ids {
             // Touch first: once marked as used, eviction leaves it alone.
@@ -605,18 +579,18 @@ impl RemoteTable {
         let jobs: Vec<_> = missing
             .iter()
             .map(|id| match part {
-                Part::Parquet => Download::File {
+                SegmentPart::Parquet => Download::File {
                     from: self.parquet_path(id),
                     to: self.local_parquet(id),
                     optional: false,
                 },
                 // Segments written before trace filters existed have none.
-                Part::TraceFilter => Download::File {
+                SegmentPart::TraceFilter => Download::File {
                     from: self.index_prefix(id).join(trace_filter::FILE_NAME),
                     to: self.local_part(id, part),
                     optional: true,
                 },
-                Part::Index => Download::Index {
+                SegmentPart::Index => Download::Index {
                     prefix: self.index_prefix(id),
                     to: self.local_index(id),
                 },
@@ -632,10 +606,7 @@ impl RemoteTable {
                     .await
             })
             .map_err(|e| self.storage.error(e))?;
-        for id in &missing {
-            let bytes = local_bytes(&self.local_parquet(id)) + local_bytes(&self.local_index(id));
-            self.storage.cached(&self.dir, id, bytes);
-        }
+        self.adopt_local(&missing.iter().map(String::as_str).collect::<Vec<_>>());
         Ok(())
     }
 
@@ -669,11 +640,14 @@ impl RemoteTable {
     }
 }
 
-/// What of a segment a query needs locally.
-#[derive(Clone, Copy)]
-enum Part {
+/// What of a segment a reader needs locally.
+#[derive(Clone, Copy, Debug)]
+pub enum SegmentPart {
+    /// The Parquet file: to scan it.
     Parquet,
+    /// The full-text index, with the trace-id filter: for `text_match`.
     Index,
+    /// Only the trace-id filter: a trace lookup needs no more to skip a segment.
     TraceFilter,
 }
 
@@ -759,6 +733,18 @@ impl Download {
                 result
             }
         }
+    }
+}
+
+/// Reads an object; `None` if there is none.
+async fn get_if_exists(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjectPath,
+) -> object_store::Result<Option<object_store::GetResult>> {
+    match store.get(path).await {
+        Ok(got) => Ok(Some(got)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

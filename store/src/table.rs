@@ -35,7 +35,7 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::catalog::{Catalog, SegmentEntry};
 use crate::error::{IoContext, Result, StoreError};
-use crate::object_storage::{ObjectStorage, RemoteTable};
+use crate::object_storage::{ObjectStorage, RemoteTable, SegmentPart};
 use crate::{compaction, index, object_storage, schema, segment, wal};
 
 /// Merges running at once in the process, whatever the number of tables and
@@ -139,32 +139,16 @@ pub struct TableSnapshot {
     pub segments: Vec<SegmentEntry>,
     /// Acknowledged batches not yet in a segment.
     pub unflushed: Vec<RecordBatch>,
-    /// Where the segments are kept when not only in `dir`: read them through
-    /// [`TableSnapshot::fetch_parquet`] and [`TableSnapshot::fetch_indexes`].
+    /// Where the segments are kept when not only in `dir`: read them after
+    /// [`TableSnapshot::fetch`].
     pub remote: Option<RemoteTable>,
 }
 
 impl TableSnapshot {
-    /// Brings the Parquet files of segments `ids` into `dir` if they are in
-    /// an object store and not cached; blocks while it downloads.
-    pub fn fetch_parquet(&self, ids: &[&str]) -> Result<()> {
-        self.remote
-            .as_ref()
-            .map_or(Ok(()), |r| r.fetch_parquet(ids))
-    }
-
-    /// Like [`TableSnapshot::fetch_parquet`], for the segments' indexes.
-    pub fn fetch_indexes(&self, ids: &[&str]) -> Result<()> {
-        self.remote
-            .as_ref()
-            .map_or(Ok(()), |r| r.fetch_indexes(ids))
-    }
-
-    /// Like [`TableSnapshot::fetch_parquet`], for the segments' trace-id filters.
-    pub fn fetch_trace_filters(&self, ids: &[&str]) -> Result<()> {
-        self.remote
-            .as_ref()
-            .map_or(Ok(()), |r| r.fetch_trace_filters(ids))
+    /// Brings `part` of segments `ids` into `dir` if they are in an object
+    /// store and not cached; blocks while it downloads.
+    pub fn fetch(&self, ids: &[&str], part: SegmentPart) -> Result<()> {
+        self.remote.as_ref().map_or(Ok(()), |r| r.fetch(ids, part))
     }
 
     /// The Parquet file of segment `id`.
@@ -732,7 +716,8 @@ fn merge(shared: &Shared, inputs: &[SegmentEntry]) -> Result<()> {
     let started = Instant::now();
     let signal = shared.signal;
     if let Some(remote) = &shared.remote {
-        remote.fetch_parquet(&inputs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())?;
+        let ids: Vec<&str> = inputs.iter().map(|s| s.id.as_str()).collect();
+        remote.fetch(&ids, SegmentPart::Parquet)?;
     }
     let batches = compaction::read_segments(signal, inputs, |id| segment_path(&shared.dir, id))
         .inspect_err(|_| {
@@ -1035,24 +1020,38 @@ fn delete_wal_up_to(dir: &Path, up_to: u64) -> Result<()> {
 fn remove_orphans(dir: &Path, catalog: &Catalog) -> Result<()> {
     let known: std::collections::HashSet<&str> =
         catalog.segments.iter().map(|s| s.id.as_str()).collect();
+    for (id, path) in local_segment_files(dir)? {
+        if !known.contains(id.as_str()) {
+            tracing::info!(path = %path.display(), "removing leftover of an interrupted flush");
+            remove_path(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every Parquet file and index directory (or leftover of one) in a table
+/// directory, with the segment id its name gives.
+pub(crate) fn local_segment_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
     for sub in ["segments", "index"] {
         let sub_dir = dir.join(sub);
         for entry in fs::read_dir(&sub_dir).at(&sub_dir)? {
             let path = entry.at(&sub_dir)?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let id = name.strip_suffix(".parquet").unwrap_or(name);
-            if known.contains(id) {
-                continue;
-            }
-            tracing::info!(path = %path.display(), "removing leftover of an interrupted flush");
-            if path.is_dir() {
-                fs::remove_dir_all(&path).at(&path)?;
-            } else {
-                fs::remove_file(&path).at(&path)?;
-            }
+            let id = name.strip_suffix(".parquet").unwrap_or(name).to_string();
+            files.push((id, path));
         }
     }
-    Ok(())
+    Ok(files)
+}
+
+/// Deletes a file, or a directory with everything in it.
+pub(crate) fn remove_path(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        fs::remove_dir_all(path).at(path)
+    } else {
+        fs::remove_file(path).at(path)
+    }
 }
 
 #[cfg(test)]
