@@ -90,6 +90,14 @@ pub struct StoreSettings {
     pub storage: Option<String>,
     /// With `storage`: bytes of segments the data directory caches at most.
     pub cache_bytes: u64,
+    /// With `storage`: the URL at which queriers on other machines reach
+    /// this process's OTLP/gRPC port for its unflushed rows (Arrow Flight).
+    /// Unset: `http://` (`https://` with TLS) and the gRPC listen address,
+    /// or this machine's host name if that is 0.0.0.0 or [::].
+    pub advertise_url: Option<String>,
+    /// With `storage`, for `weft query`: the token (role `read`) sent to
+    /// collectors that require authentication, for their unflushed rows.
+    pub collector_token: Option<String>,
 }
 
 /// TLS on every listener, from PEM files reloaded when they change.
@@ -212,6 +220,8 @@ impl Default for StoreSettings {
             deletion_grace: store.deletion_grace,
             storage: None,
             cache_bytes: weft_store::object_storage::DEFAULT_CACHE_BYTES,
+            advertise_url: None,
+            collector_token: None,
         }
     }
 }
@@ -267,6 +277,17 @@ pub struct ServerArgs {
     /// With --storage: bytes of segments cached in the data directory at most [default: 10737418240]
     #[arg(long, env = "WEFT_CACHE_BYTES", value_name = "BYTES")]
     pub cache_bytes: Option<u64>,
+    /// With --storage: the URL other machines' queriers reach this OTLP/gRPC port at for unflushed rows [default: http://<gRPC address or host name>:<port>]
+    #[arg(long, env = "WEFT_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// With --storage (weft query): token with the read role sent to collectors that require authentication
+    #[arg(
+        long,
+        env = "WEFT_COLLECTOR_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub collector_token: Option<String>,
     /// Cancel a query running longer than this, e.g. 30s [default: 30s]
     #[arg(long, env = "WEFT_QUERY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub query_timeout: Option<Duration>,
@@ -350,6 +371,12 @@ impl Config {
             self.store.storage.clone_from(&args.storage);
         }
         set(&mut self.store.cache_bytes, &args.cache_bytes);
+        if args.advertise_url.is_some() {
+            self.store.advertise_url.clone_from(&args.advertise_url);
+        }
+        if args.collector_token.is_some() {
+            self.store.collector_token.clone_from(&args.collector_token);
+        }
         set(&mut self.query.timeout, &args.query_timeout);
         set(&mut self.query.max_rows, &args.query_max_rows);
         set(
@@ -401,6 +428,15 @@ impl Config {
         }
         if self.store.compaction_interval.is_zero() {
             bail!("store.compaction_interval must be greater than 0");
+        }
+        if let Some(url) = &self.store.advertise_url {
+            let parsed: Option<axum::http::Uri> = url.parse().ok();
+            let usable = parsed.as_ref().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            });
+            if !usable {
+                bail!("store.advertise_url {url:?} must be an http:// or https:// URL with a host, e.g. http://collector-1:4317");
+            }
         }
         if self.store.retention.is_some_and(|r| r.is_zero()) {
             bail!("store.retention must be greater than 0; leave it unset to keep everything");
@@ -462,6 +498,27 @@ impl Config {
             "segments and catalogs are kept in object storage"
         );
         Ok(Some(storage))
+    }
+
+    /// Where queriers elsewhere reach this process's unflushed rows, given
+    /// the address the OTLP/gRPC port is bound to.
+    pub fn advertise_url(&self, grpc_addr: SocketAddr) -> String {
+        if let Some(url) = &self.store.advertise_url {
+            return url.clone();
+        }
+        let scheme = if self.tls.cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = if grpc_addr.ip().is_unspecified() {
+            host_name().unwrap_or_else(|| "localhost".to_string())
+        } else if grpc_addr.is_ipv6() {
+            format!("[{}]", grpc_addr.ip())
+        } else {
+            grpc_addr.ip().to_string()
+        };
+        format!("{scheme}://{host}:{}", grpc_addr.port())
     }
 
     pub fn store_config(&self) -> weft_store::StoreConfig {
@@ -538,6 +595,13 @@ impl Config {
             retry_after: self.otlp.retry_after,
         }
     }
+}
+
+/// This machine's host name as the kernel has it, where that can be read.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_access::tls::{Incoming, ServerTls};
 use weft_access::{Authenticator, BackgroundTask, Role as Access};
-use weft_collector::{grpc, http, Ingest, IngestMetrics, MetricsEndpoint, StoreCollector};
+use weft_collector::{flight, grpc, http, Ingest, IngestMetrics, MetricsEndpoint, StoreCollector};
+use weft_query::live::FlightLiveReader;
 use weft_query::{QueryEngines, QueryError, SnapshotSource, TenantSources};
 use weft_store::{StoreReader, TenantId, TenantStores};
 
@@ -115,12 +116,15 @@ pub async fn run_query(config: Config) -> anyhow::Result<()> {
     let (auth, _watcher) = authenticator(&config)?;
     let root = config.data_dir.clone();
     let storage = config.object_storage()?;
+    let live = Arc::new(FlightLiveReader::new(config.store.collector_token.clone()));
     let engines = query_engines(
         &config,
         Box::new(move |tenant: &TenantId| {
             let dir = tenant.data_dir(&root);
             let reader = match &storage {
-                Some(storage) => StoreReader::with_storage(dir, storage),
+                Some(storage) => {
+                    StoreReader::with_storage(dir, storage).with_live(tenant, live.clone())
+                }
                 None => StoreReader::new(dir),
             };
             Ok(Arc::new(reader) as Arc<dyn SnapshotSource>)
@@ -231,10 +235,16 @@ pub async fn run_until(
     };
     let mut servers = tokio::task::JoinSet::new();
     {
-        let routes = grpc::routes(
+        let mut routes = grpc::routes(
             ingest.clone(),
             weft_access::grpc::Interceptor::new(auth.clone(), Access::Ingest),
         );
+        if config.store.storage.is_some() {
+            routes = routes.add_service(flight::service(
+                stores.clone(),
+                weft_access::grpc::Interceptor::new(auth.clone(), Access::Read),
+            ));
+        }
         let max_requests = grpc::max_concurrent_requests(ingest.limits());
         let shutdown = until_stopped();
         servers.spawn(async move {
@@ -288,6 +298,15 @@ pub async fn run_until(
         )?;
         let api = api_router(engines, extra, Some(&metrics), &auth);
         servers.spawn(serve_http(listener, api, until_stopped(), "HTTP API"));
+    }
+    if config.store.storage.is_some() {
+        let url = config.advertise_url(grpc_addr);
+        let advertised = {
+            let (stores, url) = (stores.clone(), url.clone());
+            tokio::task::spawn_blocking(move || stores.advertise_live(&url)).await?
+        };
+        advertised.with_context(|| format!("cannot name {url} in the catalogs as where this collector serves its unflushed rows"))?;
+        tracing::info!(%url, "queriers elsewhere read the unflushed rows here (Arrow Flight)");
     }
     tracing::info!(
         tls = otlp_tls.is_some(),

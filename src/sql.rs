@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use clap::{Args, ValueEnum};
+use weft_query::live::FlightLiveReader;
 use weft_query::{format, QueryConfig, QueryEngine};
 use weft_store::object_storage::DEFAULT_CACHE_BYTES;
 use weft_store::{ObjectStorage, StoreReader, TenantId};
@@ -35,7 +36,7 @@ pub struct SqlArgs {
         default_value = "./weft-data"
     )]
     pub data_dir: PathBuf,
-    /// A token with the read role, for a server started with --auth.
+    /// A token with the read role, for a server started with --auth (with --storage: for the collectors' unflushed rows).
     #[arg(long, env = "WEFT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM CA certificate(s) to verify an https:// server with.
@@ -80,7 +81,8 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
                 Some(url) => {
                     let storage =
                         ObjectStorage::open(url, &args.data_dir, DEFAULT_CACHE_BYTES, config.timeout)?;
-                    StoreReader::with_storage(dir, &storage)
+                    let live = FlightLiveReader::new(args.token.clone());
+                    StoreReader::with_storage(dir, &storage).with_live(&tenant, Arc::new(live))
                 }
                 None if !args.data_dir.exists() => bail!(
                     "data directory {} does not exist (pass --data-dir, or --server to ask a running weft)",

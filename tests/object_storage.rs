@@ -1,7 +1,9 @@
 //! Segments in an object store (`--storage`): two collectors write one bucket,
 //! queriers over it answer for both, a collector killed with SIGKILL loses
 //! nothing it acknowledged, a querier started later sees everything, and a
-//! querier's small cache is refilled from the bucket. Each test runs against
+//! querier's small cache is refilled from the bucket, and queriers see what
+//! collectors acknowledged before it is flushed (Arrow Flight to the
+//! collectors' memory). Each test runs against
 //! a `file://` bucket and against S3 (a moto server, `pip install
 //! 'moto[server]'`; required in CI with `WEFT_S3_TESTS=required`).
 
@@ -240,6 +242,167 @@ fn two_collectors_and_queriers_share_one_bucket(bucket: &Bucket) {
     for weft in [a, b, q, late] {
         assert!(weft.stop().success());
     }
+}
+
+/// Spans per service, and distinct span ids in all.
+fn counts(weft: &Weft) -> (Vec<(String, i64)>, i64) {
+    let services = weft
+        .sql_rows("SELECT service_name, count(*) FROM spans GROUP BY 1 ORDER BY 1")
+        .into_iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap().to_string(),
+                row[1].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let distinct = weft.sql_rows("SELECT count(DISTINCT span_id) FROM spans")[0][0]
+        .as_i64()
+        .unwrap();
+    (services, distinct)
+}
+
+fn queriers_see_acknowledged_spans_before_any_flush(bucket: &Bucket) {
+    // Collector a never flushes on its own; b flushes and merges all the time.
+    let a = bucket.start(
+        "collector",
+        &bucket.data_dir("a"),
+        &["--flush-interval", "1h"],
+    );
+    let churning = [
+        "--flush-interval",
+        "30ms",
+        "--compaction-interval",
+        "100ms",
+        "--query-timeout",
+        "1s",
+        "--deletion-grace",
+        "1s",
+    ];
+    let b = bucket.start("collector", &bucket.data_dir("b"), &churning);
+    let q = bucket.start("query", &bucket.data_dir("q"), &[]);
+
+    // Each answer comes straight after the acknowledgements: no waiting.
+    a.post_spans(&spans_request("crm-conductor", 0..10));
+    assert_eq!(trace_spans(&q, 0), 10);
+    for round in 1..=20u64 {
+        b.post_spans(&spans_request("crm-database", round * 10..round * 10 + 10));
+        let (services, distinct) = counts(&q);
+        let expected = vec![
+            ("crm-conductor".to_string(), 10),
+            ("crm-database".to_string(), round as i64 * 10),
+        ];
+        assert_eq!(services, expected, "round {round}");
+        assert_eq!(
+            distinct,
+            10 + round as i64 * 10,
+            "round {round}: a span seen twice"
+        );
+    }
+    assert!(b.metric("weft_store_segments_written_total{table=\"spans\"}") >= 2.0);
+    assert!(b.metric("weft_store_compactions_total{table=\"spans\"}") >= 1.0);
+    assert_eq!(
+        a.metric("weft_store_segments_written_total{table=\"spans\"}"),
+        0.0
+    );
+
+    // Killed, a's acknowledged spans are only in its WAL: the querier answers
+    // without them rather than failing, and has them again once a is back.
+    a.kill9();
+    let (services, _) = counts(&q);
+    assert_eq!(services, vec![("crm-database".to_string(), 200)]);
+    let a = bucket.start(
+        "collector",
+        &bucket.data_dir("a"),
+        &["--flush-interval", "1h"],
+    );
+    eventually("the restarted collector's replayed spans", || {
+        counts(&q).0.len() == 2
+    });
+    assert_eq!(trace_spans(&q, 0), 10);
+
+    // Stopped cleanly, a flushes and leaves its catalog without an address.
+    assert!(a.stop().success());
+    eventually("a's spans from its last segment", || {
+        let (status, body) = q.get_json("/api/v1/traces/0000000000000000000000000000feed");
+        status == 200 && body["spans"].as_array().unwrap().len() == 10
+    });
+    for weft in [b, q] {
+        assert!(weft.stop().success());
+    }
+}
+
+#[test]
+fn queriers_see_unflushed_spans_of_collectors_on_a_file_bucket() {
+    queriers_see_acknowledged_spans_before_any_flush(&Bucket::file());
+}
+
+#[test]
+fn queriers_see_unflushed_spans_of_collectors_on_an_s3_bucket() {
+    if let Some(bucket) = Bucket::s3() {
+        queriers_see_acknowledged_spans_before_any_flush(&bucket);
+    }
+}
+
+/// Whether `python3` has pyarrow's Flight client; required in CI.
+fn pyarrow_flight() -> bool {
+    let installed = Command::new("python3")
+        .args(["-c", "import pyarrow.flight"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert_ne!(
+            std::env::var("WEFT_PYARROW_TESTS").as_deref(),
+            Ok("required"),
+            "WEFT_PYARROW_TESTS=required but pyarrow is missing (pip install pyarrow)"
+        );
+        eprintln!("SKIPPED: needs pyarrow (pip install pyarrow)");
+    }
+    installed
+}
+
+#[test]
+fn pyarrow_reads_a_collectors_unflushed_spans_over_arrow_flight() {
+    if !pyarrow_flight() {
+        return;
+    }
+    let bucket = Bucket::file();
+    let collector = bucket.start(
+        "collector",
+        &bucket.data_dir("c"),
+        &["--flush-interval", "1h"],
+    );
+    collector.post_spans(&spans_request("crm-salesforce", 0..25));
+    let script = r#"
+import sys
+import pyarrow.flight as flight
+client = flight.connect(sys.argv[1])
+table = client.do_get(flight.Ticket(b'{"table": "spans", "tenant": "default"}')).read_all()
+print(table.num_rows, sorted(set(table.column("service_name").to_pylist())))
+try:
+    client.do_get(flight.Ticket(b'{"table": "metrics", "tenant": "default"}')).read_all()
+except Exception as e:
+    print(str(e).splitlines()[0])
+"#;
+    let url = collector.grpc_url().replace("http://", "grpc://");
+    let output = Command::new("python3")
+        .args(["-c", script, &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("25 ['crm-salesforce']"));
+    let refused = lines.next().unwrap();
+    assert!(
+        refused.contains("invalid argument") && refused.contains("no table \"metrics\""),
+        "{refused}"
+    );
+    assert!(collector.stop().success());
 }
 
 #[test]

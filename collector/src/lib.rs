@@ -8,9 +8,12 @@
 //! the WAL has them on disk. Invalid records are
 //! dropped one by one and reported through OTLP partial success; overload is
 //! refused with retryable statuses rather than queued without bound.
+//! Over an object store, [`flight`] serves the rows not yet flushed to
+//! queriers on other machines.
 //!
 //! Not here: the storage format (`weft-store`) and queries (`query/`).
 
+pub mod flight;
 pub mod grpc;
 pub mod http;
 mod ingest;

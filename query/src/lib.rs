@@ -15,12 +15,14 @@
 //! This crate never writes: ingest and flushing belong to `collector/` and
 //! `store/`. It reads the store through a [`SnapshotSource`], either the
 //! [`weft_store::Store`] of the same process or a [`weft_store::StoreReader`]
-//! over a directory another process writes.
+//! over a directory another process writes, or an object store several do
+//! (asking their running collectors for unflushed rows with [`live`]).
 
 pub mod analysis;
 pub mod api;
 mod engine;
 pub mod format;
+pub mod live;
 pub mod provider;
 pub mod text_match;
 

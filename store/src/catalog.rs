@@ -45,6 +45,11 @@ pub struct Catalog {
     /// Every WAL file with a sequence number up to this one is in a segment.
     pub flushed_wal_seq: u64,
     pub segments: Vec<SegmentEntry>,
+    /// In an object store: where the writing process serves the rows it has
+    /// not flushed yet (Arrow Flight, see [`crate::live`]) while it runs.
+    /// Cleared by a clean shutdown, which flushes everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
 }
 
 impl Default for Catalog {
@@ -53,6 +58,7 @@ impl Default for Catalog {
             version: FORMAT_VERSION,
             flushed_wal_seq: 0,
             segments: Vec::new(),
+            live: None,
         }
     }
 }

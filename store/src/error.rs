@@ -37,6 +37,9 @@ pub enum StoreError {
     #[error("catalog {0} was replaced by another process writing as this node; give each writing process its own data directory")]
     CatalogConflict(PathBuf),
     /// The store is shutting down or its writer has stopped.
+    /// A running writer's unflushed rows could not be read (see `live`).
+    #[error("unflushed rows of a live writer: {0}")]
+    Live(String),
     #[error("store is closed")]
     Closed,
 }

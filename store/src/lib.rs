@@ -14,7 +14,9 @@
 //! This crate is not a query engine: it hands readers a consistent
 //! [`TableSnapshot`] (flushed segments plus not-yet-flushed batches) and leaves
 //! SQL to `query/`. A [`StoreReader`] gives the same snapshots of a data
-//! directory that another process writes. Receivers, protocol details and
+//! directory that another process writes, or of an object store that
+//! several do, asking each running writer for its unflushed rows ([`live`]).
+//! Receivers, protocol details and
 //! HTTP live in `collector/`.
 
 pub mod catalog;
@@ -22,6 +24,7 @@ pub mod compaction;
 pub mod convert;
 mod error;
 pub mod index;
+pub mod live;
 pub mod object_storage;
 mod reader;
 pub mod schema;

@@ -19,7 +19,9 @@
 //! and a reader's table is the union of every node's catalog. A catalog is
 //! replaced with a conditional put (the version it read must still be there,
 //! as Delta Lake and Iceberg commit), so a second process writing as the same
-//! node fails instead of overwriting the first one's commits.
+//! node fails instead of overwriting the first one's commits. While a writer
+//! runs, its catalogs also name where it serves the rows it has not flushed
+//! yet ([`ObjectStorage::set_live_url`], read by [`crate::live`]).
 //!
 //! Readers need segments as local files (DataFusion's Parquet reader, tantivy,
 //! the trace-id filters all read the data directory), so a query first
@@ -68,6 +70,8 @@ pub struct ObjectStorage {
     root: ObjectPath,
     local_root: PathBuf,
     node: String,
+    /// Where this process serves its unflushed rows, written into its catalogs.
+    live_url: Mutex<Option<String>>,
     /// Object store requests run here, whatever thread asks: the store's
     /// callers are synchronous (flushes, merges, planning a scan).
     io: tokio::runtime::Handle,
@@ -133,6 +137,7 @@ impl ObjectStorage {
             store,
             root,
             node: node_id(local_root)?,
+            live_url: Mutex::new(None),
             local_root: local_root.to_path_buf(),
             io: runtime.handle().clone(),
             runtime: Some(runtime),
@@ -155,6 +160,17 @@ impl ObjectStorage {
     /// The name of this process's catalogs.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Where this process serves its unflushed rows (an Arrow Flight URL),
+    /// or `None` once it no longer does. Catalogs committed from now on
+    /// carry it (see [`crate::Store::advertise_live`]).
+    pub fn set_live_url(&self, url: Option<String>) {
+        *self.live_url.lock() = url;
+    }
+
+    pub fn live_url(&self) -> Option<String> {
+        self.live_url.lock().clone()
     }
 
     /// The object store side of the table in the local directory `table_dir`
@@ -382,6 +398,15 @@ impl RemoteTable {
 
     fn local_index(&self, id: &str) -> PathBuf {
         crate::table::index_dir(&self.dir, id)
+    }
+
+    /// Where this process serves its unflushed rows, for its catalogs.
+    pub fn live_url(&self) -> Option<String> {
+        self.storage.live_url()
+    }
+
+    pub fn storage(&self) -> &Arc<ObjectStorage> {
+        &self.storage
     }
 
     /// This node's catalog of the table, if it has one yet.

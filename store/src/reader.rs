@@ -17,10 +17,13 @@
 //!
 //! Over an object store ([`StoreReader::with_storage`]) the table is the
 //! union of every writing node's catalog, re-read at most once a second, and
-//! the data directory is this reader's own cache: the writers' WALs are on
-//! their machines, so a reader sees what they have flushed.
+//! the data directory is this reader's own cache. The writers' WALs are on
+//! their machines: given a [`LiveReader`] ([`StoreReader::with_live`]), a
+//! snapshot asks each running writer for its segments and unflushed rows
+//! instead ([`crate::live`]); a writer that does not answer counts with its
+//! catalog's segments alone, and is asked again after [`LIVE_RETRY`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +33,10 @@ use parking_lot::Mutex;
 
 use crate::catalog::{Catalog, SegmentEntry};
 use crate::error::{Result, StoreError};
+use crate::live::{LiveReader, TailCopy};
 use crate::object_storage::{ObjectStorage, RemoteTable};
 use crate::table::{Signal, TableSnapshot};
+use crate::tenant::TenantId;
 use crate::wal;
 
 /// How often a snapshot starts over because flushes keep committing under it
@@ -41,6 +46,9 @@ const MAX_ATTEMPTS: usize = 8;
 /// How long a reader over an object store uses the catalogs it listed
 /// before listing them again.
 const CATALOG_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long snapshots leave a live writer that did not answer alone.
+const LIVE_RETRY: Duration = Duration::from_secs(5);
 
 /// Read-only access to both tables of a data directory.
 pub struct StoreReader {
@@ -70,6 +78,19 @@ impl StoreReader {
         }
     }
 
+    /// Over an object store: asks each running writer of `tenant`'s tables
+    /// for its unflushed rows through `live`.
+    pub fn with_live(mut self, tenant: &TenantId, live: Arc<dyn LiveReader>) -> Self {
+        for table in [&mut self.spans, &mut self.logs] {
+            table.live = Some(LiveWriters {
+                tenant: tenant.to_string(),
+                reader: live.clone(),
+                writers: Mutex::new(HashMap::new()),
+            });
+        }
+        self
+    }
+
     /// The table as of now: committed segments plus the acknowledged tail.
     pub fn snapshot(&self, signal: Signal) -> Result<TableSnapshot> {
         match signal {
@@ -85,30 +106,90 @@ struct TableReader {
     /// Decoded records of the WAL files read so far, by sequence number.
     tail: Mutex<BTreeMap<u64, TailFile>>,
     remote: Option<RemoteCatalogs>,
+    live: Option<LiveWriters>,
+}
+
+/// The running writers of one table, asked for their unflushed rows.
+struct LiveWriters {
+    tenant: String,
+    reader: Arc<dyn LiveReader>,
+    /// By the URL their catalogs name. One lock each, so a writer slow to
+    /// answer holds up only the snapshots that wait for it.
+    writers: Mutex<HashMap<String, Arc<Mutex<LiveWriter>>>>,
+}
+
+#[derive(Default)]
+struct LiveWriter {
+    copy: TailCopy,
+    /// Set when the writer did not answer: not asked again before then.
+    retry_at: Option<Instant>,
+}
+
+impl LiveWriters {
+    /// The segments and unflushed batches of the writer serving at `url`,
+    /// or `None` if it cannot be asked now.
+    fn read(&self, signal: Signal, url: &str) -> Option<(Vec<SegmentEntry>, Vec<RecordBatch>)> {
+        let writer = self
+            .writers
+            .lock()
+            .entry(url.to_string())
+            .or_default()
+            .clone();
+        let mut writer = writer.lock();
+        if writer.retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        let ticket = writer.copy.ticket(signal, &self.tenant);
+        let answered = self.reader.read(url, &ticket).and_then(|tail| {
+            let segments = tail.header.segments.clone();
+            writer.copy.apply(tail).map(|()| segments)
+        });
+        match answered {
+            Ok(segments) => {
+                if writer.retry_at.take().is_some() {
+                    tracing::info!(
+                        table = signal.table_name(),
+                        writer = url,
+                        "a live writer answers again"
+                    );
+                }
+                Some((segments, writer.copy.batches().to_vec()))
+            }
+            Err(e) => {
+                if writer.retry_at.is_none() {
+                    tracing::warn!(table = signal.table_name(), writer = url, error = %e, retry = ?LIVE_RETRY, "cannot read a live writer's unflushed rows; using its flushed segments alone");
+                }
+                writer.retry_at = Some(Instant::now() + LIVE_RETRY);
+                None
+            }
+        }
+    }
+
+    /// Forgets the copies of writers no catalog names any more.
+    fn keep_only(&self, urls: &[&str]) {
+        self.writers
+            .lock()
+            .retain(|url, _| urls.contains(&url.as_str()));
+    }
 }
 
 /// Every node's catalog of one table in an object store, as last listed.
 struct RemoteCatalogs {
     table: RemoteTable,
-    listed: Mutex<Option<(Instant, Vec<SegmentEntry>)>>,
+    listed: Mutex<Option<(Instant, Vec<Catalog>)>>,
 }
 
 impl RemoteCatalogs {
-    fn segments(&self) -> Result<Vec<SegmentEntry>> {
+    fn catalogs(&self) -> Result<Vec<Catalog>> {
         let mut listed = self.listed.lock();
-        if let Some((at, segments)) = listed.as_ref() {
+        if let Some((at, catalogs)) = listed.as_ref() {
             if at.elapsed() < CATALOG_REFRESH {
-                return Ok(segments.clone());
+                return Ok(catalogs.clone());
             }
         }
-        let segments: Vec<SegmentEntry> = self
-            .table
-            .load_all_catalogs()?
-            .into_iter()
-            .flat_map(|catalog| catalog.segments)
-            .collect();
-        *listed = Some((Instant::now(), segments.clone()));
-        Ok(segments)
+        let catalogs = self.table.load_all_catalogs()?;
+        *listed = Some((Instant::now(), catalogs.clone()));
+        Ok(catalogs)
     }
 }
 
@@ -134,17 +215,13 @@ impl TableReader {
             }),
             dir,
             tail: Mutex::new(BTreeMap::new()),
+            live: None,
         }
     }
 
     fn snapshot(&self) -> Result<TableSnapshot> {
         if let Some(remote) = &self.remote {
-            return Ok(TableSnapshot {
-                dir: self.dir.clone(),
-                segments: remote.segments()?,
-                unflushed: Vec::new(),
-                remote: Some(remote.table.clone()),
-            });
+            return self.remote_snapshot(remote);
         }
         let mut tail = self.tail.lock();
         for _ in 0..MAX_ATTEMPTS {
@@ -168,6 +245,37 @@ impl TableReader {
             "the {} catalog changed {MAX_ATTEMPTS} times while its WAL was being read",
             self.signal.table_name()
         )))
+    }
+
+    /// The union of every writer's segments, and the unflushed rows of those
+    /// running and answering.
+    fn remote_snapshot(&self, remote: &RemoteCatalogs) -> Result<TableSnapshot> {
+        let catalogs = remote.catalogs()?;
+        let mut segments = Vec::new();
+        let mut unflushed = Vec::new();
+        for catalog in &catalogs {
+            let answer = match (&self.live, &catalog.live) {
+                (Some(live), Some(url)) => live.read(self.signal, url),
+                _ => None,
+            };
+            match answer {
+                Some((their_segments, batches)) => {
+                    segments.extend(their_segments);
+                    unflushed.extend(batches);
+                }
+                None => segments.extend(catalog.segments.iter().cloned()),
+            }
+        }
+        if let Some(live) = &self.live {
+            let urls: Vec<&str> = catalogs.iter().filter_map(|c| c.live.as_deref()).collect();
+            live.keep_only(&urls);
+        }
+        Ok(TableSnapshot {
+            dir: self.dir.clone(),
+            segments,
+            unflushed,
+            remote: Some(remote.table.clone()),
+        })
     }
 
     /// Brings `tail` up to date with the WAL files after `flushed_seq`.

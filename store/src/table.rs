@@ -35,6 +35,7 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::catalog::{Catalog, SegmentEntry};
 use crate::error::{IoContext, Result, StoreError};
+use crate::live::{LiveHeader, LiveTail};
 use crate::object_storage::{ObjectStorage, RemoteTable, SegmentPart};
 use crate::{compaction, index, object_storage, schema, segment, wal};
 
@@ -215,6 +216,15 @@ impl Store {
             .sum()
     }
 
+    /// Writes the catalogs again if where this process serves its unflushed
+    /// rows ([`ObjectStorage::set_live_url`]) changed: readers elsewhere ask
+    /// the address they name. Without an object store there is nothing to
+    /// do. Blocks while the catalogs are written.
+    pub fn advertise_live(&self) -> Result<()> {
+        self.spans.advertise_live()?;
+        self.logs.advertise_live()
+    }
+
     /// Flushes everything to segments and stops both tables. Appends that
     /// arrive afterwards fail with [`StoreError::Closed`].
     pub async fn shutdown(&self) -> Result<()> {
@@ -235,6 +245,9 @@ struct Shared {
     dir: PathBuf,
     /// The object store side of the table, with `--storage`.
     remote: Option<RemoteTable>,
+    /// Names this opening of the table: the numbers of unflushed batches
+    /// that readers in other processes hold are valid within one run.
+    run: String,
     config: StoreConfig,
     state: RwLock<State>,
     flush_wanted: Notify,
@@ -263,6 +276,9 @@ struct State {
     /// When the oldest active batch arrived.
     active_since: Option<Instant>,
     frozen: Vec<Frozen>,
+    /// How many batches appended since the table opened are in segments:
+    /// the number of the oldest unflushed batch (see [`crate::live`]).
+    flushed_batches: u64,
 }
 
 impl State {
@@ -315,6 +331,7 @@ impl Table {
             signal,
             dir,
             remote,
+            run: uuid::Uuid::new_v4().simple().to_string(),
             config: config.clone(),
             state: RwLock::new(State {
                 catalog,
@@ -322,6 +339,7 @@ impl Table {
                 active,
                 active_bytes,
                 frozen: Vec::new(),
+                flushed_batches: 0,
             }),
             flush_wanted: Notify::new(),
             flushing: tokio::sync::Mutex::new(()),
@@ -349,6 +367,8 @@ impl Table {
         *table.shared.flusher.lock() = Some(flusher);
         let compactor = tokio::spawn(table.clone().run_compactor());
         *table.shared.compactor.lock() = Some(compactor);
+        // A tenant first written to after start-up opens with the address known.
+        table.advertise_live()?;
         Ok(table)
     }
 
@@ -401,6 +421,45 @@ impl Table {
             unflushed,
             remote: self.shared.remote.clone(),
         }
+    }
+
+    /// The table for a reader in another process that holds the unflushed
+    /// batches before number `next` of `run` (see [`crate::live`]): the
+    /// segments and the unflushed batches it lacks, taken at one instant.
+    pub fn live_tail(&self, run: Option<&str>, next: u64) -> LiveTail {
+        let state = self.shared.state.read();
+        let first = state.flushed_batches;
+        let unflushed = state
+            .frozen
+            .iter()
+            .flat_map(|f| f.batches.iter())
+            .chain(state.active.iter());
+        let end = first + unflushed.clone().count() as u64;
+        let from = match run {
+            Some(run) if run == self.shared.run => next.clamp(first, end),
+            _ => first,
+        };
+        LiveTail {
+            header: LiveHeader {
+                run: self.shared.run.clone(),
+                first,
+                from,
+                segments: state.catalog.segments.clone(),
+            },
+            batches: unflushed.skip((from - first) as usize).cloned().collect(),
+        }
+    }
+
+    /// Commits the catalog again if where this process serves its unflushed
+    /// rows ([`ObjectStorage::live_url`]) changed since it was last written.
+    fn advertise_live(&self) -> Result<()> {
+        let Some(remote) = &self.shared.remote else {
+            return Ok(());
+        };
+        if self.shared.state.read().catalog.live == remote.live_url() {
+            return Ok(());
+        }
+        commit_catalog(&self.shared, |_| {}, |_| {})
     }
 
     pub fn stats(&self) -> &TableStats {
@@ -464,7 +523,17 @@ impl Table {
         if let Some(compactor) = compactor {
             let _ = compactor.await;
         }
-        let result = self.flush().await;
+        let mut result = self.flush().await;
+        if result.is_ok() {
+            // Everything is in segments: readers need not ask this process.
+            if let Some(remote) = &self.shared.remote {
+                remote.storage().set_live_url(None);
+            }
+            let table = self.clone();
+            result = tokio::task::spawn_blocking(move || table.advertise_live())
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Live(e.to_string())));
+        }
         // Every query has finished by now: nothing reads replaced files.
         delete_retired(&self.shared, Duration::ZERO);
         let _ = self.send_command(Command::Stop).await;
@@ -553,7 +622,8 @@ fn write_frozen(shared: &Shared, frozen: Frozen) -> Result<()> {
             catalog.flushed_wal_seq = frozen.up_to_wal_seq;
         },
         |state| {
-            state.frozen.remove(0);
+            let flushed = state.frozen.remove(0);
+            state.flushed_batches += flushed.batches.len() as u64;
         },
     )?;
     shared
@@ -625,7 +695,10 @@ fn commit_catalog(
     let mut catalog = shared.state.read().catalog.clone();
     change(&mut catalog);
     match &shared.remote {
-        Some(remote) => remote.store_own_catalog(&catalog)?,
+        Some(remote) => {
+            catalog.live = remote.live_url();
+            remote.store_own_catalog(&catalog)?;
+        }
         None => catalog.store(&shared.dir)?,
     }
     let mut state = shared.state.write();

@@ -187,6 +187,20 @@ impl TenantStores {
             .collect()
     }
 
+    /// Names `url` (an Arrow Flight URL) in every tenant's catalogs in the
+    /// object store as where this process serves its unflushed rows, and in
+    /// those of tenants opened later. Blocks while the catalogs are written.
+    pub fn advertise_live(&self, url: &str) -> Result<()> {
+        let Some(storage) = &self.template.storage else {
+            return Ok(());
+        };
+        storage.set_live_url(Some(url.to_string()));
+        for (_, store) in self.all() {
+            store.advertise_live()?;
+        }
+        Ok(())
+    }
+
     /// Flushes and stops every tenant's store; the first error is returned
     /// after all were tried.
     pub async fn shutdown(&self) -> Result<()> {
