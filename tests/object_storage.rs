@@ -344,6 +344,65 @@ fn queriers_see_unflushed_spans_of_collectors_on_an_s3_bucket() {
     }
 }
 
+/// `weft token create` in `data_dir`: the token.
+fn create_token(data_dir: &Path, tenant: &str, role: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["token", "create", "--data-dir", data_dir.to_str().unwrap()])
+        .args(["--tenant", tenant, "--role", role])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_collector_with_auth_serves_unflushed_rows_to_read_tokens_of_their_tenant_only() {
+    let bucket = Bucket::file();
+    let dir = bucket.data_dir("c");
+    let ingest = create_token(&dir, "default", "ingest");
+    let read = create_token(&dir, "default", "read");
+    let other_tenant = create_token(&dir, "acme", "read");
+    let collector = bucket.start("collector", &dir, &["--auth", "--flush-interval", "1h"]);
+    let response = client()
+        .post(collector.http_url("/v1/traces"))
+        .bearer_auth(&ingest)
+        .header("content-type", "application/x-protobuf")
+        .body(prost::Message::encode_to_vec(&spans_request(
+            "crm-mobile",
+            0..30,
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Without a token, with another tenant's and with an ingest token the
+    // collector refuses, and the querier answers from the (empty) segments.
+    for token in [None, Some(&other_tenant), Some(&ingest), Some(&read)] {
+        let mut args = vec![];
+        if let Some(token) = token {
+            args.extend(["--collector-token", token.as_str()]);
+        }
+        let q = bucket.start("query", &bucket.data_dir("q"), &args);
+        let rows = q.sql_rows("SELECT count(*) FROM spans");
+        let expected = if token == Some(&read) { 30 } else { 0 };
+        assert_eq!(rows[0][0], expected, "{token:?}");
+        if expected == 0 {
+            assert!(
+                q.log()
+                    .contains("cannot read a live writer's unflushed rows"),
+                "{}",
+                q.log()
+            );
+        }
+        assert!(q.stop().success());
+    }
+    assert!(collector.stop().success());
+}
+
 /// Whether `python3` has pyarrow's Flight client; required in CI.
 fn pyarrow_flight() -> bool {
     let installed = Command::new("python3")
