@@ -98,6 +98,9 @@ pub struct StoreSettings {
     /// With `storage`, for `weft query`: the token (role `read`) sent to
     /// collectors that require authentication, for their unflushed rows.
     pub collector_token: Option<String>,
+    /// With `storage`, for `weft query`: PEM CA certificates to verify
+    /// collectors' `https://` addresses with, beside the system's roots.
+    pub collector_ca_file: Option<PathBuf>,
 }
 
 /// TLS on every listener, from PEM files reloaded when they change.
@@ -222,6 +225,7 @@ impl Default for StoreSettings {
             cache_bytes: weft_store::object_storage::DEFAULT_CACHE_BYTES,
             advertise_url: None,
             collector_token: None,
+            collector_ca_file: None,
         }
     }
 }
@@ -288,6 +292,9 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub collector_token: Option<String>,
+    /// With --storage (weft query): PEM CA certificate(s) to verify collectors with TLS on their OTLP port [default: the system's roots]
+    #[arg(long, env = "WEFT_COLLECTOR_CA_FILE", value_name = "FILE")]
+    pub collector_ca_file: Option<PathBuf>,
     /// Cancel a query running longer than this, e.g. 30s [default: 30s]
     #[arg(long, env = "WEFT_QUERY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub query_timeout: Option<Duration>,
@@ -376,6 +383,11 @@ impl Config {
         }
         if args.collector_token.is_some() {
             self.store.collector_token.clone_from(&args.collector_token);
+        }
+        if args.collector_ca_file.is_some() {
+            self.store
+                .collector_ca_file
+                .clone_from(&args.collector_ca_file);
         }
         set(&mut self.query.timeout, &args.query_timeout);
         set(&mut self.query.max_rows, &args.query_max_rows);
@@ -519,6 +531,24 @@ impl Config {
             grpc_addr.ip().to_string()
         };
         format!("{scheme}://{host}:{}", grpc_addr.port())
+    }
+
+    /// The reader of collectors' unflushed rows for `weft query` over `storage`.
+    pub fn live_reader(&self) -> anyhow::Result<weft_query::live::FlightLiveReader> {
+        let ca_pem = self
+            .store
+            .collector_ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path).with_context(|| {
+                    format!("cannot read store.collector_ca_file {}", path.display())
+                })
+            })
+            .transpose()?;
+        Ok(weft_query::live::FlightLiveReader::new(
+            self.store.collector_token.clone(),
+            ca_pem,
+        ))
     }
 
     pub fn store_config(&self) -> weft_store::StoreConfig {

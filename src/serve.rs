@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use weft_access::tls::{Incoming, ServerTls};
 use weft_access::{Authenticator, BackgroundTask, Role as Access};
 use weft_collector::{flight, grpc, http, Ingest, IngestMetrics, MetricsEndpoint, StoreCollector};
-use weft_query::live::FlightLiveReader;
 use weft_query::{QueryEngines, QueryError, SnapshotSource, TenantSources};
 use weft_store::{StoreReader, TenantId, TenantStores};
 
@@ -116,7 +115,7 @@ pub async fn run_query(config: Config) -> anyhow::Result<()> {
     let (auth, _watcher) = authenticator(&config)?;
     let root = config.data_dir.clone();
     let storage = config.object_storage()?;
-    let live = Arc::new(FlightLiveReader::new(config.store.collector_token.clone()));
+    let live = Arc::new(config.live_reader()?);
     let engines = query_engines(
         &config,
         Box::new(move |tenant: &TenantId| {

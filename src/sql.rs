@@ -39,7 +39,7 @@ pub struct SqlArgs {
     /// A token with the read role, for a server started with --auth (with --storage: for the collectors' unflushed rows).
     #[arg(long, env = "WEFT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// PEM CA certificate(s) to verify an https:// server with.
+    /// PEM CA certificate(s) to verify an https:// server with (with --storage: collectors with TLS).
     #[arg(long, env = "WEFT_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// Query the segments in this object store (as `weft query --storage`),
@@ -81,7 +81,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
                 Some(url) => {
                     let storage =
                         ObjectStorage::open(url, &args.data_dir, DEFAULT_CACHE_BYTES, config.timeout)?;
-                    let live = FlightLiveReader::new(args.token.clone());
+                    let live = FlightLiveReader::new(args.token.clone(), ca_pem(args.ca_file.as_deref())?);
                     StoreReader::with_storage(dir, &storage).with_live(&tenant, Arc::new(live))
                 }
                 None if !args.data_dir.exists() => bail!(
@@ -111,13 +111,20 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The contents of `--ca-file`, if given.
+fn ca_pem(ca_file: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    ca_file
+        .map(|path| {
+            std::fs::read(path).with_context(|| format!("cannot read --ca-file {}", path.display()))
+        })
+        .transpose()
+}
+
 /// An HTTP client that trusts the CA certificates in `ca_file` (for a weft
 /// serving TLS with its own CA).
 fn client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder();
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("cannot read --ca-file {}", path.display()))?;
+    if let (Some(path), Some(pem)) = (ca_file, ca_pem(ca_file)?) {
         for certificate in reqwest::Certificate::from_pem_bundle(&pem)
             .with_context(|| format!("--ca-file {} is not PEM", path.display()))?
         {

@@ -622,3 +622,66 @@ services:
         "{message}"
     );
 }
+
+/// Over object storage a querier reads the unflushed rows of a collector
+/// with TLS on its OTLP port (Arrow Flight over https), verifying it with
+/// `--collector-ca-file`; without that CA it does not trust the collector
+/// and answers from the flushed segments alone.
+#[test]
+fn a_querier_reads_unflushed_rows_from_a_collector_with_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("weft test CA");
+    // The collector advertises its address as https://127.0.0.1:<port>.
+    write(dir.path(), &issue_for(&ca, "127.0.0.1", false, -1, 30));
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let bucket = format!("file://{}/bucket", dir.path().display());
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let collector = Weft::start_role(
+        "collector",
+        &dir.path().join("collector"),
+        &[
+            "--storage",
+            &bucket,
+            "--flush-interval",
+            "1h",
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    let https = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let response = https
+        .post(format!(
+            "https://127.0.0.1:{}/v1/traces",
+            collector.otlp_http.port()
+        ))
+        .header("content-type", "application/x-protobuf")
+        .body(prost::Message::encode_to_vec(&spans_request(
+            "crm-mobile",
+            0..12,
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let spans_seen = |extra: &[&str]| {
+        let args = [&["--storage", bucket.as_str()], extra].concat();
+        let querier = Weft::start_role("query", &dir.path().join("querier"), &args);
+        let count = querier.sql_rows("SELECT count(*) FROM spans")[0][0]
+            .as_i64()
+            .unwrap();
+        assert!(querier.stop().success());
+        count
+    };
+    assert_eq!(
+        spans_seen(&["--collector-ca-file", ca_file.to_str().unwrap()]),
+        12
+    );
+    assert_eq!(spans_seen(&[]), 0);
+    assert!(collector.stop().success());
+}

@@ -10,7 +10,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightClient, Ticket};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use weft_store::live::{LiveHeader, LiveReader, LiveTail, LiveTicket};
 use weft_store::StoreError;
 
@@ -29,15 +29,19 @@ pub struct FlightLiveReader {
     runtime: tokio::runtime::Handle,
     /// Sent as `Bearer` authorization: the collectors' `read` role for the tenant.
     token: Option<String>,
+    /// PEM CA certificates `https://` collectors are verified with, beside
+    /// the system's roots.
+    ca_pem: Option<Vec<u8>>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl FlightLiveReader {
     /// A reader whose requests run on the current Tokio runtime.
-    pub fn new(token: Option<String>) -> Self {
+    pub fn new(token: Option<String>, ca_pem: Option<Vec<u8>>) -> Self {
         Self {
             runtime: tokio::runtime::Handle::current(),
             token,
+            ca_pem,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -46,11 +50,20 @@ impl FlightLiveReader {
         if let Some(channel) = self.channels.lock().get(url) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(url.to_string())
+        let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| StoreError::Live(format!("{url} is not a URL to reach: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(pem) = &self.ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| StoreError::Live(format!("{url}: {e}")))?;
+        }
         // Connecting needs the runtime's reactor.
         let channel = {
             let _entered = self.runtime.enter();
