@@ -689,6 +689,40 @@ mod tests {
     }
 
     #[test]
+    fn the_advertised_url_follows_the_grpc_address_unless_set() {
+        let config = Config::default();
+        let at = |addr: &str| config.advertise_url(addr.parse().unwrap());
+        assert_eq!(at("127.0.0.1:4317"), "http://127.0.0.1:4317");
+        assert_eq!(at("[::1]:4317"), "http://[::1]:4317");
+        assert!(!at("0.0.0.0:4317").contains("0.0.0.0"));
+
+        let mut tls = Config::default();
+        tls.tls.cert_file = Some("server.crt".into());
+        assert_eq!(
+            tls.advertise_url("10.0.0.7:4317".parse().unwrap()),
+            "https://10.0.0.7:4317"
+        );
+
+        let args = ServerArgs {
+            advertise_url: Some("http://collector-1:4317".into()),
+            ..Default::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(
+            config.advertise_url("0.0.0.0:4317".parse().unwrap()),
+            "http://collector-1:4317"
+        );
+        for bad in ["collector-1:4317", "ftp://collector-1", "http://"] {
+            let args = ServerArgs {
+                advertise_url: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = Config::resolve(&args).unwrap_err().to_string();
+            assert!(err.contains("store.advertise_url"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn retention_is_read_from_the_file_and_unset_keeps_everything() {
         assert_eq!(Config::default().store.retention, None);
         let dir = tempfile::tempdir().unwrap();
