@@ -405,10 +405,6 @@ impl RemoteTable {
         self.storage.live_url()
     }
 
-    pub fn storage(&self) -> &Arc<ObjectStorage> {
-        &self.storage
-    }
-
     /// This node's catalog of the table, if it has one yet.
     pub fn load_own_catalog(&self) -> Result<Option<Catalog>> {
         let path = self.catalog_path(&self.storage.node);

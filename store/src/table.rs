@@ -525,10 +525,8 @@ impl Table {
         }
         let mut result = self.flush().await;
         if result.is_ok() {
-            // Everything is in segments: readers need not ask this process.
-            if let Some(remote) = &self.shared.remote {
-                remote.storage().set_live_url(None);
-            }
+            // The flush's commit carried the address already, unless there
+            // was nothing left to flush.
             let table = self.clone();
             result = tokio::task::spawn_blocking(move || table.advertise_live())
                 .await

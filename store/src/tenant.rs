@@ -204,6 +204,12 @@ impl TenantStores {
     /// Flushes and stops every tenant's store; the first error is returned
     /// after all were tried.
     pub async fn shutdown(&self) -> Result<()> {
+        // Everything is about to be in segments: the final flushes commit
+        // the catalogs without this process's address, so readers stop
+        // asking it in the same commit that shows them its last rows.
+        if let Some(storage) = &self.template.storage {
+            storage.set_live_url(None);
+        }
         let mut first_error = None;
         for (tenant, store) in self.all() {
             if let Err(e) = store.shutdown().await {
