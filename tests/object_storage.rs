@@ -14,6 +14,22 @@ use std::process::Command;
 
 use support::*;
 
+/// Whether `check` (a command that succeeds where a tool is installed) runs
+/// here. Where it does not, the test is skipped with a note, or fails when
+/// `required_by` is set to `required` (CI sets it).
+fn runs_here(check: &mut Command, required_by: &str, tool: &str) -> bool {
+    let installed = check.output().is_ok_and(|o| o.status.success());
+    if !installed {
+        assert_ne!(
+            std::env::var(required_by).as_deref(),
+            Ok("required"),
+            "{required_by}=required but {tool} is missing"
+        );
+        eprintln!("SKIPPED: needs {tool}");
+    }
+    installed
+}
+
 /// Where a test's segments go, and what weft needs in its environment to
 /// reach it.
 struct Bucket {
@@ -37,17 +53,11 @@ impl Bucket {
     /// A bucket on a fresh moto S3 server, or `None` (with a note) when moto
     /// is not installed and not required.
     fn s3() -> Option<Self> {
-        let installed = Command::new("moto_server")
-            .arg("--help")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            assert_ne!(
-                std::env::var("WEFT_S3_TESTS").as_deref(),
-                Ok("required"),
-                "WEFT_S3_TESTS=required but moto_server is missing (pip install 'moto[server]')"
-            );
-            eprintln!("SKIPPED: the S3 half needs moto_server (pip install 'moto[server]')");
+        if !runs_here(
+            Command::new("moto_server").arg("--help"),
+            "WEFT_S3_TESTS",
+            "moto_server (pip install 'moto[server]')",
+        ) {
             return None;
         }
         let mut command = Command::new("moto_server");
@@ -367,17 +377,12 @@ fn a_collector_with_auth_serves_unflushed_rows_to_read_tokens_of_their_tenant_on
     let read = create_token(&dir, "default", "read");
     let other_tenant = create_token(&dir, "acme", "read");
     let collector = bucket.start("collector", &dir, &["--auth", "--flush-interval", "1h"]);
-    let response = client()
-        .post(collector.http_url("/v1/traces"))
-        .bearer_auth(&ingest)
-        .header("content-type", "application/x-protobuf")
-        .body(prost::Message::encode_to_vec(&spans_request(
-            "crm-mobile",
-            0..30,
-        )))
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    send_spans(
+        client()
+            .post(collector.http_url("/v1/traces"))
+            .bearer_auth(&ingest),
+        &spans_request("crm-mobile", 0..30),
+    );
 
     // Without a token, with another tenant's and with an ingest token the
     // collector refuses, and the querier answers from the (empty) segments.
@@ -403,26 +408,13 @@ fn a_collector_with_auth_serves_unflushed_rows_to_read_tokens_of_their_tenant_on
     assert!(collector.stop().success());
 }
 
-/// Whether `python3` has pyarrow's Flight client; required in CI.
-fn pyarrow_flight() -> bool {
-    let installed = Command::new("python3")
-        .args(["-c", "import pyarrow.flight"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        assert_ne!(
-            std::env::var("WEFT_PYARROW_TESTS").as_deref(),
-            Ok("required"),
-            "WEFT_PYARROW_TESTS=required but pyarrow is missing (pip install pyarrow)"
-        );
-        eprintln!("SKIPPED: needs pyarrow (pip install pyarrow)");
-    }
-    installed
-}
-
 #[test]
 fn pyarrow_reads_a_collectors_unflushed_spans_over_arrow_flight() {
-    if !pyarrow_flight() {
+    if !runs_here(
+        Command::new("python3").args(["-c", "import pyarrow.flight"]),
+        "WEFT_PYARROW_TESTS",
+        "pyarrow (pip install pyarrow)",
+    ) {
         return;
     }
     let bucket = Bucket::file();

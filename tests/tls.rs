@@ -655,19 +655,13 @@ fn a_querier_reads_unflushed_rows_from_a_collector_with_tls() {
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
         .build()
         .unwrap();
-    let response = https
-        .post(format!(
+    send_spans(
+        https.post(format!(
             "https://127.0.0.1:{}/v1/traces",
             collector.otlp_http.port()
-        ))
-        .header("content-type", "application/x-protobuf")
-        .body(prost::Message::encode_to_vec(&spans_request(
-            "crm-mobile",
-            0..12,
-        )))
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 200);
+        )),
+        &spans_request("crm-mobile", 0..12),
+    );
 
     let spans_seen = |extra: &[&str]| {
         let args = [&["--storage", bucket.as_str()], extra].concat();

@@ -218,13 +218,7 @@ impl Weft {
         &self,
         request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
     ) {
-        let response = client()
-            .post(self.http_url("/v1/traces"))
-            .header("content-type", "application/x-protobuf")
-            .body(prost::Message::encode_to_vec(request))
-            .send()
-            .expect("OTLP/HTTP answers");
-        assert_eq!(response.status().as_u16(), 200, "{:?}", response.text());
+        send_spans(client().post(self.http_url("/v1/traces")), request);
     }
 
     /// A URL on the query API port.
@@ -497,6 +491,21 @@ pub fn stored_span_ids(data_dir: &Path) -> Vec<u64> {
 }
 
 /// A blocking HTTP client with a 10 s timeout.
+/// Sends `request` as OTLP/HTTP protobuf with `post` (a POST to
+/// `/v1/traces`, with whatever credentials or TLS it carries) and checks
+/// that it was acknowledged.
+pub fn send_spans(
+    post: reqwest::blocking::RequestBuilder,
+    request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) {
+    let response = post
+        .header("content-type", "application/x-protobuf")
+        .body(prost::Message::encode_to_vec(request))
+        .send()
+        .expect("OTLP/HTTP answers");
+    assert_eq!(response.status().as_u16(), 200, "{:?}", response.text());
+}
+
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
