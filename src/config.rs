@@ -160,6 +160,9 @@ pub struct QuerySettings {
     /// Memory one query may use of that (at most all of it), so one cannot
     /// starve the others.
     pub memory_limit_per_query_bytes: usize,
+    /// A Ballista scheduler (`host:port`, a `weft ballista scheduler`) that
+    /// runs the statements of `POST /api/v1/sql`; needs `store.storage`.
+    pub ballista_scheduler: Option<String>,
 }
 
 impl Default for QuerySettings {
@@ -170,6 +173,7 @@ impl Default for QuerySettings {
             max_rows: query.max_rows,
             memory_limit_bytes: query.memory_limit_bytes,
             memory_limit_per_query_bytes: query.memory_limit_per_query_bytes,
+            ballista_scheduler: None,
         }
     }
 }
@@ -295,6 +299,9 @@ pub struct ServerArgs {
     /// With --storage (weft query): PEM CA certificate(s) to verify collectors with TLS on their OTLP port [default: the system's roots]
     #[arg(long, env = "WEFT_COLLECTOR_CA_FILE", value_name = "FILE")]
     pub collector_ca_file: Option<PathBuf>,
+    /// With --storage: run SQL statements on the Ballista cluster of this scheduler, host:port (see `weft ballista`) [default: run them here]
+    #[arg(long, env = "WEFT_BALLISTA_SCHEDULER", value_name = "HOST:PORT")]
+    pub ballista_scheduler: Option<String>,
     /// Cancel a query running longer than this, e.g. 30s [default: 30s]
     #[arg(long, env = "WEFT_QUERY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub query_timeout: Option<Duration>,
@@ -389,6 +396,11 @@ impl Config {
                 .collector_ca_file
                 .clone_from(&args.collector_ca_file);
         }
+        if args.ballista_scheduler.is_some() {
+            self.query
+                .ballista_scheduler
+                .clone_from(&args.ballista_scheduler);
+        }
         set(&mut self.query.timeout, &args.query_timeout);
         set(&mut self.query.max_rows, &args.query_max_rows);
         set(
@@ -448,6 +460,15 @@ impl Config {
             });
             if !usable {
                 bail!("store.advertise_url {url:?} must be an http:// or https:// URL with a host, e.g. http://collector-1:4317");
+            }
+        }
+        if let Some(scheduler) = &self.query.ballista_scheduler {
+            let parsed: Option<axum::http::uri::Authority> = scheduler.parse().ok();
+            if parsed.is_none_or(|a| a.port_u16().is_none()) {
+                bail!("query.ballista_scheduler {scheduler:?} must be host:port, e.g. 127.0.0.1:50050");
+            }
+            if self.store.storage.is_none() {
+                bail!("query.ballista_scheduler needs store.storage: the cluster reads the segments from the object store");
             }
         }
         if self.store.retention.is_some_and(|r| r.is_zero()) {
@@ -628,7 +649,7 @@ impl Config {
 }
 
 /// This machine's host name as the kernel has it, where that can be read.
-fn host_name() -> Option<String> {
+pub(crate) fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_string())

@@ -1,6 +1,7 @@
 //! The `weft` binary: one command per role, wiring the crates together.
 
 mod access;
+mod ballista;
 mod config;
 mod demo;
 mod gateway;
@@ -37,6 +38,8 @@ enum Command {
     Collector(ServerArgs),
     /// Run only the query API over a data directory a separate `weft collector` writes.
     Query(ServerArgs),
+    /// Run a Ballista scheduler or executor for distributed SQL (`weft query --ballista-scheduler`).
+    Ballista(ballista::BallistaArgs),
     /// Run one SQL query against a running weft (`--server`) or a data directory, and print the rows.
     Sql(sql::SqlArgs),
     /// Run the API gateway: routes, load balancing, health checks, plugins, a traced request each.
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Query(args) => runtime()?.block_on(serve::run_query(Config::resolve(&args)?)),
         Command::Sql(args) => runtime()?.block_on(sql::run(args)),
+        Command::Ballista(args) => runtime()?.block_on(ballista::run(args)),
         Command::Gateway(args) => runtime()?.block_on(gateway::run(args)),
         Command::Mesh(args) => runtime()?.block_on(mesh::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),

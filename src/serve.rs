@@ -28,10 +28,18 @@ pub enum Role {
 }
 
 fn query_engines(config: &Config, sources: TenantSources) -> anyhow::Result<Arc<QueryEngines>> {
-    Ok(Arc::new(
-        QueryEngines::new(sources, config.query_config())
-            .context("cannot start the query engine")?,
-    ))
+    let mut engines = QueryEngines::new(sources, config.query_config())
+        .context("cannot start the query engine")?;
+    if let (Some(scheduler), Some(storage)) =
+        (&config.query.ballista_scheduler, &config.store.storage)
+    {
+        tracing::info!(scheduler, "SQL statements run on a Ballista cluster");
+        engines = engines.with_cluster(weft_query::ClusterConfig {
+            scheduler: scheduler.clone(),
+            storage: storage.clone(),
+        });
+    }
+    Ok(Arc::new(engines))
 }
 
 /// Loads the credentials and keeps them current until the returned guard

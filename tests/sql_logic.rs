@@ -1,6 +1,7 @@
 //! The SQL contract as sqllogictest files (`tests/slt/*.slt`), run through
 //! `POST /api/v1/sql` of a real `weft serve` holding the CRM fixture: its
-//! traces flushed to a Parquet segment, its logs still in memory.
+//! traces flushed to a Parquet segment, its logs still in memory; then the
+//! same files through a querier whose statements run on a Ballista cluster.
 //!
 //! `WEFT_SLT_OVERRIDE=1 cargo test --test sql_logic` rewrites the expected
 //! results from what weft answers — review the diff before committing it.
@@ -8,10 +9,12 @@
 mod support;
 
 use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 use sqllogictest::{DBOutput, DefaultColumnType};
-use support::Weft;
+
+use support::{logged_addr, Process, Weft};
 
 struct WeftSql<'a> {
     weft: &'a Weft,
@@ -61,15 +64,9 @@ impl sqllogictest::DB for WeftSql<'_> {
     }
 }
 
-#[test]
-fn sql_behaves_as_the_slt_files_say() {
-    let dir = tempfile::tempdir().unwrap();
-    let weft = Weft::start(dir.path(), &[]);
-    weft.post_fixture("/v1/traces", "crm_traces.json");
-    assert!(weft.stop().success());
-    let weft = Weft::start(dir.path(), &[]);
-    weft.post_fixture("/v1/logs", "crm_logs.json");
-
+/// Runs every `.slt` file against `weft`'s `POST /api/v1/sql` (or rewrites
+/// their expected results with `WEFT_SLT_OVERRIDE=1`).
+fn run_slt_files(weft: &Weft) {
     let mut files: Vec<_> =
         std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt"))
             .unwrap()
@@ -80,7 +77,6 @@ fn sql_behaves_as_the_slt_files_say() {
     assert!(!files.is_empty());
     let override_results = std::env::var_os("WEFT_SLT_OVERRIDE").is_some();
     for file in files {
-        let weft = &weft;
         let mut runner = sqllogictest::Runner::new(move || async move { Ok(WeftSql { weft }) });
         if override_results {
             futures::executor::block_on(runner.update_test_file(
@@ -95,5 +91,92 @@ fn sql_behaves_as_the_slt_files_say() {
             panic!("{}", e.display(true));
         }
     }
+}
+
+#[test]
+fn sql_behaves_as_the_slt_files_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(dir.path(), &[]);
+    weft.post_fixture("/v1/traces", "crm_traces.json");
     assert!(weft.stop().success());
+    let weft = Weft::start(dir.path(), &[]);
+    weft.post_fixture("/v1/logs", "crm_logs.json");
+    run_slt_files(&weft);
+    assert!(weft.stop().success());
+}
+
+/// The same files, with the same expected answers, through a querier that
+/// sends every statement to a Ballista cluster — a `weft ballista
+/// scheduler` and a `weft ballista executor` on loopback — over an object
+/// store. As above, the traces are in a flushed segment and the logs only in
+/// the running collector's memory, which the scheduler reads over Flight.
+#[test]
+fn sql_on_a_ballista_cluster_answers_as_on_one_node() {
+    if std::env::var_os("WEFT_SLT_OVERRIDE").is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}/bucket/weft", dir.path().display());
+    let with_storage = |args: &[&str]| {
+        let mut all = vec!["--storage", storage.as_str()];
+        all.extend_from_slice(args);
+        all.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let collector_dir = dir.path().join("collector");
+    let args = with_storage(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let collector = Weft::start_role("collector", &collector_dir, &args);
+    collector.post_fixture("/v1/traces", "crm_traces.json");
+    assert!(collector.stop().success());
+    let collector = Weft::start_role("collector", &collector_dir, &args);
+    collector.post_fixture("/v1/logs", "crm_logs.json");
+
+    let ballista = |role: &str, name: &'static str, data_dir: &str, extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command
+            .args(["ballista", role, "--data-dir"])
+            .arg(dir.path().join(data_dir))
+            .args(with_storage(extra))
+            .env("WEFT_LOG", "info");
+        Process::spawn(command, name)
+    };
+    let (scheduler, line) = ballista(
+        "scheduler",
+        "scheduler",
+        "scheduler",
+        &["--bind", "127.0.0.1:0"],
+    );
+    let scheduler_addr = logged_addr(&line, "scheduler").to_string();
+    let (executor, _) = ballista(
+        "executor",
+        "executor",
+        "executor",
+        &[
+            "--scheduler",
+            &scheduler_addr,
+            "--bind",
+            "127.0.0.1:0",
+            "--grpc-port",
+            "0",
+        ],
+    );
+
+    let querier_args = with_storage(&["--ballista-scheduler", &scheduler_addr]);
+    let querier_args: Vec<&str> = querier_args.iter().map(String::as_str).collect();
+    let querier = Weft::start_role("query", &dir.path().join("querier"), &querier_args);
+    run_slt_files(&querier);
+
+    // The statements ran on the cluster: its executor ran the tasks and
+    // fetched the trace segment into its own cache to read it.
+    let segments = std::fs::read_dir(dir.path().join("executor/spans/segments"))
+        .map(|files| files.count())
+        .unwrap_or(0);
+    assert!(
+        segments > 0 && executor.log().contains("Finished task"),
+        "the executor ran no task; its log:\n{}",
+        executor.log()
+    );
+    assert!(querier.stop().success());
+    drop((scheduler, executor));
+    assert!(collector.stop().success());
 }

@@ -106,6 +106,18 @@ impl From<DataFusionError> for QueryError {
 pub struct QueryEngine {
     ctx: SessionContext,
     config: QueryConfig,
+    /// Where users' statements run when a Ballista cluster is configured.
+    cluster: Option<SessionContext>,
+}
+
+/// A Ballista cluster that runs users' SQL statements
+/// ([`crate::distributed`]).
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The scheduler, `df://host:port`.
+    pub scheduler: String,
+    /// The object store the cluster reads, the `--storage` URL.
+    pub storage: String,
 }
 
 impl QueryEngine {
@@ -145,13 +157,33 @@ impl QueryEngine {
         ctx.register_udf(TextMatchUdf::udf());
         ctx.register_udtf(
             "critical_path",
-            Arc::new(crate::analysis::sql_functions::CriticalPathFunction),
+            Arc::new(crate::analysis::sql_functions::CriticalPathFunction::default()),
         );
-        Ok(Self { ctx, config })
+        Ok(Self {
+            ctx,
+            config,
+            cluster: None,
+        })
     }
 
     pub fn config(&self) -> &QueryConfig {
         &self.config
+    }
+
+    /// Runs a user's SQL statement like [`QueryEngine::sql`], on the Ballista
+    /// cluster if the engine has one. What weft asks itself (search, trace
+    /// by id, analyses) stays here: a cluster's job costs more than it saves.
+    pub async fn statement(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        let Some(cluster) = &self.cluster else {
+            return self.sql(sql).await;
+        };
+        let run = async {
+            let stream = Self::stream_on(cluster, &self.config, sql).await?;
+            collect_limited(stream, self.config.max_rows).await
+        };
+        tokio::time::timeout(self.config.timeout, run)
+            .await
+            .map_err(|_| QueryError::Timeout(self.config.timeout))?
     }
 
     /// Runs one read-only SQL statement and collects its rows, up to the
@@ -193,18 +225,26 @@ impl QueryEngine {
     /// `DROP`), DML (`INSERT`, `COPY`) and statements that change the
     /// session (`SET`) are refused.
     async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
+        Self::stream_on(&self.ctx, &self.config, sql).await
+    }
+
+    async fn stream_on(
+        ctx: &SessionContext,
+        config: &QueryConfig,
+        sql: &str,
+    ) -> Result<SendableRecordBatchStream, QueryError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let frame = self.ctx.sql_with_options(sql, options).await?;
+        let frame = ctx.sql_with_options(sql, options).await?;
         // Each query draws on the shared pool through a pool of its own,
         // which caps what it may hold.
-        let shared = self.ctx.runtime_env();
+        let shared = ctx.runtime_env();
         let mut runtime = RuntimeEnv::clone(&shared);
         runtime.memory_pool = Arc::new(PerQueryPool {
             shared: shared.memory_pool.clone(),
-            limit: self.config.memory_limit_per_query_bytes,
+            limit: config.memory_limit_per_query_bytes,
             reserved: AtomicUsize::new(0),
         });
         let task = frame.task_ctx().with_runtime(Arc::new(runtime));
@@ -302,6 +342,7 @@ pub type TenantSources =
 pub struct QueryEngines {
     sources: TenantSources,
     config: QueryConfig,
+    cluster: Option<ClusterConfig>,
     runtime: Arc<RuntimeEnv>,
     engines: RwLock<HashMap<TenantId, Arc<QueryEngine>>>,
 }
@@ -312,8 +353,16 @@ impl QueryEngines {
             runtime: shared_runtime(&config)?,
             sources,
             config,
+            cluster: None,
             engines: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Engines whose users' statements run on the Ballista cluster
+    /// `cluster` ([`QueryEngine::statement`]).
+    pub fn with_cluster(mut self, cluster: ClusterConfig) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// The engine over `tenant`'s data.
@@ -322,11 +371,20 @@ impl QueryEngines {
             return Ok(engine.clone());
         }
         let source = (self.sources)(tenant)?;
-        let engine = Arc::new(QueryEngine::with_runtime(
-            source,
-            self.config.clone(),
-            self.runtime.clone(),
-        )?);
+        let mut engine =
+            QueryEngine::with_runtime(source.clone(), self.config.clone(), self.runtime.clone())?;
+        if let Some(cluster) = &self.cluster {
+            let origin = crate::TableOrigin {
+                tenant: tenant.clone(),
+                storage: cluster.storage.clone(),
+            };
+            engine.cluster = Some(crate::distributed::cluster_context(
+                &cluster.scheduler,
+                origin,
+                source,
+            )?);
+        }
+        let engine = Arc::new(engine);
         Ok(self
             .engines
             .write()

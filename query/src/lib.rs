@@ -20,11 +20,14 @@
 
 pub mod analysis;
 pub mod api;
+pub mod distributed;
 mod engine;
 pub mod format;
 pub mod live;
 pub mod provider;
 pub mod text_match;
 
-pub use engine::{QueryConfig, QueryEngine, QueryEngines, QueryError, QueryResult, TenantSources};
-pub use provider::SnapshotSource;
+pub use engine::{
+    ClusterConfig, QueryConfig, QueryEngine, QueryEngines, QueryError, QueryResult, TenantSources,
+};
+pub use provider::{SnapshotSource, TableOrigin};

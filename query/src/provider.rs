@@ -44,6 +44,7 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, Pa
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::TableType;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
@@ -186,6 +187,21 @@ pub struct StoreTable {
     schema: SchemaRef,
     source: Arc<dyn SnapshotSource>,
     cache: Arc<SegmentCache>,
+    /// Whose table this is in which object store, for a plan sent to a
+    /// Ballista cluster ([`crate::distributed`]).
+    origin: Option<TableOrigin>,
+    /// Set where a Ballista scheduler plans: scans name the segments for
+    /// the executors to read instead of reading them here.
+    cluster_files: Option<Arc<StoreReader>>,
+}
+
+/// Which tenant's table, kept in which object store: what a Ballista
+/// scheduler needs to open the same table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableOrigin {
+    pub tenant: weft_store::TenantId,
+    /// The `--storage` URL.
+    pub storage: String,
 }
 
 impl std::fmt::Debug for StoreTable {
@@ -207,7 +223,38 @@ impl StoreTable {
             schema: signal.schema(),
             source,
             cache,
+            origin: None,
+            cluster_files: None,
         }
+    }
+
+    /// The same table, known to be `origin`'s, so it can be sent to a
+    /// Ballista cluster.
+    pub(crate) fn with_origin(mut self, origin: TableOrigin) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// The table as a Ballista scheduler plans it: from `reader`'s
+    /// snapshots, with scans that leave reading the segments to executors.
+    pub(crate) fn for_cluster(
+        signal: Signal,
+        origin: TableOrigin,
+        reader: Arc<StoreReader>,
+        cache: Arc<SegmentCache>,
+    ) -> Self {
+        Self {
+            cluster_files: Some(reader.clone()),
+            ..Self::new(signal, reader, cache).with_origin(origin)
+        }
+    }
+
+    pub(crate) fn signal(&self) -> Signal {
+        self.signal
+    }
+
+    pub(crate) fn origin(&self) -> Option<&TableOrigin> {
+        self.origin.as_ref()
     }
 
     /// The segments the filters leave, each with the rows the full-text
@@ -380,13 +427,16 @@ impl TableProvider for StoreTable {
                     trace_ids.as_deref(),
                     &text_filters,
                 )?;
-                let ids: Vec<&str> = segments
-                    .iter()
-                    .map(|(entry, _)| entry.id.as_str())
-                    .collect();
-                snapshot
-                    .fetch(&ids, SegmentPart::Parquet)
-                    .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+                // On a Ballista scheduler the executors fetch what they read.
+                if table.cluster_files.is_none() {
+                    let ids: Vec<&str> = segments
+                        .iter()
+                        .map(|(entry, _)| entry.id.as_str())
+                        .collect();
+                    snapshot
+                        .fetch(&ids, SegmentPart::Parquet)
+                        .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+                }
                 Ok::<_, datafusion::error::DataFusionError>((snapshot, segments))
             })
             .await
@@ -397,38 +447,55 @@ impl TableProvider for StoreTable {
         if !segments.is_empty() {
             let partitions = state.config().target_partitions().clamp(1, segments.len());
             let mut groups = vec![Vec::new(); partitions];
-            for (i, (entry, rows)) in segments.into_iter().enumerate() {
-                // Object store paths are absolute; the data directory may be relative.
-                let path = std::path::absolute(snapshot.segment_path(&entry.id))
-                    .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
-                let mut file =
-                    PartitionedFile::new(path.to_string_lossy().into_owned(), entry.bytes);
-                if let Some(rows) = rows {
-                    file = file.with_extension(ParquetRowSelection::new(rows));
+            for (i, segment) in segments.into_iter().enumerate() {
+                groups[i % partitions].push(segment);
+            }
+            inputs.push(match (&self.cluster_files, &self.origin) {
+                (Some(files), Some(origin)) => Arc::new(crate::distributed::SegmentScanExec::new(
+                    self.signal,
+                    origin.tenant.clone(),
+                    files.clone(),
+                    groups
+                        .into_iter()
+                        .map(|group| {
+                            group
+                                .iter()
+                                .map(|(entry, rows)| {
+                                    crate::distributed::ScanSegment::new(entry, rows.clone())
+                                })
+                                .collect()
+                        })
+                        .collect(),
+                    projection.clone(),
+                    predicate.clone(),
+                    limit,
+                )?),
+                _ => {
+                    let groups = groups
+                        .into_iter()
+                        .map(|group| {
+                            group
+                                .into_iter()
+                                .map(|(entry, rows)| {
+                                    segment_file(
+                                        &snapshot.segment_path(&entry.id),
+                                        entry.bytes,
+                                        rows,
+                                    )
+                                })
+                                .collect()
+                        })
+                        .collect::<DfResult<_>>()?;
+                    parquet_scan(
+                        self.schema.clone(),
+                        groups,
+                        predicate.as_ref(),
+                        projection.as_ref(),
+                        limit,
+                        state.runtime_env(),
+                    )?
                 }
-                groups[i % partitions].push(file);
-            }
-            let url = ObjectStoreUrl::local_filesystem();
-            let store = state.runtime_env().object_store(&url)?;
-            let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
-            let mut parquet = ParquetSource::new(self.schema.clone())
-                .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
-                    store,
-                    metadata_cache,
-                )))
-                .with_pushdown_filters(true)
-                .with_reorder_filters(true)
-                .with_enable_page_index(true)
-                .with_bloom_filter_on_read(true);
-            if let Some(predicate) = &predicate {
-                parquet = parquet.with_predicate(predicate.clone());
-            }
-            let config = FileScanConfigBuilder::new(url, Arc::new(parquet))
-                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-                .with_projection_indices(projection.clone())?
-                .with_limit(limit)
-                .build();
-            inputs.push(DataSourceExec::from_data_source(config));
+            });
         }
         if !snapshot.unflushed.is_empty() {
             inputs.push(MemorySourceConfig::try_new_exec(
@@ -449,6 +516,57 @@ impl TableProvider for StoreTable {
             _ => UnionExec::try_new(inputs),
         }
     }
+}
+
+/// What the Parquet reader needs of one segment: its file, its size and
+/// the rows the full-text index selected (`None`: all).
+pub(crate) fn segment_file(
+    path: &Path,
+    bytes: u64,
+    rows: Option<RowSelection>,
+) -> DfResult<PartitionedFile> {
+    // Object store paths are absolute; the data directory may be relative.
+    let path = std::path::absolute(path)
+        .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+    let file = PartitionedFile::new(path.to_string_lossy().into_owned(), bytes);
+    Ok(match rows {
+        Some(rows) => file.with_extension(ParquetRowSelection::new(rows)),
+        None => file,
+    })
+}
+
+/// A Parquet scan of segment files, one partition per group, with the
+/// filters pushed into the reader (row groups and pages skipped by their
+/// statistics, bloom filters on ids, late materialization).
+pub(crate) fn parquet_scan(
+    schema: SchemaRef,
+    groups: Vec<Vec<PartitionedFile>>,
+    predicate: Option<&Arc<dyn PhysicalExpr>>,
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+    runtime: &RuntimeEnv,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let url = ObjectStoreUrl::local_filesystem();
+    let store = runtime.object_store(&url)?;
+    let metadata_cache = runtime.cache_manager.get_file_metadata_cache();
+    let mut parquet = ParquetSource::new(schema)
+        .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+            store,
+            metadata_cache,
+        )))
+        .with_pushdown_filters(true)
+        .with_reorder_filters(true)
+        .with_enable_page_index(true)
+        .with_bloom_filter_on_read(true);
+    if let Some(predicate) = predicate {
+        parquet = parquet.with_predicate(predicate.clone());
+    }
+    let config = FileScanConfigBuilder::new(url, Arc::new(parquet))
+        .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .build();
+    Ok(DataSourceExec::from_data_source(config))
 }
 
 /// What the catalog knows of each segment, in the shape DataFusion's pruning

@@ -93,9 +93,27 @@ impl StoreReader {
 
     /// The table as of now: committed segments plus the acknowledged tail.
     pub fn snapshot(&self, signal: Signal) -> Result<TableSnapshot> {
+        self.table(signal).snapshot()
+    }
+
+    /// The table's segment files, for a process that is told which
+    /// segments to read rather than reading the catalogs (a Ballista
+    /// executor): no segments listed and no rows, but
+    /// [`TableSnapshot::fetch`] and [`TableSnapshot::segment_path`] work.
+    pub fn files(&self, signal: Signal) -> TableSnapshot {
+        let table = self.table(signal);
+        TableSnapshot {
+            dir: table.dir.clone(),
+            segments: Vec::new(),
+            unflushed: Vec::new(),
+            remote: table.remote.as_ref().map(|r| r.table.clone()),
+        }
+    }
+
+    fn table(&self, signal: Signal) -> &TableReader {
         match signal {
-            Signal::Spans => self.spans.snapshot(),
-            Signal::Logs => self.logs.snapshot(),
+            Signal::Spans => &self.spans,
+            Signal::Logs => &self.logs,
         }
     }
 }

@@ -25,6 +25,7 @@ use datafusion::prelude::SessionContext;
 use super::critical_path::TraceTree;
 use super::{span_records, SPAN_RECORD_COLUMNS};
 use crate::api::params::{parse_trace_id, sql_string};
+use crate::provider::TableOrigin;
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -41,8 +42,19 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// `critical_path(trace_id)`: one row per span on the trace's critical path,
 /// in the order the walk found them, with its self time on the path; the
 /// error origin is flagged (it is a row even when it is off the path).
-#[derive(Debug)]
-pub struct CriticalPathFunction;
+#[derive(Debug, Default)]
+pub struct CriticalPathFunction {
+    /// Whose spans in which object store, when plans go to Ballista.
+    origin: Option<TableOrigin>,
+}
+
+impl CriticalPathFunction {
+    pub(crate) fn for_origin(origin: TableOrigin) -> Self {
+        Self {
+            origin: Some(origin),
+        }
+    }
+}
 
 impl TableFunctionImpl for CriticalPathFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
@@ -57,13 +69,43 @@ impl TableFunctionImpl for CriticalPathFunction {
         };
         let text = value.try_as_str().flatten().ok_or_else(usage)?;
         let trace_id = parse_trace_id(text).map_err(DataFusionError::Plan)?;
-        Ok(Arc::new(CriticalPathTable { trace_id }))
+        Ok(Arc::new(CriticalPathTable {
+            trace_id,
+            origin: self.origin.clone(),
+            spans: None,
+        }))
     }
 }
 
 #[derive(Debug)]
-struct CriticalPathTable {
+pub(crate) struct CriticalPathTable {
     trace_id: String,
+    origin: Option<TableOrigin>,
+    /// The `spans` table to read, where the session has none (a Ballista
+    /// scheduler's); else the session's own.
+    spans: Option<Arc<dyn TableProvider>>,
+}
+
+impl CriticalPathTable {
+    pub(crate) fn over(
+        trace_id: String,
+        origin: TableOrigin,
+        spans: Arc<dyn TableProvider>,
+    ) -> Self {
+        Self {
+            trace_id,
+            origin: Some(origin),
+            spans: Some(spans),
+        }
+    }
+
+    pub(crate) fn trace_id(&self) -> &str {
+        &self.trace_id
+    }
+
+    pub(crate) fn origin(&self) -> Option<&TableOrigin> {
+        self.origin.as_ref()
+    }
 }
 
 #[async_trait]
@@ -90,7 +132,21 @@ impl TableProvider for CriticalPathTable {
                 DataFusionError::Internal("critical_path needs weft's session".into())
             })?;
         // The spans come through the same `spans` table, flushed or not.
-        let batches = SessionContext::new_with_state(state.clone())
+        let ctx = match &self.spans {
+            // A context of its own: registering the table in the shared
+            // session would race other plans over other tenants.
+            Some(spans) => {
+                let config = state
+                    .config()
+                    .clone()
+                    .with_create_default_catalog_and_schema(true);
+                let ctx = SessionContext::new_with_config_rt(config, state.runtime_env().clone());
+                ctx.register_table("spans", spans.clone())?;
+                ctx
+            }
+            None => SessionContext::new_with_state(state.clone()),
+        };
+        let batches = ctx
             .sql(&format!(
                 "SELECT {SPAN_RECORD_COLUMNS} FROM spans WHERE trace_id = {}",
                 sql_string(&self.trace_id)

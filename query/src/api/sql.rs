@@ -54,7 +54,7 @@ pub(super) async fn run(
     if request.sql.trim().is_empty() {
         return Err(ApiError::bad_request("\"sql\" is empty"));
     }
-    let result = engine.sql(&request.sql).await?;
+    let result = engine.statement(&request.sql).await?;
     let truncated = HeaderValue::from_static(if result.truncated { "true" } else { "false" });
     let mut response = match negotiate(&headers) {
         Format::Json => Json(json!({

@@ -1,0 +1,706 @@
+//! Distributed SQL: weft's tables on an Apache DataFusion Ballista cluster.
+//!
+//! A querier started with `--ballista-scheduler` sends each SQL statement's
+//! logical plan to a Ballista scheduler instead of running it itself. The
+//! scheduler and its executors are weft processes too (`weft ballista
+//! scheduler`, `weft ballista executor`), reading the same object store, so
+//! they can decode what Ballista does not know by itself:
+//!
+//! ```text
+//!  querier                 scheduler                         executors
+//!  TableScan(spans)  ──▶   StoreTable::for_cluster ──scan──▶ SegmentScanExec
+//!  [TableNode: tenant,     (catalogs + collectors' unflushed  (fetch the segments
+//!   table, storage]         rows; prunes segments, searches    named, read them
+//!                           the full-text indexes)             with the predicate)
+//! ```
+//!
+//! [`WeftLogicalCodec`] carries a table as its tenant, name and storage URL;
+//! the scheduler opens the table from its own reader of that storage, and its
+//! scan plans [`SegmentScanExec`] partitions — lists of segment ids with the
+//! row selections the full-text indexes gave — plus the unflushed rows as an
+//! in-memory scan, which DataFusion's own codec carries. [`WeftPhysicalCodec`]
+//! carries a [`SegmentScanExec`] to the executors, which fetch the segments
+//! into their local cache and read them like a single-node scan does. Every
+//! other node is Ballista's and DataFusion's own (both codecs delegate to
+//! Ballista's), and `text_match` is resolved by name on every side.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::TableReference;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use prost::Message;
+use weft_store::catalog::SegmentEntry;
+use weft_store::object_storage::SegmentPart;
+use weft_store::{Signal, StoreReader, TenantId};
+
+use crate::analysis::sql_functions::{CriticalPathFunction, CriticalPathTable};
+use crate::provider::{
+    parquet_scan, segment_file, SegmentCache, SnapshotSource, StoreTable, TableOrigin,
+};
+use crate::text_match::{self, TextMatchUdf};
+
+/// Marks the bytes this module's codecs write, so they and Ballista's own
+/// share a plan without guessing.
+const MAGIC: &[u8] = b"weft.v1:";
+
+/// A querier's session that runs every statement on the Ballista cluster
+/// whose scheduler is at `scheduler` (`host:port`), over the tables of
+/// `origin`. `source` gives the tables' schemas here.
+pub fn cluster_context(
+    scheduler: &str,
+    origin: TableOrigin,
+    source: Arc<dyn SnapshotSource>,
+) -> DfResult<SessionContext> {
+    let url = format!("http://{scheduler}");
+    let config = SessionConfig::new_with_ballista()
+        .with_ballista_logical_extension_codec(Arc::new(WeftLogicalCodec::default()))
+        .with_ballista_physical_extension_codec(Arc::new(WeftPhysicalCodec::default()));
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build()
+        .upgrade_for_ballista(url)?;
+    let ctx = SessionContext::new_with_state(state);
+    let cache = Arc::new(SegmentCache::default());
+    for signal in Signal::ALL {
+        ctx.register_table(
+            signal.table_name(),
+            Arc::new(
+                StoreTable::new(signal, source.clone(), cache.clone()).with_origin(origin.clone()),
+            ),
+        )?;
+    }
+    ctx.register_udf(TextMatchUdf::udf());
+    ctx.register_udtf(
+        "critical_path",
+        Arc::new(CriticalPathFunction::for_origin(origin)),
+    );
+    Ok(ctx)
+}
+
+/// The stores a scheduler or an executor reads: one object store, one
+/// reader (and local cache) per tenant, opened on first use.
+pub struct ClusterStore {
+    storage: String,
+    open: Box<dyn Fn(&TenantId) -> StoreReader + Send + Sync>,
+    readers: Mutex<HashMap<TenantId, Arc<StoreReader>>>,
+    cache: Arc<SegmentCache>,
+}
+
+impl fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterStore")
+            .field("storage", &self.storage)
+            .finish()
+    }
+}
+
+impl ClusterStore {
+    /// The store at `storage` (the `--storage` URL), whose tenants' readers
+    /// `open` makes.
+    pub fn new(
+        storage: impl Into<String>,
+        open: impl Fn(&TenantId) -> StoreReader + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            storage: storage.into(),
+            open: Box::new(open),
+            readers: Mutex::new(HashMap::new()),
+            cache: Arc::new(SegmentCache::default()),
+        })
+    }
+
+    fn reader(&self, tenant: &TenantId) -> Arc<StoreReader> {
+        self.readers
+            .lock()
+            .entry(tenant.clone())
+            .or_insert_with(|| Arc::new((self.open)(tenant)))
+            .clone()
+    }
+
+    /// Refuses a plan made over another object store: its segments are not
+    /// the ones this process would read.
+    fn check(&self, storage: &str) -> DfResult<()> {
+        if storage == self.storage {
+            Ok(())
+        } else {
+            Err(DataFusionError::Plan(format!(
+                "the querier reads {storage} but this Ballista process reads {}; start both with the same --storage",
+                self.storage
+            )))
+        }
+    }
+}
+
+/// A table as it travels in a logical plan.
+#[derive(Clone, PartialEq, Message)]
+struct TableNode {
+    /// `spans`, `logs`, or `critical_path`.
+    #[prost(string, tag = "1")]
+    table: String,
+    #[prost(string, tag = "2")]
+    tenant: String,
+    #[prost(string, tag = "3")]
+    storage: String,
+    /// For `critical_path`: its trace id.
+    #[prost(string, tag = "4")]
+    trace_id: String,
+}
+
+const CRITICAL_PATH: &str = "critical_path";
+
+fn signal_of(table: &str) -> DfResult<Signal> {
+    Signal::ALL
+        .into_iter()
+        .find(|s| s.table_name() == table)
+        .ok_or_else(|| DataFusionError::Plan(format!("weft has no table {table:?}")))
+}
+
+fn tenant_of(tenant: &str) -> DfResult<TenantId> {
+    tenant
+        .parse()
+        .map_err(|e| DataFusionError::Plan(format!("bad tenant {tenant:?} in a plan: {e}")))
+}
+
+fn strip_magic(buf: &[u8]) -> Option<&[u8]> {
+    buf.strip_prefix(MAGIC)
+}
+
+fn encode_ours(message: &impl Message, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(MAGIC);
+    message.encode(buf).expect("a Vec grows as needed");
+}
+
+fn decode_error(what: &str, e: prost::DecodeError) -> DataFusionError {
+    DataFusionError::Internal(format!(
+        "cannot decode weft's {what} in a Ballista plan: {e}"
+    ))
+}
+
+/// Ballista's logical codec, plus weft's tables. Only a process given a
+/// [`ClusterStore`] (a scheduler) can decode them.
+#[derive(Debug, Default)]
+pub struct WeftLogicalCodec {
+    ballista: BallistaLogicalExtensionCodec,
+    store: Option<Arc<ClusterStore>>,
+}
+
+impl WeftLogicalCodec {
+    pub fn new(store: Arc<ClusterStore>) -> Self {
+        Self {
+            ballista: BallistaLogicalExtensionCodec::default(),
+            store: Some(store),
+        }
+    }
+
+    fn store(&self) -> DfResult<&Arc<ClusterStore>> {
+        self.store.as_ref().ok_or_else(|| {
+            DataFusionError::Plan(
+                "weft's tables are planned on a `weft ballista scheduler`, not here".to_string(),
+            )
+        })
+    }
+}
+
+impl LogicalExtensionCodec for WeftLogicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> DfResult<Extension> {
+        self.ballista.try_decode(buf, inputs, ctx)
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> DfResult<()> {
+        self.ballista.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        let Some(ours) = strip_magic(buf) else {
+            return self
+                .ballista
+                .try_decode_table_provider(buf, table_ref, schema, ctx);
+        };
+        let node = TableNode::decode(ours).map_err(|e| decode_error("table", e))?;
+        let store = self.store()?;
+        store.check(&node.storage)?;
+        let origin = TableOrigin {
+            tenant: tenant_of(&node.tenant)?,
+            storage: node.storage,
+        };
+        let reader = store.reader(&origin.tenant);
+        if node.table == CRITICAL_PATH {
+            let spans =
+                StoreTable::for_cluster(Signal::Spans, origin.clone(), reader, store.cache.clone());
+            return Ok(Arc::new(CriticalPathTable::over(
+                node.trace_id,
+                origin,
+                Arc::new(spans),
+            )));
+        }
+        let signal = signal_of(&node.table)?;
+        Ok(Arc::new(StoreTable::for_cluster(
+            signal,
+            origin,
+            reader,
+            store.cache.clone(),
+        )))
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        let missing_origin = || {
+            DataFusionError::Plan(format!(
+                "{table_ref} cannot be sent to Ballista: the querier does not know its object store"
+            ))
+        };
+        if let Some(table) = node.downcast_ref::<StoreTable>() {
+            let origin = table.origin().ok_or_else(missing_origin)?;
+            encode_ours(
+                &TableNode {
+                    table: table.signal().table_name().to_string(),
+                    tenant: origin.tenant.to_string(),
+                    storage: origin.storage.clone(),
+                    trace_id: String::new(),
+                },
+                buf,
+            );
+            return Ok(());
+        }
+        if let Some(path) = node.downcast_ref::<CriticalPathTable>() {
+            let origin = path.origin().ok_or_else(missing_origin)?;
+            encode_ours(
+                &TableNode {
+                    table: CRITICAL_PATH.to_string(),
+                    tenant: origin.tenant.to_string(),
+                    storage: origin.storage.clone(),
+                    trace_id: path.trace_id().to_string(),
+                },
+                buf,
+            );
+            return Ok(());
+        }
+        self.ballista
+            .try_encode_table_provider(table_ref, node, buf)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
+        match name {
+            text_match::NAME => Ok(Arc::new(TextMatchUdf::udf())),
+            _ => self.ballista.try_decode_udf(name, buf),
+        }
+    }
+}
+
+/// A [`SegmentScanExec`] as it travels to an executor.
+#[derive(Clone, PartialEq, Message)]
+struct SegmentScanNode {
+    #[prost(string, tag = "1")]
+    table: String,
+    #[prost(string, tag = "2")]
+    tenant: String,
+    #[prost(message, repeated, tag = "3")]
+    partitions: Vec<PartitionNode>,
+    /// Absent: every column.
+    #[prost(message, optional, tag = "4")]
+    projection: Option<ProjectionNode>,
+    #[prost(message, optional, tag = "5")]
+    predicate: Option<datafusion_proto::protobuf::PhysicalExprNode>,
+    #[prost(uint64, optional, tag = "6")]
+    limit: Option<u64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ProjectionNode {
+    #[prost(uint32, repeated, tag = "1")]
+    columns: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PartitionNode {
+    #[prost(message, repeated, tag = "1")]
+    segments: Vec<SegmentNode>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SegmentNode {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(uint64, tag = "2")]
+    bytes: u64,
+    #[prost(uint64, tag = "3")]
+    rows: u64,
+    /// The full-text index's row selection, as runs: `count << 1 | skip`.
+    /// Absent: every row.
+    #[prost(message, optional, tag = "4")]
+    selection: Option<SelectionNode>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SelectionNode {
+    #[prost(uint64, repeated, tag = "1")]
+    runs: Vec<u64>,
+}
+
+/// One segment a [`SegmentScanExec`] partition reads, and which of its rows.
+#[derive(Clone, Debug)]
+pub(crate) struct ScanSegment {
+    id: String,
+    bytes: u64,
+    rows: u64,
+    selection: Option<RowSelection>,
+}
+
+/// Reads the segments a Ballista scheduler named: each partition fetches
+/// its segments into this process's cache, then scans them as Parquet with
+/// the predicate, projection and row selections the scheduler planned.
+pub struct SegmentScanExec {
+    signal: Signal,
+    tenant: TenantId,
+    files: Arc<StoreReader>,
+    partitions: Vec<Vec<ScanSegment>>,
+    projection: Option<Vec<usize>>,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for SegmentScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentScanExec")
+            .field("table", &self.signal.table_name())
+            .field("tenant", &self.tenant)
+            .field("partitions", &self.partitions.len())
+            .finish()
+    }
+}
+
+impl ScanSegment {
+    pub(crate) fn new(entry: &SegmentEntry, selection: Option<RowSelection>) -> Self {
+        Self {
+            id: entry.id.clone(),
+            bytes: entry.bytes,
+            rows: entry.rows,
+            selection,
+        }
+    }
+}
+
+impl SegmentScanExec {
+    pub(crate) fn new(
+        signal: Signal,
+        tenant: TenantId,
+        files: Arc<StoreReader>,
+        partitions: Vec<Vec<ScanSegment>>,
+        projection: Option<Vec<usize>>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+        limit: Option<usize>,
+    ) -> DfResult<Self> {
+        let schema = match &projection {
+            Some(columns) => Arc::new(signal.schema().project(columns)?),
+            None => signal.schema(),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(partitions.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            signal,
+            tenant,
+            files,
+            partitions,
+            projection,
+            predicate,
+            limit,
+            properties: Arc::new(properties),
+        })
+    }
+
+    fn to_node(&self, codec: &dyn PhysicalExtensionCodec) -> DfResult<SegmentScanNode> {
+        Ok(SegmentScanNode {
+            table: self.signal.table_name().to_string(),
+            tenant: self.tenant.to_string(),
+            partitions: self
+                .partitions
+                .iter()
+                .map(|segments| PartitionNode {
+                    segments: segments
+                        .iter()
+                        .map(|s| SegmentNode {
+                            id: s.id.clone(),
+                            bytes: s.bytes,
+                            rows: s.rows,
+                            selection: s.selection.as_ref().map(|rows| SelectionNode {
+                                runs: rows
+                                    .iter()
+                                    .map(|r| (r.row_count as u64) << 1 | u64::from(r.skip))
+                                    .collect(),
+                            }),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            projection: self.projection.as_ref().map(|columns| ProjectionNode {
+                columns: columns.iter().map(|&c| c as u32).collect(),
+            }),
+            predicate: self
+                .predicate
+                .as_ref()
+                .map(|p| serialize_physical_expr(p, codec))
+                .transpose()?,
+            limit: self.limit.map(|l| l as u64),
+        })
+    }
+
+    fn from_node(
+        node: SegmentScanNode,
+        store: &ClusterStore,
+        ctx: &TaskContext,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> DfResult<Self> {
+        let signal = signal_of(&node.table)?;
+        let tenant = tenant_of(&node.tenant)?;
+        let predicate = node
+            .predicate
+            .as_ref()
+            .map(|p| parse_physical_expr(p, ctx, &signal.schema(), codec))
+            .transpose()?;
+        let partitions = node
+            .partitions
+            .into_iter()
+            .map(|p| {
+                p.segments
+                    .into_iter()
+                    .map(|s| {
+                        let selection = s.selection.map(|selection| {
+                            RowSelection::from(
+                                selection
+                                    .runs
+                                    .iter()
+                                    .map(|&run| RowSelector {
+                                        row_count: (run >> 1) as usize,
+                                        skip: run & 1 == 1,
+                                    })
+                                    .collect::<Vec<_>>(),
+                            )
+                        });
+                        ScanSegment {
+                            id: s.id,
+                            bytes: s.bytes,
+                            rows: s.rows,
+                            selection,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Self::new(
+            signal,
+            tenant.clone(),
+            store.reader(&tenant),
+            partitions,
+            node.projection
+                .map(|p| p.columns.into_iter().map(|c| c as usize).collect()),
+            predicate,
+            node.limit.map(|l| l as usize),
+        )
+    }
+}
+
+impl DisplayAs for SegmentScanExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let segments: usize = self.partitions.iter().map(Vec::len).sum();
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
+                f,
+                "SegmentScanExec: table={}, segments={segments}, partitions={}",
+                self.signal.table_name(),
+                self.partitions.len()
+            ),
+            DisplayFormatType::TreeRender => write!(f, "segments={segments}"),
+        }
+    }
+}
+
+impl ExecutionPlan for SegmentScanExec {
+    fn name(&self) -> &str {
+        "SegmentScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        match &self.predicate {
+            Some(predicate) => f(predicate),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let segments = self.partitions.get(partition).cloned().unwrap_or_default();
+        let (signal, files) = (self.signal, self.files.clone());
+        let (projection, predicate, limit) =
+            (self.projection.clone(), self.predicate.clone(), self.limit);
+        let schema = self.schema();
+        let stream = futures::stream::once(async move {
+            if segments.is_empty() {
+                let empty: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+                    signal.schema(),
+                    futures::stream::empty(),
+                ));
+                return Ok(empty);
+            }
+            // Downloads block: off the runtime's threads.
+            let fetched = tokio::task::spawn_blocking(move || {
+                let table = files.files(signal);
+                let ids: Vec<&str> = segments.iter().map(|s| s.id.as_str()).collect();
+                table.fetch(&ids, SegmentPart::Parquet)?;
+                Ok::<_, weft_store::StoreError>(
+                    segments
+                        .into_iter()
+                        .map(|s| (table.segment_path(&s.id), s))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await
+            .map_err(|e| DataFusionError::External(e.into()))?
+            .map_err(|e| DataFusionError::External(e.into()))?;
+            let group = fetched
+                .into_iter()
+                .map(|(path, s)| segment_file(&path, s.bytes, s.selection))
+                .collect::<DfResult<Vec<_>>>()?;
+            let scan = parquet_scan(
+                signal.schema(),
+                vec![group],
+                predicate.as_ref(),
+                projection.as_ref(),
+                limit,
+                context.runtime_env().as_ref(),
+            )?;
+            scan.execute(0, context)
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.boxed(),
+        )))
+    }
+}
+
+/// Ballista's physical codec, plus [`SegmentScanExec`]. Only a process
+/// given a [`ClusterStore`] (an executor, or a scheduler) can decode it.
+#[derive(Debug, Default)]
+pub struct WeftPhysicalCodec {
+    ballista: BallistaPhysicalExtensionCodec,
+    store: Option<Arc<ClusterStore>>,
+}
+
+impl WeftPhysicalCodec {
+    pub fn new(store: Arc<ClusterStore>) -> Self {
+        Self {
+            ballista: BallistaPhysicalExtensionCodec::default(),
+            store: Some(store),
+        }
+    }
+}
+
+impl PhysicalExtensionCodec for WeftPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let Some(ours) = strip_magic(buf) else {
+            return self.ballista.try_decode(buf, inputs, ctx, proto_converter);
+        };
+        let node = SegmentScanNode::decode(ours).map_err(|e| decode_error("segment scan", e))?;
+        let store = self.store.as_ref().ok_or_else(|| {
+            DataFusionError::Plan(
+                "weft's segment scans run on a `weft ballista executor`, not here".to_string(),
+            )
+        })?;
+        Ok(Arc::new(SegmentScanExec::from_node(
+            node, store, ctx, self,
+        )?))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        match node.downcast_ref::<SegmentScanExec>() {
+            Some(scan) => {
+                encode_ours(&scan.to_node(self)?, buf);
+                Ok(())
+            }
+            None => self.ballista.try_encode(node, buf, proto_converter),
+        }
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
+        match name {
+            text_match::NAME => Ok(Arc::new(TextMatchUdf::udf())),
+            _ => self.ballista.try_decode_udf(name, buf),
+        }
+    }
+}
