@@ -176,7 +176,16 @@ fn sql_on_a_ballista_cluster_answers_as_on_one_node() {
         "the executor ran no task; its log:\n{}",
         executor.log()
     );
-    assert!(querier.stop().success());
+
+    // Without its scheduler, the querier says so for SQL and still answers
+    // what it answers itself.
     drop((scheduler, executor));
+    let (status, body) = querier.sql("SELECT count(*) FROM spans");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert_eq!(status, 503, "{body}");
+    assert!(error.contains(&scheduler_addr), "{error}");
+    let (status, trace) = querier.get_json("/api/v1/traces/a1000000000000000000000000000001");
+    assert_eq!(status, 200, "{trace}");
+    assert!(querier.stop().success());
     assert!(collector.stop().success());
 }

@@ -704,3 +704,167 @@ impl PhysicalExtensionCodec for WeftPhysicalCodec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{col, lit, BinaryExpr};
+    use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
+
+    use super::*;
+
+    fn store(dir: &std::path::Path, storage: &str) -> Arc<ClusterStore> {
+        let root = dir.to_path_buf();
+        ClusterStore::new(storage, move |tenant| {
+            StoreReader::new(tenant.data_dir(&root))
+        })
+    }
+
+    fn origin(storage: &str) -> TableOrigin {
+        TableOrigin {
+            tenant: "acme".parse().unwrap(),
+            storage: storage.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_segment_scan_reaches_an_executor_as_the_scheduler_planned_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), "s3://bucket/weft");
+        let codec = WeftPhysicalCodec::new(store.clone());
+        let schema = Signal::Spans.schema();
+        let predicate: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+            col("service_name", &schema).unwrap(),
+            Operator::Eq,
+            lit("crm-database"),
+        ));
+        let entry = |id: &str| SegmentEntry {
+            id: id.to_string(),
+            rows: 100,
+            bytes: 4096,
+            arrow_bytes: 0,
+            min_time_ns: 0,
+            max_time_ns: 0,
+            services: Vec::new(),
+        };
+        let selection = RowSelection::from(vec![
+            RowSelector::skip(3),
+            RowSelector::select(2),
+            RowSelector::skip(95),
+        ]);
+        let tenant: TenantId = "acme".parse().unwrap();
+        let planned = SegmentScanExec::new(
+            Signal::Spans,
+            tenant.clone(),
+            store.reader(&tenant),
+            vec![
+                vec![ScanSegment::new(&entry("a"), Some(selection.clone()))],
+                vec![
+                    ScanSegment::new(&entry("b"), None),
+                    ScanSegment::new(&entry("c"), None),
+                ],
+            ],
+            Some(vec![0, 3]),
+            Some(predicate.clone()),
+            Some(7),
+        )
+        .unwrap();
+
+        let mut buf = Vec::new();
+        codec
+            .try_encode(
+                Arc::new(planned),
+                &mut buf,
+                &DefaultPhysicalProtoConverter {},
+            )
+            .unwrap();
+        let decoded = codec
+            .try_decode(
+                &buf,
+                &[],
+                &TaskContext::default(),
+                &DefaultPhysicalProtoConverter {},
+            )
+            .unwrap();
+        let scan = decoded.downcast_ref::<SegmentScanExec>().unwrap();
+        assert_eq!(scan.signal, Signal::Spans);
+        assert_eq!(scan.tenant, tenant);
+        let ids: Vec<Vec<&str>> = scan
+            .partitions
+            .iter()
+            .map(|p| p.iter().map(|s| s.id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, vec![vec!["a"], vec!["b", "c"]]);
+        assert_eq!(scan.partitions[0][0].selection, Some(selection));
+        assert_eq!(scan.partitions[1][0].selection, None);
+        assert_eq!(scan.partitions[1][1].bytes, 4096);
+        assert_eq!(scan.projection, Some(vec![0, 3]));
+        assert_eq!(scan.limit, Some(7));
+        assert_eq!(
+            scan.predicate.as_ref().map(ToString::to_string),
+            Some(predicate.to_string())
+        );
+        assert_eq!(decoded.properties().partitioning.partition_count(), 2);
+        assert_eq!(decoded.schema(), Arc::new(schema.project(&[0, 3]).unwrap()));
+    }
+
+    #[test]
+    fn a_scheduler_opens_only_tables_of_its_own_object_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let querier = WeftLogicalCodec::default();
+        let table = StoreTable::new(
+            Signal::Logs,
+            Arc::new(StoreReader::new(dir.path())),
+            Arc::new(SegmentCache::default()),
+        )
+        .with_origin(origin("s3://bucket/weft"));
+        let logs = TableReference::bare("logs");
+        let mut buf = Vec::new();
+        querier
+            .try_encode_table_provider(&logs, Arc::new(table), &mut buf)
+            .unwrap();
+        let schema = Signal::Logs.schema();
+        let ctx = TaskContext::default();
+
+        let same = WeftLogicalCodec::new(store(dir.path(), "s3://bucket/weft"));
+        let opened = same
+            .try_decode_table_provider(&buf, &logs, schema.clone(), &ctx)
+            .unwrap();
+        let opened = opened.downcast_ref::<StoreTable>().unwrap();
+        assert_eq!(opened.signal(), Signal::Logs);
+        assert_eq!(opened.origin(), Some(&origin("s3://bucket/weft")));
+
+        let other = WeftLogicalCodec::new(store(dir.path(), "s3://other/weft"));
+        let refused = other
+            .try_decode_table_provider(&buf, &logs, schema.clone(), &ctx)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("s3://bucket/weft") && refused.contains("s3://other/weft"),
+            "{refused}"
+        );
+        // A querier does not plan weft's tables itself.
+        assert!(querier
+            .try_decode_table_provider(&buf, &logs, schema, &ctx)
+            .is_err());
+    }
+
+    #[test]
+    fn a_table_the_querier_cannot_place_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = StoreTable::new(
+            Signal::Spans,
+            Arc::new(StoreReader::new(dir.path())),
+            Arc::new(SegmentCache::default()),
+        );
+        let error = WeftLogicalCodec::default()
+            .try_encode_table_provider(
+                &TableReference::bare("spans"),
+                Arc::new(table),
+                &mut Vec::new(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("spans"), "{error}");
+    }
+}

@@ -84,6 +84,10 @@ pub enum QueryError {
     /// The store could not be read.
     #[error("{0}")]
     Internal(String),
+    /// A service the query needs cannot be reached now (the Ballista
+    /// scheduler); the same query may work later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<DataFusionError> for QueryError {
@@ -106,8 +110,9 @@ impl From<DataFusionError> for QueryError {
 pub struct QueryEngine {
     ctx: SessionContext,
     config: QueryConfig,
-    /// Where users' statements run when a Ballista cluster is configured.
-    cluster: Option<SessionContext>,
+    /// Where users' statements run when a Ballista cluster is configured,
+    /// and its scheduler's address.
+    cluster: Option<(SessionContext, String)>,
 }
 
 /// A Ballista cluster that runs users' SQL statements
@@ -174,16 +179,28 @@ impl QueryEngine {
     /// cluster if the engine has one. What weft asks itself (search, trace
     /// by id, analyses) stays here: a cluster's job costs more than it saves.
     pub async fn statement(&self, sql: &str) -> Result<QueryResult, QueryError> {
-        let Some(cluster) = &self.cluster else {
+        let Some((cluster, scheduler)) = &self.cluster else {
             return self.sql(sql).await;
         };
         let run = async {
             let stream = Self::stream_on(cluster, &self.config, sql).await?;
             collect_limited(stream, self.config.max_rows).await
         };
-        tokio::time::timeout(self.config.timeout, run)
+        let result = tokio::time::timeout(self.config.timeout, run)
             .await
-            .map_err(|_| QueryError::Timeout(self.config.timeout))?
+            .map_err(|_| QueryError::Timeout(self.config.timeout))?;
+        // Ballista reports a scheduler it cannot reach like any failed
+        // job; tell the two apart by trying the scheduler.
+        match result {
+            Err(QueryError::Invalid(message) | QueryError::Internal(message))
+                if !reachable(scheduler).await =>
+            {
+                Err(QueryError::Unavailable(format!(
+                    "the Ballista scheduler at {scheduler} cannot be reached: {message}"
+                )))
+            }
+            result => result,
+        }
     }
 
     /// Runs one read-only SQL statement and collects its rows, up to the
@@ -251,6 +268,15 @@ impl QueryEngine {
         let plan = frame.create_physical_plan().await?;
         Ok(execute_stream(plan, Arc::new(task))?)
     }
+}
+
+/// Whether a TCP connection to `addr` (`host:port`) opens within a second.
+async fn reachable(addr: &str) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 /// The memory pool (and disk manager) all engines of a process share, so
@@ -378,11 +404,8 @@ impl QueryEngines {
                 tenant: tenant.clone(),
                 storage: cluster.storage.clone(),
             };
-            engine.cluster = Some(crate::distributed::cluster_context(
-                &cluster.scheduler,
-                origin,
-                source,
-            )?);
+            let ctx = crate::distributed::cluster_context(&cluster.scheduler, origin, source)?;
+            engine.cluster = Some((ctx, cluster.scheduler.clone()));
         }
         let engine = Arc::new(engine);
         Ok(self

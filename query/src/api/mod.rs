@@ -117,6 +117,7 @@ impl From<QueryError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
             tracing::error!(%error, "query failed");
