@@ -3,7 +3,8 @@
 //! nothing it acknowledged, a querier started later sees everything, and a
 //! querier's small cache is refilled from the bucket, and queriers see what
 //! collectors acknowledged before it is flushed (Arrow Flight to the
-//! collectors' memory). Each test runs against
+//! collectors' memory), and a Ballista cluster answers a querier's SQL as
+//! the querier itself would. Most tests run against
 //! a `file://` bucket and against S3 (a moto server, `pip install
 //! 'moto[server]'`; required in CI with `WEFT_S3_TESTS=required`).
 
@@ -90,6 +91,19 @@ impl Bucket {
         all.extend_from_slice(args);
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Weft::start_with_env(role, data_dir, &all, &env)
+    }
+
+    /// `weft ballista <role> --storage <bucket>` on the data directory
+    /// `name`, and its "listening" line.
+    fn ballista(&self, role: &str, name: &'static str, args: &[&str]) -> (Process, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command
+            .args(["ballista", role, "--storage", &self.url, "--data-dir"])
+            .arg(self.data_dir(name))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("WEFT_LOG", "info");
+        Process::spawn(command, name)
     }
 
     fn data_dir(&self, name: &str) -> std::path::PathBuf {
@@ -221,6 +235,11 @@ fn two_collectors_and_queriers_share_one_bucket(bucket: &Bucket) {
     ];
     eventually("the replayed spans reach the querier", || {
         per_service(&q) == all
+    });
+    // The querier may have them from a's memory; the lookups below count
+    // segments, so wait for a's flush of them (a has its merged one and this).
+    eventually("a flushes the replayed spans", || {
+        a.metric("weft_store_segments{table=\"spans\"}") == 2.0
     });
 
     // A trace lookup on a cold cache fetches the segments' trace-id filters,
@@ -557,5 +576,70 @@ fn an_unusable_storage_url_stops_weft_at_start_naming_it() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success());
         assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
+/// Distributed SQL over S3: a Ballista scheduler and two executors answer a
+/// querier's statements exactly as a querier running them itself, over one
+/// collector's flushed segments and another's unflushed rows; the executors
+/// fetch the segments from the bucket.
+#[test]
+fn a_ballista_cluster_over_s3_answers_as_one_querier() {
+    let Some(bucket) = Bucket::s3() else {
+        return;
+    };
+    let a = bucket.start(
+        "collector",
+        &bucket.data_dir("a"),
+        &["--flush-interval", "50ms"],
+    );
+    let b = bucket.start("collector", &bucket.data_dir("b"), &[]);
+    for i in 0..4u64 {
+        a.post_spans(&spans_request("crm-conductor", i * 25..i * 25 + 25));
+        eventually("a's flush", || {
+            a.metric("weft_store_segments_written_total{table=\"spans\"}") > i as f64
+        });
+    }
+    b.post_spans(&spans_request("crm-database", 100..160));
+
+    let (_scheduler, line) = bucket.ballista("scheduler", "scheduler", &["--bind", "127.0.0.1:0"]);
+    let scheduler = logged_addr(&line, "scheduler").to_string();
+    let executor = |name| {
+        let args = [
+            "--scheduler",
+            &scheduler,
+            "--bind",
+            "127.0.0.1:0",
+            "--grpc-port",
+            "0",
+        ];
+        bucket.ballista("executor", name, &args).0
+    };
+    let _executors = [executor("e1"), executor("e2")];
+    let single = bucket.start("query", &bucket.data_dir("single"), &[]);
+    let cluster = bucket.start(
+        "query",
+        &bucket.data_dir("cluster"),
+        &["--ballista-scheduler", &scheduler],
+    );
+
+    let expected = vec![
+        ("crm-conductor".to_string(), 100, 100, op_3(0..100)),
+        ("crm-database".to_string(), 60, 60, op_3(100..160)),
+    ];
+    assert_eq!(per_service(&single), expected);
+    assert_eq!(per_service(&cluster), expected);
+    let join = "SELECT s.service_name, s.name, count(*) FROM spans s \
+                JOIN (SELECT DISTINCT trace_id FROM spans WHERE text_match(name, 'op-3')) t \
+                ON s.trace_id = t.trace_id GROUP BY 1, 2 ORDER BY 1, 2";
+    assert_eq!(cluster.sql_rows(join), single.sql_rows(join));
+    // The executors, not the cluster's querier, read a's four segments.
+    let fetched =
+        cached_parquet_files(&bucket.data_dir("e1")) + cached_parquet_files(&bucket.data_dir("e2"));
+    assert!(fetched >= 4, "the executors fetched {fetched} segments");
+    assert_eq!(cached_parquet_files(&bucket.data_dir("cluster")), 0);
+
+    for weft in [a, b, single, cluster] {
+        assert!(weft.stop().success());
     }
 }

@@ -38,6 +38,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -385,9 +386,10 @@ pub(crate) struct ScanSegment {
     selection: Option<RowSelection>,
 }
 
-/// Reads the segments a Ballista scheduler named: each partition fetches
-/// its segments into this process's cache, then scans them as Parquet with
-/// the predicate, projection and row selections the scheduler planned.
+/// Reads the segments a Ballista scheduler named: fetches them into this
+/// process's cache, then scans them as Parquet with the predicate,
+/// projection and row selections the scheduler planned, its groups of
+/// segments side by side, as one partition (see [`SegmentScanExec::new`]).
 pub struct SegmentScanExec {
     signal: Signal,
     tenant: TenantId,
@@ -436,7 +438,12 @@ impl SegmentScanExec {
         };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(partitions.len().max(1)),
+            // One partition: Ballista gives each task a slice of a stage's
+            // partitions and slices only the leaves it knows (its shuffle
+            // readers, DataFusion's file and memory scans); a leaf it does
+            // not know would be read whole by every task. So one task reads
+            // all the segments, its groups side by side.
+            Partitioning::UnknownPartitioning(1),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
@@ -593,47 +600,57 @@ impl ExecutionPlan for SegmentScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let segments = self.partitions.get(partition).cloned().unwrap_or_default();
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "SegmentScanExec has one partition, not {}",
+                partition + 1
+            )));
+        }
+        let groups = self.partitions.clone();
         let (signal, files) = (self.signal, self.files.clone());
         let (projection, predicate, limit) =
             (self.projection.clone(), self.predicate.clone(), self.limit);
         let schema = self.schema();
         let stream = futures::stream::once(async move {
-            if segments.is_empty() {
-                let empty: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
-                    signal.schema(),
-                    futures::stream::empty(),
-                ));
-                return Ok(empty);
-            }
             // Downloads block: off the runtime's threads.
             let fetched = tokio::task::spawn_blocking(move || {
                 let table = files.files(signal);
-                let ids: Vec<&str> = segments.iter().map(|s| s.id.as_str()).collect();
+                let ids: Vec<&str> = groups.iter().flatten().map(|s| s.id.as_str()).collect();
                 table.fetch(&ids, SegmentPart::Parquet)?;
                 Ok::<_, weft_store::StoreError>(
-                    segments
+                    groups
                         .into_iter()
-                        .map(|s| (table.segment_path(&s.id), s))
+                        .map(|group| {
+                            group
+                                .into_iter()
+                                .map(|s| (table.segment_path(&s.id), s))
+                                .collect::<Vec<_>>()
+                        })
                         .collect::<Vec<_>>(),
                 )
             })
             .await
             .map_err(|e| DataFusionError::External(e.into()))?
             .map_err(|e| DataFusionError::External(e.into()))?;
-            let group = fetched
+            let groups = fetched
                 .into_iter()
-                .map(|(path, s)| segment_file(&path, s.bytes, s.selection))
+                .map(|group| {
+                    group
+                        .into_iter()
+                        .map(|(path, s)| segment_file(&path, s.bytes, s.selection))
+                        .collect::<DfResult<Vec<_>>>()
+                })
                 .collect::<DfResult<Vec<_>>>()?;
             let scan = parquet_scan(
                 signal.schema(),
-                vec![group],
+                groups,
                 predicate.as_ref(),
                 projection.as_ref(),
                 limit,
                 context.runtime_env().as_ref(),
             )?;
-            scan.execute(0, context)
+            // The groups are read side by side, into one stream.
+            CoalescePartitionsExec::new(scan).execute(0, context)
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -804,7 +821,7 @@ mod tests {
             scan.predicate.as_ref().map(ToString::to_string),
             Some(predicate.to_string())
         );
-        assert_eq!(decoded.properties().partitioning.partition_count(), 2);
+        assert_eq!(decoded.properties().partitioning.partition_count(), 1);
         assert_eq!(decoded.schema(), Arc::new(schema.project(&[0, 3]).unwrap()));
     }
 

@@ -119,7 +119,7 @@ pub struct QueryEngine {
 /// ([`crate::distributed`]).
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
-    /// The scheduler, `df://host:port`.
+    /// The scheduler, `host:port`.
     pub scheduler: String,
     /// The object store the cluster reads, the `--storage` URL.
     pub storage: String,
