@@ -16,11 +16,14 @@
 //!
 //! [`WeftLogicalCodec`] carries a table as its tenant, name and storage URL;
 //! the scheduler opens the table from its own reader of that storage, and its
-//! scan plans [`SegmentScanExec`] partitions — lists of segment ids with the
+//! scan plans [`SegmentScanExec`] partitions — groups of segment ids with the
 //! row selections the full-text indexes gave — plus the unflushed rows as an
-//! in-memory scan, which DataFusion's own codec carries. [`WeftPhysicalCodec`]
-//! carries a [`SegmentScanExec`] to the executors, which fetch the segments
-//! into their local cache and read them like a single-node scan does. Every
+//! in-memory scan, which DataFusion's own codec carries. The groups are the
+//! rows of an in-memory scan below the segment scan, because Ballista
+//! divides a stage's partitions among its tasks by slicing the scans it
+//! knows. [`WeftPhysicalCodec`] carries a [`SegmentScanExec`] to the
+//! executors, which fetch their groups' segments into their local cache and
+//! read them like a single-node scan does. Every
 //! other node is Ballista's and DataFusion's own (both codecs delegate to
 //! Ballista's), and `text_match` is resolved by name on every side.
 
@@ -28,17 +31,18 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::{BinaryArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use ballista_core::extension::{SessionConfigExt, SessionStateExt};
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::TableReference;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -334,8 +338,7 @@ struct SegmentScanNode {
     table: String,
     #[prost(string, tag = "2")]
     tenant: String,
-    #[prost(message, repeated, tag = "3")]
-    partitions: Vec<PartitionNode>,
+    // Tag 3: the segment groups travel as the scan's input (`work`).
     /// Absent: every column.
     #[prost(message, optional, tag = "4")]
     projection: Option<ProjectionNode>,
@@ -386,15 +389,20 @@ pub(crate) struct ScanSegment {
     selection: Option<RowSelection>,
 }
 
-/// Reads the segments a Ballista scheduler named: fetches them into this
-/// process's cache, then scans them as Parquet with the predicate,
-/// projection and row selections the scheduler planned, its groups of
-/// segments side by side, as one partition (see [`SegmentScanExec::new`]).
+/// Reads the segments a Ballista scheduler named: each partition fetches its
+/// group of segments into this process's cache, then scans them as Parquet
+/// with the predicate, projection and row selections the scheduler planned.
+#[derive(Clone)]
 pub struct SegmentScanExec {
     signal: Signal,
     tenant: TenantId,
     files: Arc<StoreReader>,
-    partitions: Vec<Vec<ScanSegment>>,
+    /// The segments to read: an in-memory scan with one partition per
+    /// group, whose one row is the group's encoded [`PartitionNode`].
+    /// Ballista slices a stage's partitions among its tasks only for the
+    /// scans it knows, this one among them; a scan of its own would be read
+    /// whole by every task.
+    work: Arc<dyn ExecutionPlan>,
     projection: Option<Vec<usize>>,
     predicate: Option<Arc<dyn PhysicalExpr>>,
     limit: Option<usize>,
@@ -406,7 +414,7 @@ impl fmt::Debug for SegmentScanExec {
         f.debug_struct("SegmentScanExec")
             .field("table", &self.signal.table_name())
             .field("tenant", &self.tenant)
-            .field("partitions", &self.partitions.len())
+            .field("partitions", &self.partition_count())
             .finish()
     }
 }
@@ -432,18 +440,38 @@ impl SegmentScanExec {
         predicate: Option<Arc<dyn PhysicalExpr>>,
         limit: Option<usize>,
     ) -> DfResult<Self> {
+        let schema = work_schema();
+        let batches = partitions
+            .iter()
+            .map(|group| {
+                let node = partition_node(group).encode_to_vec();
+                let column = BinaryArray::from_iter_values([node]);
+                Ok(vec![RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(column)],
+                )?])
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let work = MemorySourceConfig::try_new_exec(&batches, schema, None)?;
+        Self::over(signal, tenant, files, work, projection, predicate, limit)
+    }
+
+    fn over(
+        signal: Signal,
+        tenant: TenantId,
+        files: Arc<StoreReader>,
+        work: Arc<dyn ExecutionPlan>,
+        projection: Option<Vec<usize>>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+        limit: Option<usize>,
+    ) -> DfResult<Self> {
         let schema = match &projection {
             Some(columns) => Arc::new(signal.schema().project(columns)?),
             None => signal.schema(),
         };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema),
-            // One partition: Ballista gives each task a slice of a stage's
-            // partitions and slices only the leaves it knows (its shuffle
-            // readers, DataFusion's file and memory scans); a leaf it does
-            // not know would be read whole by every task. So one task reads
-            // all the segments, its groups side by side.
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(work.properties().partitioning.partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
@@ -451,7 +479,7 @@ impl SegmentScanExec {
             signal,
             tenant,
             files,
-            partitions,
+            work,
             projection,
             predicate,
             limit,
@@ -459,30 +487,14 @@ impl SegmentScanExec {
         })
     }
 
+    fn partition_count(&self) -> usize {
+        self.properties.partitioning.partition_count()
+    }
+
     fn to_node(&self, codec: &dyn PhysicalExtensionCodec) -> DfResult<SegmentScanNode> {
         Ok(SegmentScanNode {
             table: self.signal.table_name().to_string(),
             tenant: self.tenant.to_string(),
-            partitions: self
-                .partitions
-                .iter()
-                .map(|segments| PartitionNode {
-                    segments: segments
-                        .iter()
-                        .map(|s| SegmentNode {
-                            id: s.id.clone(),
-                            bytes: s.bytes,
-                            rows: s.rows,
-                            selection: s.selection.as_ref().map(|rows| SelectionNode {
-                                runs: rows
-                                    .iter()
-                                    .map(|r| (r.row_count as u64) << 1 | u64::from(r.skip))
-                                    .collect(),
-                            }),
-                        })
-                        .collect(),
-                })
-                .collect(),
             projection: self.projection.as_ref().map(|columns| ProjectionNode {
                 columns: columns.iter().map(|&c| c as u32).collect(),
             }),
@@ -497,6 +509,7 @@ impl SegmentScanExec {
 
     fn from_node(
         node: SegmentScanNode,
+        work: Arc<dyn ExecutionPlan>,
         store: &ClusterStore,
         ctx: &TaskContext,
         codec: &dyn PhysicalExtensionCodec,
@@ -508,59 +521,132 @@ impl SegmentScanExec {
             .as_ref()
             .map(|p| parse_physical_expr(p, ctx, &signal.schema(), codec))
             .transpose()?;
-        let partitions = node
-            .partitions
-            .into_iter()
-            .map(|p| {
-                p.segments
-                    .into_iter()
-                    .map(|s| {
-                        let selection = s.selection.map(|selection| {
-                            RowSelection::from(
-                                selection
-                                    .runs
-                                    .iter()
-                                    .map(|&run| RowSelector {
-                                        row_count: (run >> 1) as usize,
-                                        skip: run & 1 == 1,
-                                    })
-                                    .collect::<Vec<_>>(),
-                            )
-                        });
-                        ScanSegment {
-                            id: s.id,
-                            bytes: s.bytes,
-                            rows: s.rows,
-                            selection,
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        Self::new(
+        Self::over(
             signal,
             tenant.clone(),
             store.reader(&tenant),
-            partitions,
+            work,
             node.projection
                 .map(|p| p.columns.into_iter().map(|c| c as usize).collect()),
             predicate,
             node.limit.map(|l| l as usize),
         )
     }
+
+    /// Fetches one group's segments and scans them.
+    async fn read_group(
+        &self,
+        group: Vec<ScanSegment>,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let (signal, files) = (self.signal, self.files.clone());
+        // Downloads block: off the runtime's threads.
+        let fetched = tokio::task::spawn_blocking(move || {
+            let table = files.files(signal);
+            let ids: Vec<&str> = group.iter().map(|s| s.id.as_str()).collect();
+            table.fetch(&ids, SegmentPart::Parquet)?;
+            Ok::<_, weft_store::StoreError>(
+                group
+                    .into_iter()
+                    .map(|s| (table.segment_path(&s.id), s))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .map_err(|e| DataFusionError::External(e.into()))?
+        .map_err(|e| DataFusionError::External(e.into()))?;
+        let files = fetched
+            .into_iter()
+            .map(|(path, s)| segment_file(&path, s.bytes, s.selection))
+            .collect::<DfResult<Vec<_>>>()?;
+        let scan = parquet_scan(
+            signal.schema(),
+            vec![files],
+            self.predicate.as_ref(),
+            self.projection.as_ref(),
+            self.limit,
+            context.runtime_env().as_ref(),
+        )?;
+        scan.execute(0, context)
+    }
+}
+
+/// The one column of a [`SegmentScanExec`]'s work items.
+fn work_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "segments",
+        DataType::Binary,
+        false,
+    )]))
+}
+
+fn partition_node(group: &[ScanSegment]) -> PartitionNode {
+    PartitionNode {
+        segments: group
+            .iter()
+            .map(|s| SegmentNode {
+                id: s.id.clone(),
+                bytes: s.bytes,
+                rows: s.rows,
+                selection: s.selection.as_ref().map(|rows| SelectionNode {
+                    runs: rows
+                        .iter()
+                        .map(|r| (r.row_count as u64) << 1 | u64::from(r.skip))
+                        .collect(),
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// The groups of segments in a batch of work items.
+fn groups_of(batch: &RecordBatch) -> DfResult<Vec<Vec<ScanSegment>>> {
+    let column = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .ok_or_else(|| DataFusionError::Internal("segment scan work is not binary".into()))?;
+    column
+        .iter()
+        .flatten()
+        .map(|bytes| {
+            let node =
+                PartitionNode::decode(bytes).map_err(|e| decode_error("segment group", e))?;
+            Ok(node
+                .segments
+                .into_iter()
+                .map(|s| ScanSegment {
+                    id: s.id,
+                    bytes: s.bytes,
+                    rows: s.rows,
+                    selection: s.selection.map(|selection| {
+                        RowSelection::from(
+                            selection
+                                .runs
+                                .iter()
+                                .map(|&run| RowSelector {
+                                    row_count: (run >> 1) as usize,
+                                    skip: run & 1 == 1,
+                                })
+                                .collect::<Vec<_>>(),
+                        )
+                    }),
+                })
+                .collect())
+        })
+        .collect()
 }
 
 impl DisplayAs for SegmentScanExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let segments: usize = self.partitions.iter().map(Vec::len).sum();
         match t {
             DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
                 f,
-                "SegmentScanExec: table={}, segments={segments}, partitions={}",
+                "SegmentScanExec: table={}, partitions={}",
                 self.signal.table_name(),
-                self.partitions.len()
+                self.partition_count()
             ),
-            DisplayFormatType::TreeRender => write!(f, "segments={segments}"),
+            DisplayFormatType::TreeRender => write!(f, "table={}", self.signal.table_name()),
         }
     }
 }
@@ -575,7 +661,12 @@ impl ExecutionPlan for SegmentScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
+        vec![&self.work]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        // The work items are tiny: spreading them is Ballista's job.
+        vec![false]
     }
 
     fn apply_expressions(
@@ -590,9 +681,23 @@ impl ExecutionPlan for SegmentScanExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+        let [work] = children.as_slice() else {
+            return Err(DataFusionError::Internal(format!(
+                "SegmentScanExec takes one child, not {}",
+                children.len()
+            )));
+        };
+        Ok(Arc::new(Self::over(
+            self.signal,
+            self.tenant.clone(),
+            self.files.clone(),
+            work.clone(),
+            self.projection.clone(),
+            self.predicate.clone(),
+            self.limit,
+        )?))
     }
 
     fn execute(
@@ -600,61 +705,25 @@ impl ExecutionPlan for SegmentScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "SegmentScanExec has one partition, not {}",
-                partition + 1
-            )));
-        }
-        let groups = self.partitions.clone();
-        let (signal, files) = (self.signal, self.files.clone());
-        let (projection, predicate, limit) =
-            (self.projection.clone(), self.predicate.clone(), self.limit);
-        let schema = self.schema();
-        let stream = futures::stream::once(async move {
-            // Downloads block: off the runtime's threads.
-            let fetched = tokio::task::spawn_blocking(move || {
-                let table = files.files(signal);
-                let ids: Vec<&str> = groups.iter().flatten().map(|s| s.id.as_str()).collect();
-                table.fetch(&ids, SegmentPart::Parquet)?;
-                Ok::<_, weft_store::StoreError>(
-                    groups
-                        .into_iter()
-                        .map(|group| {
-                            group
-                                .into_iter()
-                                .map(|s| (table.segment_path(&s.id), s))
-                                .collect::<Vec<_>>()
-                        })
-                        .collect::<Vec<_>>(),
-                )
+        let work = self.work.execute(partition, context.clone())?;
+        let scan = Arc::new(self.clone());
+        let stream = work
+            .map(move |batch| {
+                let scan = scan.clone();
+                let context = context.clone();
+                async move {
+                    let groups = groups_of(&batch?)?;
+                    let mut streams = Vec::with_capacity(groups.len());
+                    for group in groups {
+                        streams.push(scan.read_group(group, context.clone()).await?);
+                    }
+                    Ok::<_, DataFusionError>(futures::stream::iter(streams).flatten())
+                }
             })
-            .await
-            .map_err(|e| DataFusionError::External(e.into()))?
-            .map_err(|e| DataFusionError::External(e.into()))?;
-            let groups = fetched
-                .into_iter()
-                .map(|group| {
-                    group
-                        .into_iter()
-                        .map(|(path, s)| segment_file(&path, s.bytes, s.selection))
-                        .collect::<DfResult<Vec<_>>>()
-                })
-                .collect::<DfResult<Vec<_>>>()?;
-            let scan = parquet_scan(
-                signal.schema(),
-                groups,
-                predicate.as_ref(),
-                projection.as_ref(),
-                limit,
-                context.runtime_env().as_ref(),
-            )?;
-            // The groups are read side by side, into one stream.
-            CoalescePartitionsExec::new(scan).execute(0, context)
-        })
-        .try_flatten();
+            .buffered(1)
+            .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
-            schema,
+            self.schema(),
             stream.boxed(),
         )))
     }
@@ -694,8 +763,18 @@ impl PhysicalExtensionCodec for WeftPhysicalCodec {
                 "weft's segment scans run on a `weft ballista executor`, not here".to_string(),
             )
         })?;
+        let [work] = inputs else {
+            return Err(DataFusionError::Internal(format!(
+                "a segment scan has one input, not {}",
+                inputs.len()
+            )));
+        };
         Ok(Arc::new(SegmentScanExec::from_node(
-            node, store, ctx, self,
+            node,
+            work.clone(),
+            store,
+            ctx,
+            self,
         )?))
     }
 
@@ -726,7 +805,9 @@ impl PhysicalExtensionCodec for WeftPhysicalCodec {
 mod tests {
     use datafusion::logical_expr::Operator;
     use datafusion::physical_expr::expressions::{col, lit, BinaryExpr};
-    use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
+    use datafusion::physical_plan::collect_partitioned;
+    use datafusion_proto::physical_plan::AsExecutionPlan;
+    use datafusion_proto::protobuf::PhysicalPlanNode;
 
     use super::*;
 
@@ -744,8 +825,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_segment_scan_reaches_an_executor_as_the_scheduler_planned_it() {
+    #[tokio::test]
+    async fn a_segment_scan_reaches_an_executor_as_the_scheduler_planned_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path(), "s3://bucket/weft");
         let codec = WeftPhysicalCodec::new(store.clone());
@@ -787,42 +868,43 @@ mod tests {
         )
         .unwrap();
 
-        let mut buf = Vec::new();
-        codec
-            .try_encode(
-                Arc::new(planned),
-                &mut buf,
-                &DefaultPhysicalProtoConverter {},
-            )
-            .unwrap();
-        let decoded = codec
-            .try_decode(
-                &buf,
-                &[],
-                &TaskContext::default(),
-                &DefaultPhysicalProtoConverter {},
-            )
-            .unwrap();
+        // Through DataFusion's plan codec, as Ballista sends it.
+        let planned: Arc<dyn ExecutionPlan> = Arc::new(planned);
+        let proto = PhysicalPlanNode::try_from_physical_plan(planned, &codec).unwrap();
+        let ctx = TaskContext::default();
+        let decoded = proto.try_into_physical_plan(&ctx, &codec).unwrap();
         let scan = decoded.downcast_ref::<SegmentScanExec>().unwrap();
         assert_eq!(scan.signal, Signal::Spans);
         assert_eq!(scan.tenant, tenant);
-        let ids: Vec<Vec<&str>> = scan
-            .partitions
-            .iter()
-            .map(|p| p.iter().map(|s| s.id.as_str()).collect())
-            .collect();
-        assert_eq!(ids, vec![vec!["a"], vec!["b", "c"]]);
-        assert_eq!(scan.partitions[0][0].selection, Some(selection));
-        assert_eq!(scan.partitions[1][0].selection, None);
-        assert_eq!(scan.partitions[1][1].bytes, 4096);
         assert_eq!(scan.projection, Some(vec![0, 3]));
         assert_eq!(scan.limit, Some(7));
         assert_eq!(
             scan.predicate.as_ref().map(ToString::to_string),
             Some(predicate.to_string())
         );
-        assert_eq!(decoded.properties().partitioning.partition_count(), 1);
+        assert_eq!(decoded.properties().partitioning.partition_count(), 2);
         assert_eq!(decoded.schema(), Arc::new(schema.project(&[0, 3]).unwrap()));
+        let work = collect_partitioned(scan.work.clone(), Arc::new(ctx))
+            .await
+            .unwrap();
+        let groups: Vec<Vec<ScanSegment>> = work
+            .iter()
+            .map(|batches| {
+                batches
+                    .iter()
+                    .flat_map(|b| groups_of(b).unwrap())
+                    .flatten()
+                    .collect()
+            })
+            .collect();
+        let ids: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|s| s.id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, vec![vec!["a"], vec!["b", "c"]]);
+        assert_eq!(groups[0][0].selection, Some(selection));
+        assert_eq!(groups[1][0].selection, None);
+        assert_eq!(groups[1][1].bytes, 4096);
     }
 
     #[test]
