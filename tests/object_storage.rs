@@ -633,6 +633,19 @@ fn a_ballista_cluster_over_s3_answers_as_one_querier() {
                 JOIN (SELECT DISTINCT trace_id FROM spans WHERE text_match(name, 'op-3')) t \
                 ON s.trace_id = t.trace_id GROUP BY 1, 2 ORDER BY 1, 2";
     assert_eq!(cluster.sql_rows(join), single.sql_rows(join));
+    // a's four segments are four partitions of the scan, which Ballista
+    // divides among its tasks (the exact counts above: none read twice).
+    let explained =
+        cluster.sql_rows("EXPLAIN SELECT count(*) FROM spans WHERE service_name = 'crm-conductor'");
+    let distributed = explained
+        .iter()
+        .find(|row| row[0] == "distributed_plan")
+        .map(|row| row[1].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    assert!(
+        distributed.contains("SegmentScanExec: table=spans, partitions=4"),
+        "{explained:?}"
+    );
     // The executors, not the cluster's querier, read a's four segments.
     let fetched =
         cached_parquet_files(&bucket.data_dir("e1")) + cached_parquet_files(&bucket.data_dir("e2"));
