@@ -403,10 +403,17 @@ pub struct SegmentScanExec {
     /// scans it knows, this one among them; a scan of its own would be read
     /// whole by every task.
     work: Arc<dyn ExecutionPlan>,
-    projection: Option<Vec<usize>>,
-    predicate: Option<Arc<dyn PhysicalExpr>>,
-    limit: Option<usize>,
+    request: ScanRequest,
     properties: Arc<PlanProperties>,
+}
+
+/// What a scan reads of each segment: which columns, the predicate rows
+/// are filtered with in the Parquet reader, and at most how many rows.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ScanRequest {
+    pub projection: Option<Vec<usize>>,
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    pub limit: Option<usize>,
 }
 
 impl fmt::Debug for SegmentScanExec {
@@ -436,9 +443,7 @@ impl SegmentScanExec {
         tenant: TenantId,
         files: Arc<StoreReader>,
         partitions: Vec<Vec<ScanSegment>>,
-        projection: Option<Vec<usize>>,
-        predicate: Option<Arc<dyn PhysicalExpr>>,
-        limit: Option<usize>,
+        request: ScanRequest,
     ) -> DfResult<Self> {
         let schema = work_schema();
         let batches = partitions
@@ -453,7 +458,7 @@ impl SegmentScanExec {
             })
             .collect::<DfResult<Vec<_>>>()?;
         let work = MemorySourceConfig::try_new_exec(&batches, schema, None)?;
-        Self::over(signal, tenant, files, work, projection, predicate, limit)
+        Self::over(signal, tenant, files, work, request)
     }
 
     fn over(
@@ -461,11 +466,9 @@ impl SegmentScanExec {
         tenant: TenantId,
         files: Arc<StoreReader>,
         work: Arc<dyn ExecutionPlan>,
-        projection: Option<Vec<usize>>,
-        predicate: Option<Arc<dyn PhysicalExpr>>,
-        limit: Option<usize>,
+        request: ScanRequest,
     ) -> DfResult<Self> {
-        let schema = match &projection {
+        let schema = match &request.projection {
             Some(columns) => Arc::new(signal.schema().project(columns)?),
             None => signal.schema(),
         };
@@ -480,9 +483,7 @@ impl SegmentScanExec {
             tenant,
             files,
             work,
-            projection,
-            predicate,
-            limit,
+            request,
             properties: Arc::new(properties),
         })
     }
@@ -495,15 +496,20 @@ impl SegmentScanExec {
         Ok(SegmentScanNode {
             table: self.signal.table_name().to_string(),
             tenant: self.tenant.to_string(),
-            projection: self.projection.as_ref().map(|columns| ProjectionNode {
-                columns: columns.iter().map(|&c| c as u32).collect(),
-            }),
+            projection: self
+                .request
+                .projection
+                .as_ref()
+                .map(|columns| ProjectionNode {
+                    columns: columns.iter().map(|&c| c as u32).collect(),
+                }),
             predicate: self
+                .request
                 .predicate
                 .as_ref()
                 .map(|p| serialize_physical_expr(p, codec))
                 .transpose()?,
-            limit: self.limit.map(|l| l as u64),
+            limit: self.request.limit.map(|l| l as u64),
         })
     }
 
@@ -526,10 +532,13 @@ impl SegmentScanExec {
             tenant.clone(),
             store.reader(&tenant),
             work,
-            node.projection
-                .map(|p| p.columns.into_iter().map(|c| c as usize).collect()),
-            predicate,
-            node.limit.map(|l| l as usize),
+            ScanRequest {
+                projection: node
+                    .projection
+                    .map(|p| p.columns.into_iter().map(|c| c as usize).collect()),
+                predicate,
+                limit: node.limit.map(|l| l as usize),
+            },
         )
     }
 
@@ -562,9 +571,9 @@ impl SegmentScanExec {
         let scan = parquet_scan(
             signal.schema(),
             vec![files],
-            self.predicate.as_ref(),
-            self.projection.as_ref(),
-            self.limit,
+            self.request.predicate.as_ref(),
+            self.request.projection.as_ref(),
+            self.request.limit,
             context.runtime_env().as_ref(),
         )?;
         scan.execute(0, context)
@@ -673,7 +682,7 @@ impl ExecutionPlan for SegmentScanExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
     ) -> DfResult<TreeNodeRecursion> {
-        match &self.predicate {
+        match &self.request.predicate {
             Some(predicate) => f(predicate),
             None => Ok(TreeNodeRecursion::Continue),
         }
@@ -694,9 +703,7 @@ impl ExecutionPlan for SegmentScanExec {
             self.tenant.clone(),
             self.files.clone(),
             work.clone(),
-            self.projection.clone(),
-            self.predicate.clone(),
-            self.limit,
+            self.request.clone(),
         )?))
     }
 
@@ -862,9 +869,11 @@ mod tests {
                     ScanSegment::new(&entry("c"), None),
                 ],
             ],
-            Some(vec![0, 3]),
-            Some(predicate.clone()),
-            Some(7),
+            ScanRequest {
+                projection: Some(vec![0, 3]),
+                predicate: Some(predicate.clone()),
+                limit: Some(7),
+            },
         )
         .unwrap();
 
@@ -876,10 +885,10 @@ mod tests {
         let scan = decoded.downcast_ref::<SegmentScanExec>().unwrap();
         assert_eq!(scan.signal, Signal::Spans);
         assert_eq!(scan.tenant, tenant);
-        assert_eq!(scan.projection, Some(vec![0, 3]));
-        assert_eq!(scan.limit, Some(7));
+        assert_eq!(scan.request.projection, Some(vec![0, 3]));
+        assert_eq!(scan.request.limit, Some(7));
         assert_eq!(
-            scan.predicate.as_ref().map(ToString::to_string),
+            scan.request.predicate.as_ref().map(ToString::to_string),
             Some(predicate.to_string())
         );
         assert_eq!(decoded.properties().partitioning.partition_count(), 2);

@@ -182,13 +182,7 @@ impl QueryEngine {
         let Some((cluster, scheduler)) = &self.cluster else {
             return self.sql(sql).await;
         };
-        let run = async {
-            let stream = Self::stream_on(cluster, &self.config, sql).await?;
-            collect_limited(stream, self.config.max_rows).await
-        };
-        let result = tokio::time::timeout(self.config.timeout, run)
-            .await
-            .map_err(|_| QueryError::Timeout(self.config.timeout))?;
+        let result = self.collect_on(cluster, sql, self.config.max_rows).await;
         // Ballista reports a scheduler it cannot reach like any failed
         // job; tell the two apart by trying the scheduler.
         match result {
@@ -216,22 +210,27 @@ impl QueryEngine {
         max_rows: usize,
     ) -> Result<QueryResult, QueryError> {
         let max_rows = max_rows.min(self.config.max_rows);
-        let run = async {
-            let stream = self.stream(sql).await?;
-            collect_limited(stream, max_rows).await
-        };
-        tokio::time::timeout(self.config.timeout, run)
-            .await
-            .map_err(|_| QueryError::Timeout(self.config.timeout))?
+        self.collect_on(&self.ctx, sql, max_rows).await
     }
 
     /// Runs SQL that weft built itself with its own bound on the rows it
     /// returns (the analyses sample traces), so the user-facing row limit
     /// does not apply; the time limit does.
     pub(crate) async fn sql_internal(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        self.collect_on(&self.ctx, sql, usize::MAX).await
+    }
+
+    /// Runs `sql` in `ctx` and collects up to `max_rows` of its rows, within
+    /// the time limit.
+    async fn collect_on(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        max_rows: usize,
+    ) -> Result<QueryResult, QueryError> {
         let run = async {
-            let stream = self.stream(sql).await?;
-            collect_limited(stream, usize::MAX).await
+            let stream = self.stream_on(ctx, sql).await?;
+            collect_limited(stream, max_rows).await
         };
         tokio::time::timeout(self.config.timeout, run)
             .await
@@ -241,13 +240,9 @@ impl QueryEngine {
     /// Plans one read-only SQL statement and starts it. DDL (`CREATE`,
     /// `DROP`), DML (`INSERT`, `COPY`) and statements that change the
     /// session (`SET`) are refused.
-    async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
-        Self::stream_on(&self.ctx, &self.config, sql).await
-    }
-
     async fn stream_on(
+        &self,
         ctx: &SessionContext,
-        config: &QueryConfig,
         sql: &str,
     ) -> Result<SendableRecordBatchStream, QueryError> {
         let options = SQLOptions::new()
@@ -261,7 +256,7 @@ impl QueryEngine {
         let mut runtime = RuntimeEnv::clone(&shared);
         runtime.memory_pool = Arc::new(PerQueryPool {
             shared: shared.memory_pool.clone(),
-            limit: config.memory_limit_per_query_bytes,
+            limit: self.config.memory_limit_per_query_bytes,
             reserved: AtomicUsize::new(0),
         });
         let task = frame.task_ctx().with_runtime(Arc::new(runtime));

@@ -459,16 +459,18 @@ impl TableProvider for StoreTable {
                         .into_iter()
                         .map(|group| {
                             group
-                                .iter()
+                                .into_iter()
                                 .map(|(entry, rows)| {
-                                    crate::distributed::ScanSegment::new(entry, rows.clone())
+                                    crate::distributed::ScanSegment::new(&entry, rows)
                                 })
                                 .collect()
                         })
                         .collect(),
-                    projection.clone(),
-                    predicate.clone(),
-                    limit,
+                    crate::distributed::ScanRequest {
+                        projection: projection.clone(),
+                        predicate: predicate.clone(),
+                        limit,
+                    },
                 )?),
                 _ => {
                     let groups = groups
