@@ -4,22 +4,9 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use support::*;
-
-/// Spans `ids` as [`spans_request`] makes them, but started `age` ago.
-fn spans_aged(ids: std::ops::Range<u64>, age: Duration) -> ExportTraceServiceRequest {
-    let mut request = spans_request("crm-conductor", ids);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let start = (now - age).as_nanos() as u64;
-    for span in &mut request.resource_spans[0].scope_spans[0].spans {
-        span.start_time_unix_nano = start;
-        span.end_time_unix_nano = start + 1_000_000;
-    }
-    request
-}
 
 fn spans_metric(weft: &Weft, name: &str) -> f64 {
     weft.metric(&format!("{name}{{table=\"spans\"}}"))
@@ -55,12 +42,20 @@ fn small_segments_merge_and_expired_ones_go_while_every_answer_stays_exact() {
 
     // Twelve flushes of recent spans, and one of spans ten days old.
     for i in 0..12u64 {
-        weft.post_spans(&spans_aged(i * 10..i * 10 + 10, Duration::from_secs(60)));
+        weft.post_spans(&spans_aged(
+            "crm-conductor",
+            i * 10..i * 10 + 10,
+            Duration::from_secs(60),
+        ));
         eventually("the flush", || {
             spans_metric(&weft, "weft_store_segments_written_total") > i as f64
         });
     }
-    weft.post_spans(&spans_aged(1000..1010, Duration::from_secs(10 * 86_400)));
+    weft.post_spans(&spans_aged(
+        "crm-conductor",
+        1000..1010,
+        Duration::from_secs(10 * 86_400),
+    ));
 
     let op_3 = |ids: std::ops::Range<u64>| ids.filter(|id| id % 7 == 3).count() as i64;
     let (recent_op_3, old_op_3) = (op_3(0..120), op_3(1000..1010));

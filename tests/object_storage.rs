@@ -559,6 +559,61 @@ fn a_data_directory_with_local_segments_moves_them_to_the_bucket() {
     );
 }
 
+/// A collector retired for good hands its segments on through its node id:
+/// a collector started elsewhere with only that `node-id` file merges them
+/// and expires the old ones, as their writer would have.
+#[test]
+fn a_collector_running_as_a_retired_node_merges_and_expires_its_segments() {
+    let bucket = Bucket::file();
+    let retired = bucket.data_dir("retired");
+    let no_merging = ["--flush-interval", "50ms", "--compaction-interval", "1000h"];
+    let old = bucket.start("collector", &retired, &no_merging);
+    let recent = std::time::Duration::from_secs(60);
+    // Ten small segments, a merge's worth, and one of spans ten days old.
+    for i in 0..10u64 {
+        old.post_spans(&spans_aged("crm-database", i * 10..i * 10 + 10, recent));
+        eventually("the flush", || {
+            old.metric("weft_store_segments_written_total{table=\"spans\"}") > i as f64
+        });
+    }
+    let ten_days = std::time::Duration::from_secs(10 * 86_400);
+    old.post_spans(&spans_aged("crm-database", 1000..1010, ten_days));
+    assert!(old.stop().success());
+
+    let querier = bucket.start("query", &bucket.data_dir("q"), &[]);
+    assert_eq!(
+        per_service(&querier),
+        vec![(
+            "crm-database".to_string(),
+            110,
+            110,
+            op_3(0..100) + op_3(1000..1010)
+        )]
+    );
+
+    let heir = bucket.data_dir("heir");
+    std::fs::copy(retired.join("node-id"), heir.join("node-id")).unwrap();
+    let merging = [
+        "--compaction-interval",
+        "100ms",
+        "--retention",
+        "7d",
+        "--query-timeout",
+        "1s",
+        "--deletion-grace",
+        "1s",
+    ];
+    let new = bucket.start("collector", &heir, &merging);
+    eventually(
+        "the ten recent segments merged and the old one expired",
+        || new.metric("weft_store_segments{table=\"spans\"}") == 1.0,
+    );
+    eventually("the querier no longer sees the expired spans", || {
+        per_service(&querier) == vec![("crm-database".to_string(), 100, 100, op_3(0..100))]
+    });
+    assert!(new.stop().success());
+}
+
 #[test]
 fn an_unusable_storage_url_stops_weft_at_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();

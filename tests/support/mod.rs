@@ -478,6 +478,24 @@ pub fn spans_request(
     }
 }
 
+/// Spans `ids` of `service` as [`spans_request`] makes them, but started `age` ago.
+pub fn spans_aged(
+    service: &str,
+    ids: std::ops::Range<u64>,
+    age: Duration,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    let mut request = spans_request(service, ids);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let start = (now - age).as_nanos() as u64;
+    for span in &mut request.resource_spans[0].scope_spans[0].spans {
+        span.start_time_unix_nano = start;
+        span.end_time_unix_nano = start + 1_000_000;
+    }
+    request
+}
+
 /// The span ids stored in the `spans` table, decoded back to the numbers
 /// [`spans_request`] made them from.
 pub fn stored_span_ids(data_dir: &Path) -> Vec<u64> {
