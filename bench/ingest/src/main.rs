@@ -7,8 +7,11 @@
 //! gRPC from concurrent clients, counting only acknowledged (fsync'd)
 //! records. After a clean shutdown it compares the bytes on disk with the
 //! OTLP bytes sent. `--compare-secure` runs the same load against a plain
-//! weft and one with TLS and token authentication instead. Everything runs on the same machine in the same run, so
-//! the ratios are meaningful even where absolute numbers are not.
+//! weft and one with TLS and token authentication instead; `--scale-out`
+//! runs it against `weft collector`s sharing a `file://` bucket: one on one
+//! core, one on every core, and two on every core. Everything runs on the
+//! same machine in the same run, so the ratios are meaningful even where
+//! absolute numbers are not.
 
 mod breakdown;
 mod workload;
@@ -62,6 +65,12 @@ struct Args {
     /// and token authentication, and compare the two.
     #[arg(long)]
     compare_secure: bool,
+    /// Run the load against `weft collector --storage file://…`: one
+    /// collector pinned to one core (the load generator on the others), one
+    /// on every core, and two sharing every core, each against a bucket of
+    /// its own.
+    #[arg(long)]
+    scale_out: bool,
 }
 
 /// How the load generator reaches weft: in the clear, or over TLS with a token.
@@ -135,6 +144,9 @@ fn main() -> anyhow::Result<()> {
     };
     if args.compare_secure {
         return compare_secure(&args, &weft_binary, &traces, &logs);
+    }
+    if args.scale_out {
+        return scale_out(&args, &weft_binary, cores, &traces, &logs);
     }
     let data_dir = tempfile::tempdir()?;
     let load = run_load(&args, &weft_binary, data_dir.path(), None, &traces, &logs)?;
@@ -217,27 +229,117 @@ fn run_load(
     logs: &Arc<Vec<Payload>>,
 ) -> anyhow::Result<Load> {
     let extra_args = secure.map(SecureSetup::weft_args).unwrap_or_default();
-    let mut weft = start_weft(weft_binary, data_dir, &extra_args)?;
+    let weft = start_weft(weft_binary, "serve", data_dir, &extra_args, None)?;
+    let security = secure.map(|s| s.security.clone());
+    drive_and_stop(args, vec![weft], security, traces, logs)
+}
+
+/// Drives the load against `wefts` (clients spread evenly over them), then
+/// stops them cleanly.
+fn drive_and_stop(
+    args: &Args,
+    wefts: Vec<RunningWeft>,
+    security: Option<Security>,
+    traces: &Arc<Vec<Payload>>,
+    logs: &Arc<Vec<Payload>>,
+) -> anyhow::Result<Load> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let security = secure.map(|s| s.security.clone());
-    let load = runtime.block_on(drive(
-        args,
-        &weft.grpc,
-        security,
-        traces.clone(),
-        logs.clone(),
-    ))?;
+    let addrs: Vec<String> = wefts.iter().map(|w| w.grpc.clone()).collect();
+    let load = runtime.block_on(drive(args, &addrs, security, traces.clone(), logs.clone()));
     // Close the client connections, so weft's graceful shutdown has nothing to wait for.
     drop(runtime);
-    // SAFETY: kill(2) on the pid of the child we started and have not reaped.
-    unsafe { libc::kill(weft.child.id() as i32, libc::SIGTERM) };
-    let status = weft.child.wait()?;
-    if !status.success() {
-        bail!("weft exited with {status}");
+    for mut weft in wefts {
+        // SAFETY: kill(2) on the pid of the child we started and have not reaped.
+        unsafe { libc::kill(weft.child.id() as i32, libc::SIGTERM) };
+        let status = weft.child.wait()?;
+        if !status.success() {
+            bail!("weft exited with {status}");
+        }
     }
-    Ok(load)
+    load
+}
+
+/// One collector on one core, one on every core, and two on every core, each
+/// over a `file://` bucket of its own: what a collector makes durable per
+/// core, and whether a second one adds to it or only splits it.
+fn scale_out(
+    args: &Args,
+    weft_binary: &Path,
+    cores: usize,
+    traces: &Arc<Vec<Payload>>,
+    logs: &Arc<Vec<Payload>>,
+) -> anyhow::Result<()> {
+    let seconds = args.duration.as_secs_f64();
+    let all_cores: Vec<usize> = (0..cores).collect();
+    // (setup, collectors, the collectors' cores, the load generator's cores)
+    let mut setups = vec![
+        ("one collector, all cores", 1, None, None),
+        ("two collectors, all cores", 2, None, None),
+    ];
+    if cores >= 2 {
+        setups.insert(
+            0,
+            (
+                "one collector on core 0, load on the others",
+                1,
+                Some(vec![0]),
+                Some(all_cores[1..].to_vec()),
+            ),
+        );
+    }
+    println!("| setup ({cores} cores, `weft collector --storage file://…`) | spans/s | logs/s | records/s per collector core | refused (retryable) |");
+    println!("|---|---|---|---|---|");
+    for (setup, collectors, collector_cores, load_cores) in setups {
+        let bucket = tempfile::tempdir()?;
+        let url = format!("file://{}", bucket.path().display());
+        let mut dirs = Vec::new();
+        let mut wefts = Vec::new();
+        for _ in 0..collectors {
+            let dir = tempfile::tempdir()?;
+            let extra = ["--storage".to_string(), url.clone()];
+            wefts.push(start_weft(
+                weft_binary,
+                "collector",
+                dir.path(),
+                &extra,
+                collector_cores.as_deref(),
+            )?);
+            dirs.push(dir);
+        }
+        // The load generator's runtime runs on this thread.
+        pin_current_thread(load_cores.as_deref().unwrap_or(&all_cores))?;
+        let load = drive_and_stop(args, wefts, None, traces, logs);
+        pin_current_thread(&all_cores)?;
+        let load = load?;
+        let used_cores = collector_cores.map_or(cores, |c| c.len());
+        let spans = load.spans as f64 / seconds;
+        let records = (load.spans + load.logs) as f64 / seconds;
+        println!(
+            "| {setup} | {spans:.0} | {:.0} | {:.0} | {} |",
+            load.logs as f64 / seconds,
+            records / used_cores as f64,
+            load.refused
+        );
+    }
+    Ok(())
+}
+
+/// Restricts the calling thread (and what it starts later) to `cores`.
+fn pin_current_thread(cores: &[usize]) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it,
+    // and sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &core in cores {
+            libc::CPU_SET(core, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// A self-signed certificate for localhost and an ingest token, in a
@@ -391,14 +493,28 @@ struct RunningWeft {
     grpc: String,
 }
 
+/// Starts `weft <role>` on `data_dir`, on `cores` only when given.
 fn start_weft(
     binary: &Path,
+    role: &str,
     data_dir: &Path,
     extra_args: &[String],
+    cores: Option<&[usize]>,
 ) -> anyhow::Result<RunningWeft> {
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    if let Some(cores) = cores {
+        let cores = cores.to_vec();
+        // SAFETY: between fork and exec, only the async-signal-safe
+        // sched_setaffinity runs (through pin_current_thread, which allocates nothing).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                pin_current_thread(&cores)
+            });
+        }
+    }
+    let mut child = command
         .args([
-            "serve",
+            role,
             "--otlp-grpc-addr",
             "127.0.0.1:0",
             "--otlp-http-addr",
@@ -478,14 +594,18 @@ async fn connect(
 
 async fn drive(
     args: &Args,
-    addr: &str,
+    addrs: &[String],
     security: Option<Security>,
     traces: Arc<Vec<Payload>>,
     logs: Arc<Vec<Payload>>,
 ) -> anyhow::Result<Load> {
+    // Client i uses channel i mod n: consecutive clients go to different weft
+    // processes, as behind a load balancer.
     let mut channels = Vec::new();
     for _ in 0..args.connections {
-        channels.push(connect(addr, security.as_ref()).await?);
+        for addr in addrs {
+            channels.push(connect(addr, security.as_ref()).await?);
+        }
     }
     let authorization = security.map(|s| s.authorization);
     let load = Arc::new(Mutex::new(Load::default()));

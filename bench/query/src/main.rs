@@ -17,7 +17,10 @@
 //! With `--storage URL`, a copy of the loaded directory moves its segments to
 //! that object store (`weft serve --storage`), and step 2 runs again over a
 //! `weft query --storage` with a warm cache, after timing first queries on
-//! cold ones: local disk, cold and warm cache, one run.
+//! cold ones: local disk, cold and warm cache, one run. Adding `--ballista`
+//! then runs the SQL suite once more through a `weft query
+//! --ballista-scheduler` over a `weft ballista` scheduler and executor of the
+//! same object store, beside the querier that runs it alone.
 
 mod workload;
 
@@ -67,6 +70,10 @@ struct Args {
     /// variables set, `file:///…`), cold and warm cache, instead of DuckDB and chDB.
     #[arg(long, value_name = "URL")]
     storage: Option<String>,
+    /// With `--storage`: also run the SQL suite on a Ballista scheduler and
+    /// executor over the object store, against the querier alone.
+    #[arg(long, requires = "storage")]
+    ballista: bool,
 }
 
 /// What one pass of step 2 measured.
@@ -225,12 +232,7 @@ fn measure(
         }
         Ok(())
     })?;
-    let mut weft_ms = Vec::new();
-    for query in suite {
-        let times = time_each(args.runs, 1, |_| sql(&client, &base, &query.weft).map(drop))
-            .with_context(|| format!("query {}", query.name))?;
-        weft_ms.push(percentile(&times, 0.5));
-    }
+    let (weft_ms, _) = time_suite(&client, &base, args, suite)?;
     drop(server);
     Ok(Measurement {
         rows: (counts[0][0].clone(), counts[0][1].clone()),
@@ -242,6 +244,31 @@ fn measure(
         search_ms: search_latencies,
         suite_ms: weft_ms,
     })
+}
+
+/// The median time of each query of the suite over `args.runs` runs (after
+/// one untimed), and each query's rows, sorted (not every query orders them).
+fn time_suite(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    args: &Args,
+    suite: &[SuiteQuery],
+) -> anyhow::Result<(Vec<f64>, Vec<Vec<String>>)> {
+    let mut medians = Vec::new();
+    let mut answers = Vec::new();
+    for query in suite {
+        let mut rows = Vec::new();
+        let times = time_each(args.runs, 1, |_| {
+            rows = sql(client, base, &query.weft)?;
+            Ok(())
+        })
+        .with_context(|| format!("query {}", query.name))?;
+        medians.push(percentile(&times, 0.5));
+        let mut rows: Vec<String> = rows.iter().map(|row| format!("{row:?}")).collect();
+        rows.sort();
+        answers.push(rows);
+    }
+    Ok((medians, answers))
 }
 
 /// Segments in a table's catalog (0 when the catalog is in an object store).
@@ -383,6 +410,95 @@ fn compare_object_storage(
             local.suite_ms[i],
             warm.suite_ms[i],
             warm.suite_ms[i] / local.suite_ms[i]
+        );
+    }
+    if args.ballista {
+        compare_ballista(weft, args, url, suite, &scratch)?;
+    }
+    Ok(())
+}
+
+/// The SQL suite through a querier alone and through one that sends it to a
+/// Ballista scheduler and executor of the same object store, all on this
+/// machine: what distributing a statement costs when there is nothing to
+/// spread it over.
+fn compare_ballista(
+    weft: &Path,
+    args: &Args,
+    url: &str,
+    suite: &[SuiteQuery],
+    scratch: &dyn Fn(&str) -> anyhow::Result<PathBuf>,
+) -> anyhow::Result<()> {
+    let client = reqwest::blocking::Client::new();
+    let role = ["query", "--storage", url, "--data-dir"];
+    let alone = {
+        let querier = Server::start(weft, &role, &scratch("cache")?, "weft query listening")?;
+        time_suite(&client, &format!("http://{}", querier.http), args, suite)?
+    };
+    let scheduler = Server::start(
+        weft,
+        &[
+            "ballista",
+            "scheduler",
+            "--storage",
+            url,
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+        ],
+        &scratch("scheduler")?,
+        "weft ballista scheduler listening",
+    )?;
+    let scheduler_addr = scheduler.field("scheduler=");
+    let _executor = Server::start(
+        weft,
+        &[
+            "ballista",
+            "executor",
+            "--storage",
+            url,
+            "--scheduler",
+            &scheduler_addr,
+            "--bind",
+            "127.0.0.1:0",
+            "--grpc-port",
+            "0",
+            "--data-dir",
+        ],
+        &scratch("executor")?,
+        "weft ballista executor listening",
+    )?;
+    let querier = Server::start(
+        weft,
+        &[
+            "query",
+            "--storage",
+            url,
+            "--ballista-scheduler",
+            &scheduler_addr,
+            "--data-dir",
+        ],
+        &scratch("cache")?,
+        "weft query listening",
+    )?;
+    let cluster = time_suite(&client, &format!("http://{}", querier.http), args, suite)?;
+
+    println!(
+        "\n## SQL on Ballista (one scheduler and one executor on this machine) against the querier alone\n"
+    );
+    println!("| query (median of {} runs, ms) | querier alone | on Ballista | Ballista / alone | same answer |\n|---|---|---|---|---|", args.runs);
+    for (i, query) in suite.iter().enumerate() {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2} | {} |",
+            query.name,
+            alone.0[i],
+            cluster.0[i],
+            cluster.0[i] / alone.0[i],
+            if alone.1[i] == cluster.1[i] {
+                "yes"
+            } else {
+                "no"
+            }
         );
     }
     Ok(())
@@ -529,6 +645,8 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 /// A weft process, stopped with SIGTERM when dropped.
 struct Server {
     child: Child,
+    /// The line that said it was ready.
+    ready_line: String,
     http: String,
     otlp_http: String,
     grpc: String,
@@ -567,18 +685,26 @@ impl Server {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
             .context("weft did not start")?;
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(key))
-                .unwrap_or_default()
-                .to_string()
-        };
-        Ok(Self {
+        let mut server = Self {
             child,
-            http: field("http="),
-            otlp_http: field("otlp_http="),
-            grpc: format!("http://{}", field("otlp_grpc=")),
-        })
+            ready_line: line,
+            http: String::new(),
+            otlp_http: String::new(),
+            grpc: String::new(),
+        };
+        server.http = server.field("http=");
+        server.otlp_http = server.field("otlp_http=");
+        server.grpc = format!("http://{}", server.field("otlp_grpc="));
+        Ok(server)
+    }
+
+    /// The value of `key` (`http=`, `scheduler=`…) on its ready line.
+    fn field(&self, key: &str) -> String {
+        self.ready_line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// A sample's value on the OTLP/HTTP port's `/metrics`.
