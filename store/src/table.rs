@@ -631,9 +631,10 @@ fn write_frozen(shared: &Shared, frozen: Frozen) -> Result<()> {
     Ok(())
 }
 
-/// Writes `sorted` as a new segment, Parquet file then index, and returns
-/// its catalog entry. The segment is not part of the table until a catalog
-/// names it.
+/// Writes `sorted` as a new segment, its Parquet file and its index at once
+/// (they only read `sorted`, and the flush is what pushes back on ingest),
+/// and returns its catalog entry. The segment is not part of the table until
+/// a catalog names it.
 fn write_sorted(
     shared: &Shared,
     sorted: &RecordBatch,
@@ -643,26 +644,35 @@ fn write_sorted(
     let signal = shared.signal;
     let sorted_at = Instant::now();
     let id = uuid::Uuid::now_v7().simple().to_string();
-    let result = segment::write_segment(signal, sorted, &segment_path(&shared.dir, &id)).and_then(
-        |written| {
-            let written_at = Instant::now();
-            index::build_index(signal, sorted, &index_dir(&shared.dir, &id))?;
-            if let Some(remote) = &shared.remote {
-                remote.upload_segment(&id)?;
-            }
-            tracing::info!(
-                table = signal.table_name(),
-                segment = %id,
-                rows = written.rows,
-                bytes = written.bytes,
-                sort_ms = (sorted_at - started).as_millis() as u64,
-                parquet_ms = (written_at - sorted_at).as_millis() as u64,
-                index_ms = written_at.elapsed().as_millis() as u64,
-                "segment written"
-            );
-            Ok(written)
-        },
-    );
+    let (parquet, index) = std::thread::scope(|scope| {
+        let index_dir = index_dir(&shared.dir, &id);
+        let index = scope.spawn(move || {
+            index::build_index(signal, sorted, &index_dir).map(|()| sorted_at.elapsed())
+        });
+        let parquet = segment::write_segment(signal, sorted, &segment_path(&shared.dir, &id))
+            .map(|written| (written, sorted_at.elapsed()));
+        let index = index
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (parquet, index)
+    });
+    let result = parquet.and_then(|(written, parquet_took)| {
+        let index_took = index?;
+        if let Some(remote) = &shared.remote {
+            remote.upload_segment(&id)?;
+        }
+        tracing::info!(
+            table = signal.table_name(),
+            segment = %id,
+            rows = written.rows,
+            bytes = written.bytes,
+            sort_ms = (sorted_at - started).as_millis() as u64,
+            parquet_ms = parquet_took.as_millis() as u64,
+            index_ms = index_took.as_millis() as u64,
+            "segment written"
+        );
+        Ok(written)
+    });
     let written = match result {
         Ok(written) => written,
         Err(e) => {
