@@ -52,6 +52,9 @@ use crate::trace_filter;
 /// The file in the data directory that names this node.
 const NODE_ID_FILE: &str = "node-id";
 
+/// The file in the data directory locked by the process whose cache it is.
+const CACHE_LOCK_FILE: &str = "CACHE.LOCK";
+
 /// `cache_bytes` unless configured: what a querier keeps of a bucket.
 pub const DEFAULT_CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 
@@ -79,6 +82,9 @@ pub struct ObjectStorage {
     cache_bytes: u64,
     keep_for: Duration,
     cache: Mutex<CacheState>,
+    /// An exclusive lock on `CACHE.LOCK` in the data directory: two
+    /// processes sharing one cache would evict the files the other reads.
+    _cache_lock: std::fs::File,
 }
 
 #[derive(Default)]
@@ -125,18 +131,22 @@ impl ObjectStorage {
         keep_for: Duration,
     ) -> Result<Arc<Self>> {
         let (store, root) = connect(url)?;
+        std::fs::create_dir_all(local_root).at(local_root)?;
+        let cache_lock = crate::table::lock_exclusively(local_root, CACHE_LOCK_FILE)?;
+        let node = node_id(local_root)?;
+        // Built last: a runtime dropped by an early return would panic when
+        // this is called from async code, as the binary does.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("weft-object-store")
             .enable_all()
             .build()
             .at("object store I/O threads")?;
-        std::fs::create_dir_all(local_root).at(local_root)?;
         let storage = Self {
             url: url.to_string(),
             store,
             root,
-            node: node_id(local_root)?,
+            node,
             live_url: Mutex::new(None),
             local_root: local_root.to_path_buf(),
             io: runtime.handle().clone(),
@@ -144,6 +154,7 @@ impl ObjectStorage {
             cache_bytes,
             keep_for,
             cache: Mutex::default(),
+            _cache_lock: cache_lock,
         };
         // Fail at start, naming the URL, rather than at the first flush.
         let (store, root) = (storage.store.clone(), storage.root.clone());
@@ -887,6 +898,17 @@ mod tests {
         let node = open().node().to_string();
         assert_eq!(node.len(), 32);
         assert_eq!(open().node(), node);
+    }
+
+    #[test]
+    fn a_data_directory_caches_for_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || ObjectStorage::open("memory://", dir.path(), 1, Duration::ZERO);
+        let first = open().unwrap();
+        let err = open().unwrap_err();
+        assert!(matches!(err, StoreError::Locked(_)), "{err}");
+        drop(first);
+        open().unwrap();
     }
 
     #[test]

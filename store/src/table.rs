@@ -171,6 +171,19 @@ pub(crate) fn index_dir(table_dir: &Path, id: &str) -> PathBuf {
     table_dir.join("index").join(id)
 }
 
+/// Takes an exclusive lock on the file `name` in `dir`, held until the
+/// returned file is dropped (or the process dies); another process that
+/// asks for it gets [`StoreError::Locked`].
+pub(crate) fn lock_exclusively(dir: &Path, name: &str) -> Result<fs::File> {
+    let path = dir.join(name);
+    let file = fs::File::create(&path).at(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
+        Err(fs::TryLockError::Error(e)) => Err(e).at(&path),
+    }
+}
+
 /// Both tables of a data directory.
 pub struct Store {
     spans: Table,
@@ -186,13 +199,7 @@ impl Store {
     /// its flusher task.
     pub fn open(config: StoreConfig) -> Result<Self> {
         fs::create_dir_all(&config.data_dir).at(&config.data_dir)?;
-        let lock_path = config.data_dir.join("LOCK");
-        let lock = fs::File::create(&lock_path).at(&lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(config.data_dir)),
-            Err(fs::TryLockError::Error(e)) => return Err(e).at(&lock_path),
-        }
+        let lock = lock_exclusively(&config.data_dir, "LOCK")?;
         Ok(Self {
             spans: Table::open(Signal::Spans, &config)?,
             logs: Table::open(Signal::Logs, &config)?,
