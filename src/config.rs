@@ -101,6 +101,12 @@ pub struct StoreSettings {
     /// With `storage`, for `weft query`: PEM CA certificates to verify
     /// collectors' `https://` addresses with, beside the system's roots.
     pub collector_ca_file: Option<PathBuf>,
+    /// With `storage`, for `weft query`: the PEM client certificate (then
+    /// its chain) presented to collectors that require one on OTLP
+    /// (`tls.client_ca_file`); with `collector_key_file`.
+    pub collector_cert_file: Option<PathBuf>,
+    /// The private key of `collector_cert_file`, PEM.
+    pub collector_key_file: Option<PathBuf>,
 }
 
 /// TLS on every listener, from PEM files reloaded when they change.
@@ -230,6 +236,8 @@ impl Default for StoreSettings {
             advertise_url: None,
             collector_token: None,
             collector_ca_file: None,
+            collector_cert_file: None,
+            collector_key_file: None,
         }
     }
 }
@@ -299,6 +307,12 @@ pub struct ServerArgs {
     /// With --storage (weft query): PEM CA certificate(s) to verify collectors with TLS on their OTLP port [default: the system's roots]
     #[arg(long, env = "WEFT_COLLECTOR_CA_FILE", value_name = "FILE")]
     pub collector_ca_file: Option<PathBuf>,
+    /// With --storage (weft query): PEM client certificate presented to collectors that require one (with --collector-key-file)
+    #[arg(long, env = "WEFT_COLLECTOR_CERT_FILE", value_name = "FILE")]
+    pub collector_cert_file: Option<PathBuf>,
+    /// With --storage (weft query): the PEM private key of --collector-cert-file
+    #[arg(long, env = "WEFT_COLLECTOR_KEY_FILE", value_name = "FILE")]
+    pub collector_key_file: Option<PathBuf>,
     /// With --storage: run SQL statements on the Ballista cluster of this scheduler, host:port (see `weft ballista`) [default: run them here]
     #[arg(long, env = "WEFT_BALLISTA_SCHEDULER", value_name = "HOST:PORT")]
     pub ballista_scheduler: Option<String>,
@@ -396,6 +410,16 @@ impl Config {
                 .collector_ca_file
                 .clone_from(&args.collector_ca_file);
         }
+        if args.collector_cert_file.is_some() {
+            self.store
+                .collector_cert_file
+                .clone_from(&args.collector_cert_file);
+        }
+        if args.collector_key_file.is_some() {
+            self.store
+                .collector_key_file
+                .clone_from(&args.collector_key_file);
+        }
         if args.ballista_scheduler.is_some() {
             self.query
                 .ballista_scheduler
@@ -430,6 +454,9 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.store.collector_cert_file.is_some() != self.store.collector_key_file.is_some() {
+            bail!("store.collector_cert_file and store.collector_key_file (--collector-cert-file, --collector-key-file) go together: set both or neither");
+        }
         if self.otlp.max_request_bytes == 0 {
             bail!("otlp.max_request_bytes must be greater than 0");
         }
@@ -556,20 +583,24 @@ impl Config {
 
     /// The reader of collectors' unflushed rows for `weft query` over `storage`.
     pub fn live_reader(&self) -> anyhow::Result<weft_query::live::FlightLiveReader> {
-        let ca_pem = self
-            .store
-            .collector_ca_file
-            .as_ref()
-            .map(|path| {
-                std::fs::read(path).with_context(|| {
-                    format!("cannot read store.collector_ca_file {}", path.display())
+        let read = |setting: &str, path: &Option<PathBuf>| {
+            path.as_ref()
+                .map(|path| {
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read store.{setting} {}", path.display()))
                 })
-            })
-            .transpose()?;
-        Ok(weft_query::live::FlightLiveReader::new(
+                .transpose()
+        };
+        let reader = weft_query::live::FlightLiveReader::new(
             self.store.collector_token.clone(),
-            ca_pem,
-        ))
+            read("collector_ca_file", &self.store.collector_ca_file)?,
+        );
+        let cert = read("collector_cert_file", &self.store.collector_cert_file)?;
+        let key = read("collector_key_file", &self.store.collector_key_file)?;
+        Ok(match (cert, key) {
+            (Some(cert), Some(key)) => reader.with_client_certificate(cert, key),
+            _ => reader,
+        })
     }
 
     pub fn store_config(&self) -> weft_store::StoreConfig {
@@ -707,6 +738,13 @@ mod tests {
         let err = Config::resolve(&args).unwrap_err().to_string();
         assert!(err.contains("store.deletion_grace (10s)"), "{err}");
         assert!(err.contains("query.timeout (30s)"), "{err}");
+
+        let args = ServerArgs {
+            collector_cert_file: Some("client.crt".into()),
+            ..Default::default()
+        };
+        let err = Config::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("--collector-key-file"), "{err}");
     }
 
     #[test]

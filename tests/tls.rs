@@ -629,34 +629,52 @@ services:
 /// and answers from the flushed segments alone.
 #[test]
 fn a_querier_reads_unflushed_rows_from_a_collector_with_tls() {
+    querier_reads_unflushed_rows_over_tls(false);
+}
+
+/// A collector that requires client certificates on OTLP (`--tls-client-ca-file`)
+/// serves its unflushed rows to a querier presenting one
+/// (`--collector-cert-file`, `--collector-key-file`), and to no other.
+#[test]
+fn a_querier_presents_a_client_certificate_to_a_collector_that_requires_one() {
+    querier_reads_unflushed_rows_over_tls(true);
+}
+
+fn querier_reads_unflushed_rows_over_tls(client_certificates: bool) {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca("weft test CA");
     // The collector advertises its address as https://127.0.0.1:<port>.
     write(dir.path(), &issue_for(&ca, "127.0.0.1", false, -1, 30));
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
+    let client = issue(&ca, true, -1, 30);
+    let (client_cert, client_key) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+    std::fs::write(&client_cert, &client.cert).unwrap();
+    std::fs::write(&client_key, &client.key).unwrap();
     let bucket = format!("file://{}/bucket", dir.path().display());
     let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let collector = Weft::start_role(
-        "collector",
-        &dir.path().join("collector"),
-        &[
-            "--storage",
-            &bucket,
-            "--flush-interval",
-            "1h",
-            "--tls-cert-file",
-            cert.to_str().unwrap(),
-            "--tls-key-file",
-            key.to_str().unwrap(),
-        ],
-    );
-    let https = reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
+    let mut collector_args = vec![
+        "--storage",
+        &bucket,
+        "--flush-interval",
+        "1h",
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+    ];
+    if client_certificates {
+        collector_args.extend(["--tls-client-ca-file", ca_file.to_str().unwrap()]);
+    }
+    let collector = Weft::start_role("collector", &dir.path().join("collector"), &collector_args);
+    let mut https = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap());
+    if client_certificates {
+        let identity = format!("{}{}", client.cert, client.key);
+        https = https.identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap());
+    }
     send_spans(
-        https.post(format!(
+        https.build().unwrap().post(format!(
             "https://127.0.0.1:{}/v1/traces",
             collector.otlp_http.port()
         )),
@@ -672,9 +690,21 @@ fn a_querier_reads_unflushed_rows_from_a_collector_with_tls() {
         assert!(querier.stop().success());
         count
     };
+    let with_ca = ["--collector-ca-file", ca_file.to_str().unwrap()];
+    let with_client_certificate = [
+        &with_ca[..],
+        &[
+            "--collector-cert-file",
+            client_cert.to_str().unwrap(),
+            "--collector-key-file",
+            client_key.to_str().unwrap(),
+        ],
+    ]
+    .concat();
+    assert_eq!(spans_seen(&with_client_certificate), 12);
     assert_eq!(
-        spans_seen(&["--collector-ca-file", ca_file.to_str().unwrap()]),
-        12
+        spans_seen(&with_ca),
+        if client_certificates { 0 } else { 12 }
     );
     assert_eq!(spans_seen(&[]), 0);
     assert!(collector.stop().success());

@@ -10,7 +10,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightClient, Ticket};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use weft_store::live::{LiveHeader, LiveReader, LiveTail, LiveTicket};
 use weft_store::StoreError;
 
@@ -32,6 +32,9 @@ pub struct FlightLiveReader {
     /// PEM CA certificates `https://` collectors are verified with, beside
     /// the system's roots.
     ca_pem: Option<Vec<u8>>,
+    /// PEM certificate and key presented to collectors that require client
+    /// certificates on their OTLP port.
+    identity: Option<Identity>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -42,8 +45,16 @@ impl FlightLiveReader {
             runtime: tokio::runtime::Handle::current(),
             token,
             ca_pem,
+            identity: None,
             channels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Presents the certificate `cert_pem` (then its chain), with its
+    /// private key `key_pem`, to `https://` collectors.
+    pub fn with_client_certificate(mut self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
+        self.identity = Some(Identity::from_pem(cert_pem, key_pem));
+        self
     }
 
     fn channel(&self, url: &str) -> Result<Channel, StoreError> {
@@ -59,6 +70,9 @@ impl FlightLiveReader {
             let mut tls = ClientTlsConfig::new().with_native_roots();
             if let Some(pem) = &self.ca_pem {
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let Some(identity) = &self.identity {
+                tls = tls.identity(identity.clone());
             }
             endpoint = endpoint
                 .tls_config(tls)
