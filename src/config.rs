@@ -584,12 +584,7 @@ impl Config {
     /// The reader of collectors' unflushed rows for `weft query` over `storage`.
     pub fn live_reader(&self) -> anyhow::Result<weft_query::live::FlightLiveReader> {
         let read = |setting: &str, path: &Option<PathBuf>| {
-            path.as_ref()
-                .map(|path| {
-                    std::fs::read(path)
-                        .with_context(|| format!("cannot read store.{setting} {}", path.display()))
-                })
-                .transpose()
+            read_optional_file(path.as_deref(), &format!("store.{setting}"))
         };
         let reader = weft_query::live::FlightLiveReader::new(
             self.store.collector_token.clone(),
@@ -684,6 +679,18 @@ pub(crate) fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The contents of the file at `path`, if one is given; an error names it
+/// as the setting or flag `name`.
+pub(crate) fn read_optional_file(
+    path: Option<&Path>,
+    name: &str,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    path.map(|path| {
+        std::fs::read(path).with_context(|| format!("cannot read {name} {}", path.display()))
+    })
+    .transpose()
 }
 
 #[cfg(test)]

@@ -113,11 +113,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
 
 /// The contents of `--ca-file`, if given.
 fn ca_pem(ca_file: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
-    ca_file
-        .map(|path| {
-            std::fs::read(path).with_context(|| format!("cannot read --ca-file {}", path.display()))
-        })
-        .transpose()
+    crate::config::read_optional_file(ca_file, "--ca-file")
 }
 
 /// An HTTP client that trusts the CA certificates in `ca_file` (for a weft
