@@ -85,6 +85,8 @@ struct Measurement {
     search_ms: Vec<f64>,
     /// Median of each query of the suite, in its order.
     suite_ms: Vec<f64>,
+    /// Each query's rows, sorted.
+    suite_rows: Vec<Vec<String>>,
 }
 
 /// One query of the SQL suite, in each engine's dialect.
@@ -232,7 +234,7 @@ fn measure(
         }
         Ok(())
     })?;
-    let (weft_ms, _) = time_suite(&client, &base, args, suite)?;
+    let (weft_ms, suite_rows) = time_suite(&client, &base, args, suite)?;
     drop(server);
     Ok(Measurement {
         rows: (counts[0][0].clone(), counts[0][1].clone()),
@@ -243,6 +245,7 @@ fn measure(
         trace_ms: trace_latencies,
         search_ms: search_latencies,
         suite_ms: weft_ms,
+        suite_rows,
     })
 }
 
@@ -413,28 +416,24 @@ fn compare_object_storage(
         );
     }
     if args.ballista {
-        compare_ballista(weft, args, url, suite, &scratch)?;
+        compare_ballista(weft, args, url, suite, &warm, &scratch)?;
     }
     Ok(())
 }
 
-/// The SQL suite through a querier alone and through one that sends it to a
-/// Ballista scheduler and executor of the same object store, all on this
-/// machine: what distributing a statement costs when there is nothing to
-/// spread it over.
+/// The SQL suite through a querier that sends it to a Ballista scheduler and
+/// executor of the same object store, against `alone`, the querier of the
+/// bucket with a warm cache, all on this machine: what distributing a
+/// statement costs when there is nothing to spread it over.
 fn compare_ballista(
     weft: &Path,
     args: &Args,
     url: &str,
     suite: &[SuiteQuery],
+    alone: &Measurement,
     scratch: &dyn Fn(&str) -> anyhow::Result<PathBuf>,
 ) -> anyhow::Result<()> {
     let client = reqwest::blocking::Client::new();
-    let role = ["query", "--storage", url, "--data-dir"];
-    let alone = {
-        let querier = Server::start(weft, &role, &scratch("cache")?, "weft query listening")?;
-        time_suite(&client, &format!("http://{}", querier.http), args, suite)?
-    };
     let scheduler = Server::start(
         weft,
         &[
@@ -481,7 +480,8 @@ fn compare_ballista(
         &scratch("cache")?,
         "weft query listening",
     )?;
-    let cluster = time_suite(&client, &format!("http://{}", querier.http), args, suite)?;
+    let (cluster_ms, cluster_rows) =
+        time_suite(&client, &format!("http://{}", querier.http), args, suite)?;
 
     println!(
         "\n## SQL on Ballista (one scheduler and one executor on this machine) against the querier alone\n"
@@ -491,10 +491,10 @@ fn compare_ballista(
         println!(
             "| {} | {:.1} | {:.1} | {:.2} | {} |",
             query.name,
-            alone.0[i],
-            cluster.0[i],
-            cluster.0[i] / alone.0[i],
-            if alone.1[i] == cluster.1[i] {
+            alone.suite_ms[i],
+            cluster_ms[i],
+            cluster_ms[i] / alone.suite_ms[i],
+            if alone.suite_rows[i] == cluster_rows[i] {
                 "yes"
             } else if query.weft.contains("approx_") {
                 // t-digests merged in another order estimate slightly differently.
