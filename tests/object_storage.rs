@@ -96,14 +96,8 @@ impl Bucket {
     /// `weft ballista <role> --storage <bucket>` on the data directory
     /// `name`, and its "listening" line.
     fn ballista(&self, role: &str, name: &'static str, args: &[&str]) -> (Process, String) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
-        command
-            .args(["ballista", role, "--storage", &self.url, "--data-dir"])
-            .arg(self.data_dir(name))
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("WEFT_LOG", "info");
-        Process::spawn(command, name)
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        start_ballista(role, name, &self.url, &self.data_dir(name), args, &env)
     }
 
     fn data_dir(&self, name: &str) -> std::path::PathBuf {

@@ -9,12 +9,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 use sqllogictest::{DBOutput, DefaultColumnType};
 
-use support::{logged_addr, Process, Weft};
+use support::{logged_addr, start_ballista, Weft};
 
 struct WeftSql<'a> {
     weft: &'a Weft,
@@ -132,13 +131,7 @@ fn sql_on_a_ballista_cluster_answers_as_on_one_node() {
     collector.post_fixture("/v1/logs", "crm_logs.json");
 
     let ballista = |role: &str, name: &'static str, data_dir: &str, extra: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
-        command
-            .args(["ballista", role, "--data-dir"])
-            .arg(dir.path().join(data_dir))
-            .args(with_storage(extra))
-            .env("WEFT_LOG", "info");
-        Process::spawn(command, name)
+        start_ballista(role, name, &storage, &dir.path().join(data_dir), extra, &[])
     };
     let (scheduler, line) = ballista(
         "scheduler",

@@ -478,6 +478,26 @@ pub fn spans_request(
     }
 }
 
+/// `weft ballista <role> --storage <storage>` on `data_dir` with `args` and
+/// `env`, logging at info, and its "listening" line.
+pub fn start_ballista(
+    role: &str,
+    name: &'static str,
+    storage: &str,
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Process, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+    command
+        .args(["ballista", role, "--storage", storage, "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("WEFT_LOG", "info");
+    Process::spawn(command, name)
+}
+
 /// Spans `ids` of `service` as [`spans_request`] makes them, but started `age` ago.
 pub fn spans_aged(
     service: &str,
