@@ -42,6 +42,23 @@ pub struct SqlArgs {
     /// PEM CA certificate(s) to verify an https:// server with (with --storage: collectors with TLS).
     #[arg(long, env = "WEFT_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// With --storage: PEM client certificate (chain) for collectors that
+    /// require one (--tls-client-ca-file); needs --collector-key-file.
+    #[arg(
+        long,
+        env = "WEFT_COLLECTOR_CERT_FILE",
+        value_name = "FILE",
+        requires_all = ["storage", "collector_key_file"]
+    )]
+    pub collector_cert_file: Option<PathBuf>,
+    /// The private key of --collector-cert-file, PEM.
+    #[arg(
+        long,
+        env = "WEFT_COLLECTOR_KEY_FILE",
+        value_name = "FILE",
+        requires_all = ["storage", "collector_cert_file"]
+    )]
+    pub collector_key_file: Option<PathBuf>,
     /// Query the segments in this object store (as `weft query --storage`),
     /// caching them in the data directory.
     #[arg(
@@ -81,7 +98,15 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
                 Some(url) => {
                     let storage =
                         ObjectStorage::open(url, &args.data_dir, DEFAULT_CACHE_BYTES, config.timeout)?;
-                    let live = FlightLiveReader::new(args.token.clone(), ca_pem(args.ca_file.as_deref())?);
+                    let mut live =
+                        FlightLiveReader::new(args.token.clone(), ca_pem(args.ca_file.as_deref())?);
+                    let read = crate::config::read_optional_file;
+                    if let (Some(cert), Some(key)) = (
+                        read(args.collector_cert_file.as_deref(), "--collector-cert-file")?,
+                        read(args.collector_key_file.as_deref(), "--collector-key-file")?,
+                    ) {
+                        live = live.with_client_certificate(cert, key);
+                    }
                     StoreReader::with_storage(dir, &storage).with_live(&tenant, Arc::new(live))
                 }
                 None if !args.data_dir.exists() => bail!(

@@ -707,5 +707,21 @@ fn querier_reads_unflushed_rows_over_tls(client_certificates: bool) {
         if client_certificates { 0 } else { 12 }
     );
     assert_eq!(spans_seen(&[]), 0);
+
+    // `weft sql --storage` reads them as a querier does, with the same flags.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["sql", "--format", "csv", "--storage", &bucket, "--ca-file"])
+        .arg(&ca_file)
+        .arg("--collector-cert-file")
+        .arg(&client_cert)
+        .arg("--collector-key-file")
+        .arg(&client_key)
+        .arg("--data-dir")
+        .arg(dir.path().join("sql"))
+        .arg("SELECT count(*) AS spans FROM spans")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "spans\n12\n");
     assert!(collector.stop().success());
 }
