@@ -1,6 +1,7 @@
 //! `weft serve`, `weft collector` and `weft query`: bind the listeners, run
-//! until SIGTERM or SIGINT, then stop accepting, finish in-flight requests,
-//! flush everything to Parquet (roles that write) and return.
+//! until SIGTERM or SIGINT, then refuse new exports, finish those in flight,
+//! flush everything to Parquet (roles that write), stop the listeners and
+//! return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -331,6 +332,17 @@ pub async fn run_until(
         }
         Some(result) = servers.join_next() => Some(result.context("server task panicked").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("a server stopped unexpectedly"))),
     };
+    // The listeners stay up through the final flush: new exports are refused
+    // (retryably) while those admitted are stored, and queriers elsewhere keep
+    // reading the unflushed rows over Flight until the flush has committed
+    // them, so they never miss a row while this collector stops.
+    if tokio::time::timeout(config.shutdown_grace, ingest.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?config.shutdown_grace, "exports still being stored after the shutdown grace period; flushing what is acknowledged");
+    }
+    let flushed = stores.shutdown().await;
     let _ = stop.send(true);
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         while let Some(result) = servers.join_next().await {
@@ -345,7 +357,7 @@ pub async fn run_until(
         tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the shutdown grace period; closing them");
         servers.shutdown().await;
     }
-    stores.shutdown().await.context(
+    flushed.context(
         "final flush failed; the data stays in the WAL and is replayed at the next start",
     )?;
     tracing::info!("all data flushed; bye");

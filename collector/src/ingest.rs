@@ -1,6 +1,7 @@
 //! The receiver-independent ingest path: admission, decode and conversion off
 //! the reactor, hand-off to the store, and the outcome in OTLP's terms.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +134,8 @@ pub struct Ingest {
     /// Request bytes in flight, in KiB.
     inflight_kib: Arc<Semaphore>,
     inflight_kib_total: u32,
+    /// Set by [`Ingest::close`]: no request is admitted any more.
+    closing: AtomicBool,
     metrics: IngestMetrics,
 }
 
@@ -152,8 +155,23 @@ impl Ingest {
             limits,
             inflight_kib: Arc::new(Semaphore::new(inflight_kib_total as usize)),
             inflight_kib_total,
+            closing: AtomicBool::new(false),
             metrics,
         }
+    }
+
+    /// Admits no new request (they are refused as
+    /// [`IngestError::ShuttingDown`], which OTLP clients retry) and waits
+    /// until those admitted are stored: a shutdown's final flush then holds
+    /// everything this collector acknowledged, while its listeners stay up.
+    pub async fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        // An admitted request holds part of the in-flight budget until its
+        // data is stored, so the whole budget is free once none is left.
+        let _everything = self
+            .inflight_kib
+            .acquire_many(self.inflight_kib_total)
+            .await;
     }
 
     pub fn limits(&self) -> &IngestLimits {
@@ -186,11 +204,19 @@ impl Ingest {
         if more == 0 {
             return Ok(());
         }
+        let closing = || self.closing.load(Ordering::SeqCst);
+        if closing() {
+            return Err(IngestError::ShuttingDown);
+        }
         let permit = self
             .inflight_kib
             .clone()
             .try_acquire_many_owned(more)
             .map_err(|_| {
+                if closing() {
+                    // `close` is taking the budget, not other requests.
+                    return IngestError::ShuttingDown;
+                }
                 IngestError::Busy(format!(
                     "{} KiB of requests are being processed (limit {} KiB)",
                     self.inflight_kib_total as usize - self.inflight_kib.available_permits(),

@@ -143,10 +143,19 @@ struct LiveWriter {
     retry_at: Option<Instant>,
 }
 
+/// What asking a live writer gave.
+enum LiveAnswer {
+    /// Its segments and unflushed batches.
+    Answered(Vec<SegmentEntry>, Vec<RecordBatch>),
+    /// It did not answer just now.
+    Failed,
+    /// It did not answer lately and is not asked again yet.
+    Resting,
+}
+
 impl LiveWriters {
-    /// The segments and unflushed batches of the writer serving at `url`,
-    /// or `None` if it cannot be asked now.
-    fn read(&self, signal: Signal, url: &str) -> Option<(Vec<SegmentEntry>, Vec<RecordBatch>)> {
+    /// What the writer serving at `url` holds.
+    fn read(&self, signal: Signal, url: &str) -> LiveAnswer {
         let writer = self
             .writers
             .lock()
@@ -155,7 +164,7 @@ impl LiveWriters {
             .clone();
         let mut writer = writer.lock();
         if writer.retry_at.is_some_and(|at| Instant::now() < at) {
-            return None;
+            return LiveAnswer::Resting;
         }
         let ticket = writer.copy.ticket(signal, &self.tenant);
         let answered = self.reader.read(url, &ticket).and_then(|tail| {
@@ -171,14 +180,14 @@ impl LiveWriters {
                         "a live writer answers again"
                     );
                 }
-                Some((segments, writer.copy.batches().to_vec()))
+                LiveAnswer::Answered(segments, writer.copy.batches().to_vec())
             }
             Err(e) => {
                 if writer.retry_at.is_none() {
                     tracing::warn!(table = signal.table_name(), writer = url, error = %e, retry = ?LIVE_RETRY, "cannot read a live writer's unflushed rows; using its flushed segments alone");
                 }
                 writer.retry_at = Some(Instant::now() + LIVE_RETRY);
-                None
+                LiveAnswer::Failed
             }
         }
     }
@@ -198,10 +207,11 @@ struct RemoteCatalogs {
 }
 
 impl RemoteCatalogs {
-    fn catalogs(&self) -> Result<Vec<Catalog>> {
+    /// The catalogs, listed at most [`CATALOG_REFRESH`] ago (now, with `fresh`).
+    fn catalogs(&self, fresh: bool) -> Result<Vec<Catalog>> {
         let mut listed = self.listed.lock();
         if let Some((at, catalogs)) = listed.as_ref() {
-            if at.elapsed() < CATALOG_REFRESH {
+            if !fresh && at.elapsed() < CATALOG_REFRESH {
                 return Ok(catalogs.clone());
             }
         }
@@ -268,21 +278,15 @@ impl TableReader {
     /// The union of every writer's segments, and the unflushed rows of those
     /// running and answering.
     fn remote_snapshot(&self, remote: &RemoteCatalogs) -> Result<TableSnapshot> {
-        let catalogs = remote.catalogs()?;
-        let mut segments = Vec::new();
-        let mut unflushed = Vec::new();
-        for catalog in &catalogs {
-            let answer = match (&self.live, &catalog.live) {
-                (Some(live), Some(url)) => live.read(self.signal, url),
-                _ => None,
-            };
-            match answer {
-                Some((their_segments, batches)) => {
-                    segments.extend(their_segments);
-                    unflushed.extend(batches);
-                }
-                None => segments.extend(catalog.segments.iter().cloned()),
-            }
+        let mut catalogs = remote.catalogs(false)?;
+        let (mut segments, mut unflushed, failed) = self.gather(&catalogs);
+        if failed {
+            // A writer that stops answering has usually just shut down
+            // cleanly, after its last flush committed: its catalog in the
+            // bucket names segments newer than the listing used here. (It is
+            // not asked again for a while, so this lists once per failure.)
+            catalogs = remote.catalogs(true)?;
+            (segments, unflushed, _) = self.gather(&catalogs);
         }
         if let Some(live) = &self.live {
             let urls: Vec<&str> = catalogs.iter().filter_map(|c| c.live.as_deref()).collect();
@@ -294,6 +298,32 @@ impl TableReader {
             unflushed,
             remote: Some(remote.table.clone()),
         })
+    }
+
+    /// The segments and unflushed rows of `catalogs`' writers, asking the
+    /// live ones; says whether one of those failed to answer.
+    fn gather(&self, catalogs: &[Catalog]) -> (Vec<SegmentEntry>, Vec<RecordBatch>, bool) {
+        let mut segments = Vec::new();
+        let mut unflushed = Vec::new();
+        let mut failed = false;
+        for catalog in catalogs {
+            let answer = match (&self.live, &catalog.live) {
+                (Some(live), Some(url)) => live.read(self.signal, url),
+                _ => LiveAnswer::Resting,
+            };
+            match answer {
+                LiveAnswer::Answered(their_segments, batches) => {
+                    segments.extend(their_segments);
+                    unflushed.extend(batches);
+                }
+                LiveAnswer::Failed => {
+                    failed = true;
+                    segments.extend(catalog.segments.iter().cloned());
+                }
+                LiveAnswer::Resting => segments.extend(catalog.segments.iter().cloned()),
+            }
+        }
+        (segments, unflushed, failed)
     }
 
     /// Brings `tail` up to date with the WAL files after `flushed_seq`.

@@ -309,6 +309,16 @@ impl Weft {
     pub fn kill9(self) {
         self.process.kill9()
     }
+
+    /// SIGTERM, without waiting: the shutdown goes on while the test looks.
+    pub fn terminate(&mut self) {
+        self.process.signal(libc::SIGTERM);
+    }
+
+    /// Waits for the exit that [`Weft::terminate`] started.
+    pub fn wait(mut self) -> ExitStatus {
+        self.process.wait()
+    }
 }
 
 /// Every row of a table's segments, read with the parquet crate from the
