@@ -20,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::ServiceConfig;
 use weft_proxy::headers::remove_hop_by_hop;
 use weft_proxy::upgrade;
-use weft_proxy::{end_span, Telemetry};
+use weft_proxy::{end_span, method_name, Telemetry};
 
 use crate::http::{
     gateway_response, AnsweredBy, Body, ClientAddr, ClientScheme, ProxyRequest, ProxyResponse,
@@ -123,21 +123,27 @@ impl Forwarder {
         let upgrade = upgrade::requested_protocol(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
 
-        let (parts, body) = request.into_parts();
-        let mut headers = parts.headers.clone();
+        let (mut parts, body) = request.into_parts();
+        let mut headers = std::mem::take(&mut parts.headers);
+        let forwarded_for = client_ip.map(|ip| {
+            match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(earlier) => format!("{earlier}, {ip}"),
+                None => ip.to_string(),
+            }
+        });
+        let hash_key: Option<Vec<u8>> = self.upstream.hashes().then(|| {
+            self.upstream
+                .hash_on_header()
+                .and_then(|h| headers.get(h))
+                .map(|v| v.as_bytes().to_vec())
+                .or_else(|| client_ip.map(|ip| ip.to_string().into_bytes()))
+                .unwrap_or_default()
+        });
         remove_hop_by_hop(&mut headers);
         if let Some(protocol) = &upgrade {
             upgrade::ask_again(&mut headers, protocol);
         }
-        if let Some(ip) = client_ip {
-            let forwarded_for = match parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(earlier) => format!("{earlier}, {ip}"),
-                None => ip.to_string(),
-            };
+        if let (Some(ip), Some(forwarded_for)) = (client_ip, forwarded_for) {
             if let Ok(value) = HeaderValue::try_from(forwarded_for) {
                 headers.insert("x-forwarded-for", value);
             }
@@ -146,11 +152,13 @@ impl Forwarder {
             }
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static(client_scheme));
-        if let Some(host) = parts.headers.get(header::HOST) {
-            headers.insert("x-forwarded-host", host.clone());
-        }
-        if !preserve_host {
-            headers.remove(header::HOST);
+        let host = if preserve_host {
+            headers.get(header::HOST).cloned()
+        } else {
+            headers.remove(header::HOST)
+        };
+        if let Some(host) = host {
+            headers.insert("x-forwarded-host", host);
         }
 
         let has_body = !body.is_end_stream();
@@ -165,14 +173,6 @@ impl Forwarder {
         );
         let retryable = idempotent && !has_body && upgrade.is_none();
         let attempts = if retryable { 1 + self.retries } else { 1 };
-        let hash_key: Option<Vec<u8>> = self.upstream.hashes().then(|| {
-            self.upstream
-                .hash_on_header()
-                .and_then(|h| parts.headers.get(h))
-                .map(|v| v.as_bytes().to_vec())
-                .or_else(|| client_ip.map(|ip| ip.to_string().into_bytes()))
-                .unwrap_or_default()
-        });
 
         let mut body = Some(body);
         let mut tried = Vec::new();
@@ -190,33 +190,41 @@ impl Forwarder {
                     "the request path cannot be forwarded",
                 );
             };
-            let (host, port) = target
-                .address
-                .rsplit_once(':')
-                .unwrap_or((&target.address, ""));
-            let mut attributes = vec![
-                KeyValue::new("http.request.method", parts.method.to_string()),
-                KeyValue::new("server.address", host.to_string()),
-                // Without the query, which may carry credentials (`?apikey=`).
-                KeyValue::new(
-                    "url.full",
-                    format!("{}://{}{}", self.scheme, target.address, uri.path()),
-                ),
-                KeyValue::new("peer.service", self.name.clone()),
-            ];
-            if let Ok(port) = port.parse::<i64>() {
-                attributes.push(KeyValue::new("server.port", port));
-            }
-            if attempt > 0 {
-                attributes.push(KeyValue::new(
-                    "http.request.resend_count",
-                    i64::from(attempt),
-                ));
-            }
             let cx = self
                 .telemetry
-                .client_span(&span, parts.method.to_string(), attributes);
-            let mut outgoing_headers = headers.clone();
+                .client_span(&span, method_name(&parts.method), || {
+                    let (host, port) = target
+                        .address
+                        .rsplit_once(':')
+                        .unwrap_or((&target.address, ""));
+                    let mut attributes = vec![
+                        KeyValue::new("http.request.method", method_name(&parts.method)),
+                        KeyValue::new("server.address", host.to_string()),
+                        // Without the query, which may carry credentials (`?apikey=`).
+                        KeyValue::new(
+                            "url.full",
+                            format!("{}://{}{}", self.scheme, target.address, uri.path()),
+                        ),
+                        KeyValue::new("peer.service", self.name.clone()),
+                    ];
+                    if let Ok(port) = port.parse::<i64>() {
+                        attributes.push(KeyValue::new("server.port", port));
+                    }
+                    if attempt > 0 {
+                        attributes.push(KeyValue::new(
+                            "http.request.resend_count",
+                            i64::from(attempt),
+                        ));
+                    }
+                    attributes
+                });
+            let last = attempt + 1 == attempts;
+            // The last attempt takes the headers; earlier ones leave them for a retry.
+            let mut outgoing_headers = if last {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
             self.telemetry.inject(&cx, &mut outgoing_headers);
             let body = match body.take() {
                 Some(b) if has_body => Body::new(IdleTimeout::new(b, self.write_timeout)),
@@ -237,7 +245,6 @@ impl Forwarder {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(e)) => Err(classify(&e)),
             };
-            let last = attempt + 1 == attempts;
             match result {
                 Ok(mut response) => {
                     let status = response.status();
@@ -359,7 +366,11 @@ struct BodyTimeout(Duration);
 struct IdleTimeout<B> {
     inner: B,
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    /// Set the first time the body has to wait: most bodies on the proxy's
+    /// hot path are already buffered and never need a timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A frame came since the timer was last set.
+    progressed: bool,
 }
 
 impl<B> IdleTimeout<B> {
@@ -367,7 +378,8 @@ impl<B> IdleTimeout<B> {
         Self {
             inner,
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
+            progressed: false,
         }
     }
 }
@@ -387,14 +399,28 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = Instant::now() + this.timeout;
-                this.sleep.as_mut().reset(deadline);
+                this.progressed = true;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                // The idle time counts from when the body starts waiting.
+                let sleep = match &mut this.sleep {
+                    Some(sleep) => {
+                        if this.progressed {
+                            sleep.as_mut().reset(Instant::now() + this.timeout);
+                        }
+                        sleep
+                    }
+                    None => this
+                        .sleep
+                        .insert(Box::pin(tokio::time::sleep(this.timeout))),
+                };
+                this.progressed = false;
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

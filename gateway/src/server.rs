@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use http::header::{HOST, USER_AGENT};
 use http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -22,7 +23,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use tower::Layer;
-use weft_proxy::{end_span, Telemetry};
+use weft_proxy::{end_span, method_name, Telemetry};
 
 use crate::config::{ConfigError, GatewayConfig, TelemetryConfig, UpstreamProtocol};
 use crate::health::HealthCheckers;
@@ -277,95 +278,90 @@ async fn handle(
     let runtime = shared.runtime.load_full();
     let mut request = request.map(Body::new);
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let mut attributes = vec![
-        KeyValue::new("http.request.method", method.to_string()),
-        KeyValue::new("url.path", path.clone()),
-        KeyValue::new("url.scheme", scheme),
-        KeyValue::new("client.address", client.ip().to_string()),
-        KeyValue::new(
-            "network.protocol.version",
-            protocol_version(request.version()),
-        ),
-    ];
-    if let Some(host) = request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
-        attributes.push(KeyValue::new("server.address", host.to_string()));
-    }
-    if let Some(agent) = request
-        .headers()
-        .get(http::header::USER_AGENT)
-        .and_then(|h| h.to_str().ok())
-    {
-        attributes.push(KeyValue::new("user_agent.original", agent.to_string()));
-    }
     let span = shared
         .telemetry
-        .server_span(request.headers(), method.to_string(), attributes);
+        .server_span(request.headers(), method_name(&method), || {
+            let headers = request.headers();
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", method_name(&method)),
+                KeyValue::new("url.path", request.uri().path().to_string()),
+                KeyValue::new("url.scheme", scheme),
+                KeyValue::new("client.address", client.ip().to_string()),
+                KeyValue::new(
+                    "network.protocol.version",
+                    protocol_version(request.version()),
+                ),
+            ];
+            if let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) {
+                attributes.push(KeyValue::new("server.address", host.to_string()));
+            }
+            if let Some(agent) = headers.get(USER_AGENT).and_then(|h| h.to_str().ok()) {
+                attributes.push(KeyValue::new("user_agent.original", agent.to_string()));
+            }
+            attributes
+        });
+    // Kept for the access log, which is written after the request is gone.
+    let path = shared
+        .telemetry
+        .logs_access()
+        .then(|| request.uri().path().to_string());
     request.extensions_mut().insert(ClientAddr(client));
     request.extensions_mut().insert(ClientScheme(scheme));
-    let (response, route, service) = match runtime.routes.find(&request) {
+    let (response, route) = match runtime.routes.find(&request) {
         None => (
             gateway_response(StatusCode::NOT_FOUND, "no Route matched with those values"),
-            String::new(),
-            String::new(),
+            None,
         ),
         Some(matched) => {
             let s = span.span();
-            s.update_name(format!("{method} {}", matched.template));
-            s.set_attribute(KeyValue::new("http.route", matched.template.clone()));
-            s.set_attribute(KeyValue::new(
-                "weft.gateway.route",
-                matched.route.name.clone(),
-            ));
-            s.set_attribute(KeyValue::new(
-                "weft.gateway.service",
-                matched.route.service.clone(),
-            ));
-            let (route, service) = (matched.route.name.clone(), matched.route.service.clone());
-            let stack = matched.route.stack.clone();
+            if s.is_recording() {
+                s.update_name(format!("{method} {}", matched.template));
+                s.set_attributes([
+                    KeyValue::new("http.route", matched.template.clone()),
+                    KeyValue::new("weft.gateway.route", matched.route.name.clone()),
+                    KeyValue::new("weft.gateway.service", matched.route.service.clone()),
+                ]);
+            }
+            let route = matched.route.clone();
+            let stack = route.stack.clone();
             request.extensions_mut().insert(RequestSpan(span.clone()));
             request.extensions_mut().insert(Arc::new(matched));
-            (plugins::forward(stack, request).await, route, service)
+            (plugins::forward(stack, request).await, Some(route))
         }
     };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    let target = response
-        .extensions()
-        .get::<AnsweredBy>()
-        .map(|a| a.0.clone());
-    let consumer = response
-        .extensions()
-        .get::<AuthenticatedConsumer>()
-        .map(|c| c.0.username.clone());
     end_span(&span, Some(status), None, false);
-    shared.metrics.observe(&service, &route, status, elapsed);
-    let mut log: Vec<(&'static str, AnyValue)> = vec![
-        ("http.request.method", method.to_string().into()),
-        ("url.path", path.clone().into()),
-        ("http.response.status_code", i64::from(status).into()),
-        ("client.address", client.ip().to_string().into()),
-        ("duration_ms", (elapsed.as_secs_f64() * 1000.0).into()),
-        ("weft.gateway.route", route.into()),
-        ("weft.gateway.service", service.into()),
-    ];
-    if let Some(target) = &target {
-        log.push(("weft.gateway.upstream_target", target.clone().into()));
-    }
-    if let Some(consumer) = consumer {
-        log.push(("enduser.id", consumer.into()));
-    }
-    let line = format!(
-        "{} \"{method} {path}\" {status} {:.1}ms upstream={}",
-        client.ip(),
-        elapsed.as_secs_f64() * 1000.0,
-        target.as_deref().unwrap_or("-")
-    );
-    shared.telemetry.access_log(&span, status, line, log);
+    let (service, route) = route
+        .as_deref()
+        .map_or(("", ""), |r| (r.service.as_str(), r.name.as_str()));
+    shared.metrics.observe(service, route, status, elapsed);
+    shared.telemetry.access_log(&span, status, || {
+        let path = path.unwrap_or_default();
+        let target = response.extensions().get::<AnsweredBy>().map(|a| &a.0);
+        let millis = elapsed.as_secs_f64() * 1000.0;
+        let line = format!(
+            "{} \"{method} {path}\" {status} {millis:.1}ms upstream={}",
+            client.ip(),
+            target.map_or("-", |t| t.as_str())
+        );
+        let mut log: Vec<(&'static str, AnyValue)> = vec![
+            ("http.request.method", method_name(&method).into()),
+            ("url.path", path.into()),
+            ("http.response.status_code", i64::from(status).into()),
+            ("client.address", client.ip().to_string().into()),
+            ("duration_ms", millis.into()),
+            ("weft.gateway.route", route.to_string().into()),
+            ("weft.gateway.service", service.to_string().into()),
+        ];
+        if let Some(target) = target {
+            log.push(("weft.gateway.upstream_target", target.clone().into()));
+        }
+        if let Some(consumer) = response.extensions().get::<AuthenticatedConsumer>() {
+            log.push(("enduser.id", consumer.0.username.clone().into()));
+        }
+        (line, log)
+    });
     Ok(response)
 }
 

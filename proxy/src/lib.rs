@@ -20,5 +20,6 @@ pub mod upgrade;
 pub use crate::listener::accept_until;
 pub use crate::response::message_response;
 pub use crate::telemetry::{
-    end_span, Telemetry, TelemetryCollector, TelemetryConfig, TelemetryCounters, TelemetryError,
+    end_span, method_name, Telemetry, TelemetryCollector, TelemetryConfig, TelemetryCounters,
+    TelemetryError,
 };

@@ -6,6 +6,7 @@
 //! and counts them (the proxy's `…_telemetry_dropped_total` metric), so a collector
 //! that is down or slow never slows the proxy.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +14,9 @@ use std::time::{Duration, SystemTime};
 use http::HeaderMap;
 use opentelemetry::logs::{AnyValue, LogRecord, Logger, LoggerProvider, Severity};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer, TracerProvider,
+};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -22,7 +25,8 @@ use opentelemetry_sdk::logs::{
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, SdkTracerProvider,
+    ShouldSample, SpanData, SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
@@ -118,6 +122,11 @@ pub struct TelemetryCounters {
 /// Tracing and access logging for every request.
 pub struct Telemetry {
     tracer: SdkTracer,
+    /// Without an exporter spans are not recorded at all: a request only gets
+    /// ids and a sampling decision to pass on in `traceparent`.
+    recording: bool,
+    sampler: Sampler,
+    ids: RandomIdGenerator,
     logger: SdkLogger,
     propagator: TraceContextPropagator,
     access_log: bool,
@@ -155,10 +164,9 @@ impl Telemetry {
         let service_name = config.service_name.as_deref().unwrap_or(proxy).to_string();
         let resource = Resource::builder().with_service_name(service_name).build();
         let (stop, stopped) = watch::channel(false);
+        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling)));
         let mut tracer_provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sampling,
-            ))))
+            .with_sampler(sampler.clone())
             .with_resource(resource.clone());
         let mut logger_provider = SdkLoggerProvider::builder().with_resource(resource.clone());
         let mut exporters = Vec::new();
@@ -227,6 +235,9 @@ impl Telemetry {
         let logger_provider = logger_provider.build();
         Ok(Self {
             tracer: tracer_provider.tracer(proxy),
+            recording: config.otlp_endpoint.is_some(),
+            sampler,
+            ids: RandomIdGenerator::default(),
             logger: logger_provider.logger(proxy),
             propagator: TraceContextPropagator::new(),
             access_log: config.access_log && config.otlp_endpoint.is_some(),
@@ -239,21 +250,16 @@ impl Telemetry {
     }
 
     /// Starts the SERVER span of a request, continuing the caller's trace
-    /// when its `traceparent` says so.
+    /// when its `traceparent` says so. `attributes` is called only for a
+    /// span that is recorded.
     pub fn server_span(
         &self,
         headers: &HeaderMap,
-        name: String,
-        attributes: Vec<KeyValue>,
+        name: impl Into<Cow<'static, str>>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Context {
         let parent = self.extract(headers);
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &parent);
-        parent.with_span(span)
+        self.start_span(&parent, SpanKind::Server, name.into(), attributes)
     }
 
     /// The caller's trace context from its `traceparent`/`tracestate`
@@ -263,19 +269,63 @@ impl Telemetry {
     }
 
     /// Starts a CLIENT span for one upstream attempt, child of `parent`.
+    /// `attributes` is called only for a span that is recorded.
     pub fn client_span(
         &self,
         parent: &Context,
-        name: String,
-        attributes: Vec<KeyValue>,
+        name: impl Into<Cow<'static, str>>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Context {
-        let span = self
+        self.start_span(parent, SpanKind::Client, name.into(), attributes)
+    }
+
+    fn start_span(
+        &self,
+        parent: &Context,
+        kind: SpanKind,
+        name: Cow<'static, str>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Context {
+        if !self.recording {
+            return self.propagated_only(parent, &kind, &name);
+        }
+        let mut span = self
             .tracer
             .span_builder(name)
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
+            .with_kind(kind)
             .start_with_context(&self.tracer, parent);
+        // Attributes go on after the sampling decision, so that a request
+        // whose span is dropped never builds them (the ratio sampler does not
+        // look at attributes).
+        if span.is_recording() {
+            span.set_attributes(attributes());
+        }
         parent.with_span(span)
+    }
+
+    /// A span that nothing records: the ids and the sampling decision the
+    /// SDK would have given it, so that `traceparent` goes on exactly as with
+    /// exporting on, without the cost of a span nobody receives.
+    fn propagated_only(&self, parent: &Context, kind: &SpanKind, name: &str) -> Context {
+        let parent_span = parent.span();
+        let parent_context = parent_span.span_context();
+        let trace_id = if parent_context.is_valid() {
+            parent_context.trace_id()
+        } else {
+            self.ids.new_trace_id()
+        };
+        let decision = self
+            .sampler
+            .should_sample(Some(parent), trace_id, name, kind, &[], &[]);
+        let sampled = decision.decision == SamplingDecision::RecordAndSample;
+        let context = SpanContext::new(
+            trace_id,
+            self.ids.new_span_id(),
+            parent_context.trace_flags().with_sampled(sampled),
+            false,
+            decision.trace_state,
+        );
+        parent.with_remote_span_context(context)
     }
 
     /// Writes `cx`'s `traceparent`/`tracestate` into outgoing headers.
@@ -284,17 +334,19 @@ impl Telemetry {
             .inject_context(cx, &mut HeaderInjector(headers));
     }
 
-    /// One access-log record for a finished request, tied to its span.
+    /// One access-log record for a finished request, tied to its span:
+    /// `record` gives its body and attributes, and is called only when
+    /// access logs are exported.
     pub fn access_log(
         &self,
         cx: &Context,
         status: u16,
-        body: String,
-        attributes: Vec<(&'static str, AnyValue)>,
+        record: impl FnOnce() -> (String, Vec<(&'static str, AnyValue)>),
     ) {
         if !self.access_log {
             return;
         }
+        let (body, attributes) = record();
         let span_context = cx.span().span_context().clone();
         let mut record = self.logger.create_log_record();
         let now = SystemTime::now();
@@ -322,6 +374,11 @@ impl Telemetry {
         self.logger.emit(record);
     }
 
+    /// Whether access-log records are exported (so worth preparing).
+    pub fn logs_access(&self) -> bool {
+        self.access_log
+    }
+
     /// What was exported and dropped so far.
     pub fn counters(&self) -> &Arc<TelemetryCounters> {
         &self.counters
@@ -340,6 +397,25 @@ impl Telemetry {
             }
         }
     }
+}
+
+/// A request method as a span name or attribute value, without an
+/// allocation for the standard ones.
+pub fn method_name(method: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return Cow::Owned(method.as_str().to_string()),
+    };
+    Cow::Borrowed(name)
 }
 
 /// Ends a span with the status semantic conventions give its kind: a server
@@ -560,5 +636,57 @@ impl Collector for TelemetryCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a request forwarded through a proxy without an exporter carries on.
+    fn forwarded(sampling: f64, incoming: Option<&str>) -> String {
+        let config = TelemetryConfig {
+            sampling,
+            ..TelemetryConfig::default()
+        };
+        let telemetry = Telemetry::start(&config, "test-proxy").unwrap();
+        let mut headers = HeaderMap::new();
+        if let Some(traceparent) = incoming {
+            headers.insert("traceparent", traceparent.parse().unwrap());
+        }
+        let server = telemetry.server_span(&headers, "GET", || panic!("nothing records"));
+        let client = telemetry.client_span(&server, "GET", || panic!("nothing records"));
+        let mut outgoing = HeaderMap::new();
+        telemetry.inject(&client, &mut outgoing);
+        outgoing["traceparent"].to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn without_an_exporter_the_callers_trace_goes_on_with_a_new_span_id() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sent = forwarded(1.0, Some(caller));
+        let parts: Vec<&str> = sent.split('-').collect();
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(parts[2], "00f067aa0ba902b7");
+        assert_eq!(parts[3], "01");
+
+        // A caller that did not sample keeps its decision, whatever the ratio.
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(forwarded(1.0, Some(unsampled)).ends_with("-00"));
+    }
+
+    #[test]
+    fn without_an_exporter_a_new_trace_is_started_and_sampled_by_the_ratio() {
+        let all = forwarded(1.0, None);
+        let parts: Vec<&str> = all.split('-').collect();
+        assert_eq!(parts[1].len(), 32);
+        assert_ne!(parts[1], "0".repeat(32));
+        assert_eq!(parts[3], "01");
+        assert_ne!(
+            forwarded(1.0, None),
+            all,
+            "every request starts its own trace"
+        );
+        assert!(forwarded(0.0, None).ends_with("-00"));
     }
 }

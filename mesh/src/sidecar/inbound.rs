@@ -14,7 +14,7 @@ use opentelemetry::{Context, KeyValue};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, end_span, message_response, upgrade, Telemetry};
+use weft_proxy::{accept_until, end_span, message_response, method_name, upgrade, Telemetry};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -100,14 +100,16 @@ async fn handle(
     let cx = telemetry.server_span(
         request.headers(),
         format!("{method} {}", shared.service),
-        vec![
-            KeyValue::new("http.request.method", method.to_string()),
-            KeyValue::new("url.path", path.clone()),
-            KeyValue::new("server.address", shared.service.clone()),
-            KeyValue::new("peer.service", peer.service().to_string()),
-            KeyValue::new("weft.mesh.peer_identity", peer.to_string()),
-            KeyValue::new("network.peer.address", remote.ip().to_string()),
-        ],
+        || {
+            vec![
+                KeyValue::new("http.request.method", method_name(&method)),
+                KeyValue::new("url.path", path.clone()),
+                KeyValue::new("server.address", shared.service.clone()),
+                KeyValue::new("peer.service", peer.service().to_string()),
+                KeyValue::new("weft.mesh.peer_identity", peer.to_string()),
+                KeyValue::new("network.peer.address", remote.ip().to_string()),
+            ]
+        },
     );
     let decision = snapshot
         .policies
@@ -174,23 +176,25 @@ fn access_log(
     elapsed: Duration,
     denial: Option<Denial>,
 ) {
-    let millis = elapsed.as_secs_f64() * 1000.0;
-    let mut attributes: Vec<(&'static str, AnyValue)> = vec![
-        ("http.request.method", method.to_string().into()),
-        ("url.path", path.to_string().into()),
-        ("http.response.status_code", i64::from(status).into()),
-        ("peer.service", peer.service().to_string().into()),
-        ("weft.mesh.peer_identity", peer.to_string().into()),
-        ("weft.mesh.direction", "inbound".into()),
-        ("duration_ms", millis.into()),
-    ];
-    let mut line = format!("inbound {peer} \"{method} {path}\" {status} {millis:.1}ms");
-    if let Some(denial) = denial {
-        line.push_str(&format!(" denied by {} rule {}", denial.kind, denial.rule));
-        attributes.push(("weft.mesh.policy", denial.kind.into()));
-        attributes.push(("weft.mesh.rule", denial.rule.into()));
-    }
-    telemetry.access_log(cx, status, line, attributes);
+    telemetry.access_log(cx, status, || {
+        let millis = elapsed.as_secs_f64() * 1000.0;
+        let mut attributes: Vec<(&'static str, AnyValue)> = vec![
+            ("http.request.method", method_name(method).into()),
+            ("url.path", path.to_string().into()),
+            ("http.response.status_code", i64::from(status).into()),
+            ("peer.service", peer.service().to_string().into()),
+            ("weft.mesh.peer_identity", peer.to_string().into()),
+            ("weft.mesh.direction", "inbound".into()),
+            ("duration_ms", millis.into()),
+        ];
+        let mut line = format!("inbound {peer} \"{method} {path}\" {status} {millis:.1}ms");
+        if let Some(denial) = denial {
+            line.push_str(&format!(" denied by {} rule {}", denial.kind, denial.rule));
+            attributes.push(("weft.mesh.policy", denial.kind.into()));
+            attributes.push(("weft.mesh.rule", denial.rule.into()));
+        }
+        (line, attributes)
+    });
 }
 
 async fn forward_to_app(
@@ -278,19 +282,19 @@ async fn tunnel(
             .connection("inbound", peer.service(), "denied");
         tracing::warn!(from = %peer, to = %shared.service, %remote, rule = %denial.rule, "TCP connection denied");
         let telemetry = shared.telemetry.load();
-        telemetry.access_log(
-            &Context::new(),
-            403,
-            format!(
-                "inbound {peer} TCP denied by traffic_permission rule {}",
-                denial.rule
-            ),
-            vec![
-                ("peer.service", peer.service().to_string().into()),
-                ("weft.mesh.policy", denial.kind.into()),
-                ("weft.mesh.rule", denial.rule.into()),
-            ],
-        );
+        telemetry.access_log(&Context::new(), 403, || {
+            (
+                format!(
+                    "inbound {peer} TCP denied by traffic_permission rule {}",
+                    denial.rule
+                ),
+                vec![
+                    ("peer.service", peer.service().to_string().into()),
+                    ("weft.mesh.policy", denial.kind.into()),
+                    ("weft.mesh.rule", denial.rule.into()),
+                ],
+            )
+        });
         return;
     }
     let mut app = match TcpStream::connect(shared.app).await {

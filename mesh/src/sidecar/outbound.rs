@@ -24,7 +24,7 @@ use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, end_span, message_response, upgrade};
+use weft_proxy::{accept_until, end_span, message_response, method_name, upgrade};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -107,17 +107,15 @@ async fn handle(
     let path = request.uri().path().to_string();
     let parent = telemetry.extract(request.headers());
     let expected = SpiffeId::new(&snapshot.mesh, to);
-    let cx = telemetry.client_span(
-        &parent,
-        format!("{method} {to}"),
+    let cx = telemetry.client_span(&parent, format!("{method} {to}"), || {
         vec![
-            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("http.request.method", method_name(&method)),
             KeyValue::new("url.path", path.clone()),
             KeyValue::new("server.address", to.to_string()),
             KeyValue::new("peer.service", to.to_string()),
             KeyValue::new("weft.mesh.peer_identity", expected.to_string()),
-        ],
-    );
+        ]
+    });
     let endpoints = snapshot.endpoints(to, shared.zone.as_deref());
     let (connect_timeout, request_timeout) = snapshot.policies.timeouts(to);
     let (mut parts, body) = request.into_parts();
@@ -233,25 +231,23 @@ async fn handle(
     let elapsed = started.elapsed();
     end_span(&cx, Some(status), None, true);
     shared.metrics.observe("outbound", to, status, elapsed);
-    let millis = elapsed.as_secs_f64() * 1000.0;
-    let mut attributes: Vec<(&'static str, AnyValue)> = vec![
-        ("http.request.method", method.to_string().into()),
-        ("url.path", path.clone().into()),
-        ("http.response.status_code", i64::from(status).into()),
-        ("peer.service", to.to_string().into()),
-        ("weft.mesh.direction", "outbound".into()),
-        ("client.address", client.ip().to_string().into()),
-        ("duration_ms", millis.into()),
-    ];
-    if let Some(endpoint) = endpoint_used {
-        attributes.push(("server.socket.address", endpoint.to_string().into()));
-    }
-    telemetry.access_log(
-        &cx,
-        status,
-        format!("outbound {to} \"{method} {path}\" {status} {millis:.1}ms"),
-        attributes,
-    );
+    telemetry.access_log(&cx, status, || {
+        let millis = elapsed.as_secs_f64() * 1000.0;
+        let line = format!("outbound {to} \"{method} {path}\" {status} {millis:.1}ms");
+        let mut attributes: Vec<(&'static str, AnyValue)> = vec![
+            ("http.request.method", method_name(&method).into()),
+            ("url.path", path.into()),
+            ("http.response.status_code", i64::from(status).into()),
+            ("peer.service", to.to_string().into()),
+            ("weft.mesh.direction", "outbound".into()),
+            ("client.address", client.ip().to_string().into()),
+            ("duration_ms", millis.into()),
+        ];
+        if let Some(endpoint) = endpoint_used {
+            attributes.push(("server.socket.address", endpoint.to_string().into()));
+        }
+        (line, attributes)
+    });
     Ok(response)
 }
 
