@@ -738,3 +738,107 @@ fn a_ballista_cluster_over_s3_answers_as_one_querier() {
         assert!(weft.stop().success());
     }
 }
+
+/// A segment id (UUIDv7, as weft names segments) made `ago`.
+fn segment_id_made(ago: std::time::Duration) -> String {
+    let made = std::time::SystemTime::now() - ago;
+    let millis = made
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!("{millis:012x}7000{}", "8000000000000abc")
+}
+
+/// Files a writer that died would leave in the bucket: a segment uploaded but
+/// never committed (or merged away but never deleted), Parquet and index.
+fn plant_segment(table_dir: &Path, id: &str, parquet: &[u8], written: std::time::SystemTime) {
+    let segment = table_dir.join("segments").join(format!("{id}.parquet"));
+    let index = table_dir.join("index").join(id).join("meta.json");
+    std::fs::create_dir_all(index.parent().unwrap()).unwrap();
+    for (path, contents) in [(&segment, parquet), (&index, b"{}".as_slice())] {
+        std::fs::write(path, contents).unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(written).unwrap();
+    }
+}
+
+/// Segments no catalog names, left by collectors that died mid-flush or
+/// mid-merge, are deleted once they have been unnamed for the deletion grace,
+/// and only if they are old: an upload whose commit may still be coming, a
+/// named segment and files weft did not write stay.
+#[test]
+fn segments_no_catalog_names_are_deleted_once_old_and_unnamed_for_the_grace() {
+    let bucket = Bucket::file();
+    let table_dir = bucket.dir.path().join("bucket/weft/spans");
+    let churning = [
+        "--flush-interval",
+        "50ms",
+        "--compaction-interval",
+        "100ms",
+        "--query-timeout",
+        "1s",
+        "--deletion-grace",
+        "1s",
+    ];
+    let collector = bucket.start("collector", &bucket.data_dir("c"), &churning);
+    collector.post_spans(&spans_request("crm-mobile", 0..20));
+    eventually("the first segment", || {
+        collector.metric("weft_store_segments_written_total{table=\"spans\"}") >= 1.0
+    });
+    let named: Vec<std::path::PathBuf> = std::fs::read_dir(table_dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let parquet = std::fs::read(&named[0]).unwrap();
+
+    let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+    let two_hours = std::time::Duration::from_secs(2 * 3600);
+    let orphan = segment_id_made(two_hours);
+    plant_segment(&table_dir, &orphan, &parquet, hours_ago);
+    // Made a minute ago: its writer may still be about to commit it.
+    let recent = segment_id_made(std::time::Duration::from_secs(60));
+    plant_segment(&table_dir, &recent, &parquet, hours_ago);
+    // An old id uploaded just now, as when a data directory moves into the bucket.
+    let just_uploaded = segment_id_made(two_hours + std::time::Duration::from_secs(1));
+    plant_segment(
+        &table_dir,
+        &just_uploaded,
+        &parquet,
+        std::time::SystemTime::now(),
+    );
+    let foreign = table_dir.join("segments/notes.parquet");
+    std::fs::write(&foreign, b"not weft's").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&foreign)
+        .unwrap()
+        .set_modified(hours_ago)
+        .unwrap();
+
+    eventually("the orphan's deletion", || {
+        collector.metric("weft_store_orphans_deleted_total{table=\"spans\"}") >= 1.0
+    });
+    let exists = |id: &str| table_dir.join(format!("segments/{id}.parquet")).exists();
+    assert!(!exists(&orphan));
+    assert!(!table_dir.join("index").join(&orphan).exists());
+    for kept in [&recent, &just_uploaded] {
+        assert!(exists(kept), "{kept} was deleted");
+        assert!(table_dir
+            .join("index")
+            .join(kept)
+            .join("meta.json")
+            .exists());
+    }
+    assert!(foreign.exists());
+    for path in &named {
+        assert!(path.exists(), "{} was deleted", path.display());
+    }
+    assert_eq!(
+        collector.metric("weft_store_orphans_deleted_total{table=\"spans\"}"),
+        1.0
+    );
+    let querier = bucket.start("query", &bucket.data_dir("q"), &[]);
+    assert_eq!(querier.sql_rows("SELECT count(*) FROM spans")[0][0], 20);
+    assert!(querier.stop().success());
+    assert!(collector.stop().success());
+}

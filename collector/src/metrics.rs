@@ -189,7 +189,7 @@ fn seconds(nanos: &AtomicU64) -> Reading {
 
 type Read = fn(&Table) -> Reading;
 
-const STORE_COUNTERS: [(&str, &str, Read); 13] = [
+const STORE_COUNTERS: [(&str, &str, Read); 14] = [
     ("weft_store_rows_appended", "Rows made durable in the WAL", |t| count(&t.stats().rows_appended)),
     ("weft_store_wal_bytes", "Bytes written to the WAL", |t| count(&t.stats().wal_bytes)),
     ("weft_store_wal_fsyncs", "WAL group commits (one fdatasync each)", |t| count(&t.stats().wal_syncs)),
@@ -215,6 +215,7 @@ const STORE_COUNTERS: [(&str, &str, Read); 13] = [
     ),
     ("weft_store_compaction_errors", "Merges that failed; their segments stay as they were", |t| count(&t.stats().compaction_errors)),
     ("weft_store_segments_expired", "Segments dropped by retention", |t| count(&t.stats().segments_expired)),
+    ("weft_store_orphans_deleted", "Segments in the object store that no catalog named for the deletion grace, deleted", |t| count(&t.stats().orphans_deleted)),
 ];
 
 const STORE_GAUGES: [(&str, &str, Read); 2] = [

@@ -26,6 +26,7 @@ mod error;
 pub mod index;
 pub mod live;
 pub mod object_storage;
+mod orphans;
 mod reader;
 pub mod schema;
 pub mod segment;

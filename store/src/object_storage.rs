@@ -35,12 +35,13 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload, UpdateVersion,
+    ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
 };
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
@@ -640,6 +641,25 @@ impl RemoteTable {
             .map_err(|e| self.storage.error(e))?;
         self.adopt_local(&missing.iter().map(String::as_str).collect::<Vec<_>>());
         Ok(())
+    }
+
+    /// Every segment whose Parquet file is in the object store, named or not
+    /// by a catalog, with when that file was written. (A deletion removes the
+    /// Parquet file last, so a segment half deleted is still listed.)
+    pub fn list_stored_segments(&self) -> Result<Vec<(String, SystemTime)>> {
+        let store = self.storage.store.clone();
+        let prefix = self.prefix.clone().join("segments");
+        let listed: Vec<ObjectMeta> = self
+            .storage
+            .wait(async move { store.list(Some(&prefix)).try_collect().await })
+            .map_err(|e| self.storage.error(e))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|meta| {
+                let id = meta.location.filename()?.strip_suffix(".parquet")?;
+                Some((id.to_string(), SystemTime::from(meta.last_modified)))
+            })
+            .collect())
     }
 
     /// Deletes a segment from the object store and the cache.

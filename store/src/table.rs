@@ -37,6 +37,7 @@ use crate::catalog::{Catalog, SegmentEntry};
 use crate::error::{IoContext, Result, StoreError};
 use crate::live::{LiveHeader, LiveTail};
 use crate::object_storage::{ObjectStorage, RemoteTable, SegmentPart};
+use crate::orphans::OrphanSweep;
 use crate::{compaction, index, object_storage, schema, segment, wal};
 
 /// Merges running at once in the process, whatever the number of tables and
@@ -130,6 +131,8 @@ pub struct TableStats {
     pub compaction_errors: AtomicU64,
     /// Segments dropped by retention.
     pub segments_expired: AtomicU64,
+    /// Segments in the object store that no catalog named, deleted.
+    pub orphans_deleted: AtomicU64,
 }
 
 /// What a reader sees of a table at one instant.
@@ -272,6 +275,8 @@ struct Shared {
     /// Segments a merge could not read (another version's schema, a damaged
     /// file): left as they are until the next start.
     unmergeable: Mutex<HashSet<String>>,
+    /// With an object store: files no catalog names, left by writers that died.
+    orphans: Mutex<OrphanSweep>,
     stats: TableStats,
 }
 
@@ -358,6 +363,7 @@ impl Table {
             commit_lock: Mutex::new(()),
             retired: Mutex::new(Vec::new()),
             unmergeable: Mutex::new(HashSet::new()),
+            orphans: Mutex::new(OrphanSweep::default()),
             stats: TableStats::default(),
         });
         let (commits, queue) = mpsc::sync_channel(config.commit_queue_len);
@@ -770,6 +776,62 @@ fn compaction_round(shared: &Shared) {
         }
     }
     delete_retired(shared, shared.config.deletion_grace);
+    if let Err(e) = sweep_orphans(shared) {
+        tracing::warn!(table, error = %e, "could not look for segments no catalog names; will retry");
+    }
+}
+
+/// Deletes the segments in the object store that no node's catalog has
+/// named for a while (see [`crate::orphans`]). Every writer sweeps, at most
+/// every deletion grace and every ten compaction rounds: a listing of the
+/// table's Parquet files and a read of the catalogs.
+fn sweep_orphans(shared: &Shared) -> Result<()> {
+    let Some(remote) = &shared.remote else {
+        return Ok(());
+    };
+    let config = &shared.config;
+    let every = config.deletion_grace.max(config.compaction_interval * 10);
+    if !shared.orphans.lock().due(every, Instant::now()) {
+        return Ok(());
+    }
+    // Listed before the catalogs are read: a segment committed in between is
+    // then named, never taken for an orphan.
+    let stored = remote.list_stored_segments()?;
+    let mut named: HashSet<String> = remote
+        .load_all_catalogs()?
+        .into_iter()
+        .flat_map(|catalog| catalog.segments.into_iter().map(|s| s.id))
+        .collect();
+    named.extend(
+        shared
+            .state
+            .read()
+            .catalog
+            .segments
+            .iter()
+            .map(|s| s.id.clone()),
+    );
+    // Ours to delete when their grace is over.
+    named.extend(
+        shared
+            .retired
+            .lock()
+            .iter()
+            .flat_map(|(ids, _)| ids.iter().cloned()),
+    );
+    let orphans = shared.orphans.lock().sweep(
+        stored,
+        &named,
+        config.deletion_grace,
+        Instant::now(),
+        SystemTime::now(),
+    );
+    for id in &orphans {
+        tracing::info!(table = shared.signal.table_name(), segment = %id, "deleting a segment no catalog has named for the deletion grace");
+        shared.remove_segment(id);
+        shared.stats.orphans_deleted.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// Drops the segments retention has expired.
