@@ -842,3 +842,37 @@ fn segments_no_catalog_names_are_deleted_once_old_and_unnamed_for_the_grace() {
     assert!(querier.stop().success());
     assert!(collector.stop().success());
 }
+
+/// A collector that stops right after a merge deletes the merge's inputs
+/// from its own cache but leaves them in the bucket for the deletion grace
+/// (for the orphan sweep to take later): queriers elsewhere may still be
+/// reading them.
+#[test]
+fn a_stopping_collector_leaves_a_merges_inputs_in_the_bucket_for_queriers_elsewhere() {
+    let bucket = Bucket::file();
+    let data_dir = bucket.data_dir("c");
+    let collector = bucket.start(
+        "collector",
+        &data_dir,
+        &["--flush-interval", "50ms", "--compaction-interval", "100ms"],
+    );
+    // Ten small segments, a merge's worth.
+    for i in 0..10u64 {
+        collector.post_spans(&spans_request("crm-database", i * 10..i * 10 + 10));
+        eventually("the flush", || {
+            collector.metric("weft_store_segments_written_total{table=\"spans\"}") > i as f64
+        });
+    }
+    eventually("the merge", || {
+        collector.metric("weft_store_compactions_total{table=\"spans\"}") >= 1.0
+    });
+    assert!(collector.stop().success());
+    let in_bucket = std::fs::read_dir(bucket.dir.path().join("bucket/weft/spans/segments"))
+        .unwrap()
+        .count();
+    assert_eq!(in_bucket, 11, "the ten inputs and the merged segment");
+    assert_eq!(cached_parquet_files(&data_dir), 1);
+    let querier = bucket.start("query", &bucket.data_dir("q"), &[]);
+    assert_eq!(querier.sql_rows("SELECT count(*) FROM spans")[0][0], 100);
+    assert!(querier.stop().success());
+}

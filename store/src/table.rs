@@ -545,7 +545,18 @@ impl Table {
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Live(e.to_string())));
         }
-        // Every query has finished by now: nothing reads replaced files.
+        // Every query here has finished by now, so replaced files go; but
+        // queriers elsewhere may still read them from the object store until
+        // their grace is over, so there they are left to the orphan sweep
+        // (any writer's, or this node's next run).
+        if self.shared.remote.is_some() {
+            delete_retired(&self.shared, self.shared.config.deletion_grace);
+            for (ids, _) in self.shared.retired.lock().drain(..) {
+                for id in ids {
+                    object_storage::remove_local_files(&self.shared.dir, &id);
+                }
+            }
+        }
         delete_retired(&self.shared, Duration::ZERO);
         let _ = self.send_command(Command::Stop).await;
         let writer = self.shared.writer.lock().take();
