@@ -116,6 +116,12 @@ impl CompiledPolicies {
         }
     }
 
+    /// Whether any request-level authorization policy applies to calls to
+    /// `to` (when none does, [`CompiledPolicies::authorize`] needs no input).
+    pub(crate) fn authorizes(&self, to: &str) -> bool {
+        self.authorizers.iter().any(|a| matches(&a.to, to))
+    }
+
     /// Runs every authorization policy for `to`; the first that does not
     /// say yes refuses the request (an evaluation error refuses too).
     pub(crate) fn authorize(&self, input: &AuthorizationInput<'_>) -> Result<(), Denial> {

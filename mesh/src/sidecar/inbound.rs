@@ -115,6 +115,9 @@ async fn handle(
         .policies
         .permit(peer.service(), &shared.service)
         .and_then(|()| {
+            if !snapshot.policies.authorizes(&shared.service) {
+                return Ok(());
+            }
             let headers: BTreeMap<&str, &str> = request
                 .headers()
                 .iter()

@@ -150,9 +150,15 @@ async fn handle(
             break;
         };
         endpoint_used = Some(endpoint);
+        let last = attempt + 1 == attempts as usize;
         let mut request = http::Request::new(body.take().unwrap_or_else(Body::empty));
         *request.method_mut() = method.clone();
-        *request.headers_mut() = parts.headers.clone();
+        // The last attempt takes the headers; earlier ones leave them for a retry.
+        *request.headers_mut() = if last {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         *request.version_mut() = if switch.is_some() {
             http::Version::HTTP_11
         } else {
@@ -168,7 +174,6 @@ async fn handle(
                 break;
             }
         };
-        let last = attempt + 1 == attempts as usize;
         let attempt = async {
             if switch.is_some() {
                 destination
