@@ -308,19 +308,21 @@ impl TableReader {
         let mut failed = false;
         for catalog in catalogs {
             let answer = match (&self.live, &catalog.live) {
-                (Some(live), Some(url)) => live.read(self.signal, url),
-                _ => LiveAnswer::Resting,
+                (Some(live), Some(url)) => Some(live.read(self.signal, url)),
+                _ => None,
             };
             match answer {
-                LiveAnswer::Answered(their_segments, batches) => {
+                Some(LiveAnswer::Answered(their_segments, batches)) => {
                     segments.extend(their_segments);
                     unflushed.extend(batches);
                 }
-                LiveAnswer::Failed => {
+                Some(LiveAnswer::Failed) => {
                     failed = true;
                     segments.extend(catalog.segments.iter().cloned());
                 }
-                LiveAnswer::Resting => segments.extend(catalog.segments.iter().cloned()),
+                Some(LiveAnswer::Resting) | None => {
+                    segments.extend(catalog.segments.iter().cloned())
+                }
             }
         }
         (segments, unflushed, failed)
