@@ -441,15 +441,20 @@ async fn the_gateway_admin_api_and_the_mesh_control_plane_speak_tls() {
 }
 
 /// A backend serving HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with a certificate
-/// for `localhost` from `pem`; it answers with what it saw.
-async fn https_backend(dir: &Path, pem: &Pem) -> SocketAddr {
+/// for `localhost` from `pem`, requiring client certificates from
+/// `client_ca_file` if given; it answers with what it saw.
+async fn https_backend(
+    dir: &Path,
+    pem: &Pem,
+    client_ca_file: Option<std::path::PathBuf>,
+) -> SocketAddr {
     std::fs::write(dir.join("backend.crt"), &pem.cert).unwrap();
     std::fs::write(dir.join("backend.key"), &pem.key).unwrap();
     let tls = weft_access::tls::ServerTls::load(
         weft_access::tls::TlsFiles {
             cert_file: dir.join("backend.crt"),
             key_file: dir.join("backend.key"),
-            client_ca_file: None,
+            client_ca_file,
         },
         &[b"h2", b"http/1.1"],
     )
@@ -502,7 +507,7 @@ async fn the_gateway_terminates_https_by_sni_and_reaches_https_targets() {
     }
     let backend_ca = ca("weft test backend CA");
     std::fs::write(file("backend-ca.crt"), &backend_ca.pem).unwrap();
-    let backend = https_backend(dir.path(), &issue(&backend_ca, false, -1, 30)).await;
+    let backend = https_backend(dir.path(), &issue(&backend_ca, false, -1, 30), None).await;
     let port = backend.port();
     std::fs::write(
         file("gateway.yaml"),
@@ -724,4 +729,63 @@ fn querier_reads_unflushed_rows_over_tls(client_certificates: bool) {
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "spans\n12\n");
     assert!(collector.stop().success());
+}
+
+/// A service with `tls_client_cert_file` presents that certificate to a
+/// target that requires one (mutual TLS); a service without it is refused by
+/// the target and answers 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_presents_a_client_certificate_to_targets_that_require_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let backend_ca = ca("weft test backend CA");
+    let client_ca = ca("weft test client CA");
+    let client = issue(&client_ca, true, -1, 30);
+    std::fs::write(file("backend-ca.crt"), &backend_ca.pem).unwrap();
+    std::fs::write(file("client-ca.crt"), &client_ca.pem).unwrap();
+    std::fs::write(file("client.crt"), &client.cert).unwrap();
+    std::fs::write(file("client.key"), &client.key).unwrap();
+    let backend = https_backend(
+        dir.path(),
+        &issue(&backend_ca, false, -1, 30),
+        Some(dir.path().join("client-ca.crt")),
+    )
+    .await;
+    let port = backend.port();
+    std::fs::write(
+        file("gateway.yaml"),
+        format!(
+            "services:
+  - name: mutual
+    url: https://localhost:{port}
+    tls_ca_file: '{backend_ca}'
+    tls_client_cert_file: '{client_crt}'
+    tls_client_key_file: '{client_key}'
+    routes: [{{name: mutual, paths: [/mutual]}}]
+  - name: anonymous
+    url: https://localhost:{port}
+    tls_ca_file: '{backend_ca}'
+    routes: [{{name: anonymous, paths: [/anonymous]}}]
+",
+            backend_ca = file("backend-ca.crt"),
+            client_crt = file("client.crt"),
+            client_key = file("client.key"),
+        ),
+    )
+    .unwrap();
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+    gateway
+        .args(["gateway", "--config", &file("gateway.yaml")])
+        .args(["--proxy-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
+    let (_gateway, line) = tokio::task::block_in_place(|| Process::spawn(gateway, "gateway"));
+    let proxy = logged_addr(&line, "proxy");
+    let get = |path: &'static str| async move {
+        let response = reqwest::get(format!("http://{proxy}{path}")).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let (status, body) = get("/mutual/a").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("backend saw HTTP/2.0 /a"), "{body}");
+    let (status, body) = get("/anonymous").await;
+    assert_eq!(status, 502, "{body}");
 }

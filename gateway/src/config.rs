@@ -126,6 +126,14 @@ pub struct ServiceConfig {
     /// certificate (default: the target's host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_server_name: Option<String>,
+    /// With TLS: a PEM client certificate (chain) presented to targets that
+    /// require one (mutual TLS, Kong's `client_certificate`); needs
+    /// `tls_client_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_client_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_key_file: Option<PathBuf>,
     /// Time to establish a connection to a target.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -527,6 +535,21 @@ impl GatewayConfig {
             if let Some(name) = &s.tls_server_name {
                 check_server_name(&format!("{at}.tls_server_name"), name)?;
             }
+            match (&s.tls_client_cert_file, &s.tls_client_key_file) {
+                (Some(_), None) | (None, Some(_)) => {
+                    return invalid(
+                        &format!("{at}.tls_client_cert_file"),
+                        "tls_client_cert_file and tls_client_key_file go together: set both or neither",
+                    )
+                }
+                (Some(_), Some(_)) if uri.scheme_str() != Some("https") => {
+                    return invalid(
+                        &format!("{at}.tls_client_cert_file"),
+                        format!("a client certificate is presented over TLS: it needs an https:// url, not {:?}", s.url),
+                    )
+                }
+                _ => {}
+            }
             // A service with its own host:port gets a one-target upstream under its name.
             let uses_upstream =
                 uri.port().is_none() && upstreams.contains(uri.host().unwrap_or_default());
@@ -784,6 +807,14 @@ services:
             (
                 "services:\n  - {name: a, url: 'https://x:1', tls_server_name: 'not a name'}\n",
                 "services[0].tls_server_name",
+            ),
+            (
+                "services:\n  - {name: a, url: 'https://x:1', tls_client_cert_file: c.pem}\n",
+                "services[0].tls_client_cert_file",
+            ),
+            (
+                "services:\n  - {name: a, url: 'http://x:1', tls_client_cert_file: c.pem, tls_client_key_file: k.pem}\n",
+                "services[0].tls_client_cert_file",
             ),
             (
                 "certificates:\n  - {cert_file: a.pem, cert: x, key_file: k.pem}\n",

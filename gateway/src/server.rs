@@ -109,11 +109,7 @@ impl Runtime {
                 }
             };
             let (protocol, tls) = if https {
-                let tls = UpstreamTls::new(
-                    service.tls_verify,
-                    service.tls_ca_file.as_ref(),
-                    service.tls_server_name.as_deref(),
-                );
+                let tls = UpstreamTls::of_service(service);
                 (UpstreamProtocol::Https, Some(tls))
             } else {
                 (service.protocol, None)

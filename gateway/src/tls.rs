@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,16 +20,17 @@ use arc_swap::ArcSwap;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use weft_access::tls::{
-    parse_certificates, parse_private_key, read_pem, read_roots, AnyServerCertificate, TlsError,
+    parse_certificates, parse_private_key, read_certificates, read_pem, read_private_key,
+    read_roots, AnyServerCertificate, TlsError,
 };
 use weft_access::FileVersion;
 
-use crate::config::CertificateConfig;
+use crate::config::{CertificateConfig, ServiceConfig};
 use crate::server::Runtime;
 
 /// The proxy listener's certificates by server name.
@@ -156,16 +157,52 @@ pub(crate) struct UpstreamTls {
     /// at the next reload.
     pub(crate) ca_file: Option<(PathBuf, Option<FileVersion>)>,
     pub(crate) server_name: Option<String>,
+    /// The client certificate and key files presented to targets, with
+    /// their versions like `ca_file`.
+    pub(crate) client_identity: Option<[(PathBuf, Option<FileVersion>); 2]>,
 }
 
 impl UpstreamTls {
     pub(crate) fn new(verify: bool, ca_file: Option<&PathBuf>, server_name: Option<&str>) -> Self {
         Self {
             verify,
-            ca_file: ca_file.map(|path| (path.clone(), FileVersion::of(path))),
+            ca_file: ca_file.map(|path| versioned(path)),
             server_name: server_name.map(str::to_string),
+            client_identity: None,
         }
     }
+
+    /// The TLS settings of an `https://` service.
+    pub(crate) fn of_service(service: &ServiceConfig) -> Self {
+        Self {
+            client_identity: service
+                .tls_client_cert_file
+                .as_ref()
+                .zip(service.tls_client_key_file.as_ref())
+                .map(|(cert, key)| [versioned(cert), versioned(key)]),
+            ..Self::new(
+                service.tls_verify,
+                service.tls_ca_file.as_ref(),
+                service.tls_server_name.as_deref(),
+            )
+        }
+    }
+
+    /// The client certificate chain and key to present, if any.
+    fn client_identity(
+        &self,
+    ) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, TlsError> {
+        let Some([(cert, _), (key, _)]) = &self.client_identity else {
+            return Ok(None);
+        };
+        let chain = read_certificates(cert, "client certificate file")?;
+        Ok(Some((chain, read_private_key(key)?)))
+    }
+}
+
+/// A file with its version, so that a changed file makes a new connector.
+fn versioned(path: &Path) -> (PathBuf, Option<FileVersion>) {
+    (path.to_path_buf(), FileVersion::of(path))
 }
 
 /// A connector for `http://` and, with `tls`, `https://` targets.
@@ -204,19 +241,23 @@ fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?;
-    let config = if !tls.verify {
+    let builder = if !tls.verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyServerCertificate::new(provider())))
-            .with_no_client_auth()
     } else {
         let roots = match &tls.ca_file {
             Some((path, _)) => Arc::new(read_roots(path, "CA file")?),
             None => system_roots()?,
         };
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
     };
-    Ok(config)
+    match tls.client_identity()? {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| TlsError(format!("the client certificate and key: {e}"))),
+        None => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// The system's CA certificates, read once.
