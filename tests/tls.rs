@@ -766,6 +766,27 @@ async fn the_gateway_presents_a_client_certificate_to_targets_that_require_one()
     url: https://localhost:{port}
     tls_ca_file: '{backend_ca}'
     routes: [{{name: anonymous, paths: [/anonymous]}}]
+  - name: probed
+    url: https://probed
+    tls_ca_file: '{backend_ca}'
+    tls_client_cert_file: '{client_crt}'
+    tls_client_key_file: '{client_key}'
+    routes: [{{name: probed, paths: [/probed]}}]
+  - name: probed-anonymously
+    url: https://probed-anonymously
+    tls_ca_file: '{backend_ca}'
+    tls_client_cert_file: '{client_crt}'
+    tls_client_key_file: '{client_key}'
+    routes: [{{name: probed-anonymously, paths: [/probed-anonymously]}}]
+upstreams:
+  - name: probed
+    targets: [{{target: 'localhost:{port}'}}]
+    healthchecks:
+      active: {{type: https, https_ca_file: '{backend_ca}', https_client_cert_file: '{client_crt}', https_client_key_file: '{client_key}', interval: 100ms, healthy_successes: 1, unhealthy_failures: 2, healthy_statuses: [200]}}
+  - name: probed-anonymously
+    targets: [{{target: 'localhost:{port}'}}]
+    healthchecks:
+      active: {{type: https, https_ca_file: '{backend_ca}', interval: 100ms, healthy_successes: 1, unhealthy_failures: 2, healthy_statuses: [200]}}
 ",
             backend_ca = file("backend-ca.crt"),
             client_crt = file("client.crt"),
@@ -788,4 +809,16 @@ async fn the_gateway_presents_a_client_certificate_to_targets_that_require_one()
     assert!(body.contains("backend saw HTTP/2.0 /a"), "{body}");
     let (status, body) = get("/anonymous").await;
     assert_eq!(status, 502, "{body}");
+
+    // Active https probes present the upstream's client certificate too:
+    // without one the target fails its probes and is taken out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while get("/probed-anonymously").await.0 != 503 {
+        assert!(std::time::Instant::now() < deadline, "never taken out");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Five more probe rounds: the target probed with the certificate stays in.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, body) = get("/probed/b").await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -289,6 +289,13 @@ pub struct ActiveHealthcheck {
     /// `https` probes: the SNI and name checked (default: the target's host).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub https_sni: Option<String>,
+    /// `https` probes: a PEM client certificate (chain) for targets that
+    /// require one; needs `https_client_key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_client_cert_file: Option<PathBuf>,
+    /// `https` probes: the PEM private key of `https_client_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_client_key_file: Option<PathBuf>,
     /// Time between probes of one target.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -310,6 +317,8 @@ impl Default for ActiveHealthcheck {
             https_verify_certificate: true,
             https_ca_file: None,
             https_sni: None,
+            https_client_cert_file: None,
+            https_client_key_file: None,
             http_path: "/".to_string(),
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(1),
@@ -479,6 +488,13 @@ impl GatewayConfig {
                 }
                 if let Some(name) = &active.https_sni {
                     check_server_name(&format!("{at}.healthchecks.active.https_sni"), name)?;
+                }
+                if active.https_client_cert_file.is_some() != active.https_client_key_file.is_some()
+                {
+                    return invalid(
+                        &format!("{at}.healthchecks.active.https_client_cert_file"),
+                        "https_client_cert_file and https_client_key_file go together: set both or neither",
+                    );
                 }
                 if active.interval.is_zero()
                     || active.healthy_successes == 0

@@ -42,6 +42,10 @@ impl HealthCheckers {
                 active.https_ca_file.as_ref(),
                 active.https_sni.as_deref(),
             )
+            .with_client_identity(
+                active.https_client_cert_file.as_ref(),
+                active.https_client_key_file.as_ref(),
+            )
         });
         let connector = crate::tls::connector(tls.as_ref(), active.timeout)?;
         let scheme = if https { "https" } else { "http" };

@@ -174,18 +174,28 @@ impl UpstreamTls {
 
     /// The TLS settings of an `https://` service.
     pub(crate) fn of_service(service: &ServiceConfig) -> Self {
-        Self {
-            client_identity: service
-                .tls_client_cert_file
-                .as_ref()
-                .zip(service.tls_client_key_file.as_ref())
-                .map(|(cert, key)| [versioned(cert), versioned(key)]),
-            ..Self::new(
-                service.tls_verify,
-                service.tls_ca_file.as_ref(),
-                service.tls_server_name.as_deref(),
-            )
-        }
+        Self::new(
+            service.tls_verify,
+            service.tls_ca_file.as_ref(),
+            service.tls_server_name.as_deref(),
+        )
+        .with_client_identity(
+            service.tls_client_cert_file.as_ref(),
+            service.tls_client_key_file.as_ref(),
+        )
+    }
+
+    /// Presents the certificate in `cert_file` with the key in `key_file`
+    /// (when both are given).
+    pub(crate) fn with_client_identity(
+        mut self,
+        cert_file: Option<&PathBuf>,
+        key_file: Option<&PathBuf>,
+    ) -> Self {
+        self.client_identity = cert_file
+            .zip(key_file)
+            .map(|(cert, key)| [versioned(cert), versioned(key)]);
+        self
     }
 
     /// The client certificate chain and key to present, if any.
