@@ -822,3 +822,79 @@ upstreams:
     let (status, body) = get("/probed/b").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Routes say which protocols reach them, as Kong's `protocols`: plain HTTP
+/// to an HTTPS-only route is told to upgrade (426) or redirected to its
+/// `https://` URL, and HTTPS does not match an HTTP-only route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_answer_only_the_protocols_they_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let edge_ca = ca("weft test edge CA");
+    let edge = issue(&edge_ca, false, -1, 30);
+    std::fs::write(file("edge.crt"), &edge.cert).unwrap();
+    std::fs::write(file("edge.key"), &edge.key).unwrap();
+    let backend_ca = ca("weft test backend CA");
+    std::fs::write(file("backend-ca.crt"), &backend_ca.pem).unwrap();
+    let backend = https_backend(dir.path(), &issue(&backend_ca, false, -1, 30), None).await;
+    std::fs::write(
+        file("gateway.yaml"),
+        format!(
+            "certificates:
+  - {{cert_file: '{edge_crt}', key_file: '{edge_key}'}}
+services:
+  - name: crm
+    url: https://localhost:{port}
+    tls_ca_file: '{backend_ca}'
+    routes:
+      - {{name: secure, paths: [/secure], protocols: [https]}}
+      - {{name: moved, paths: [/moved], protocols: [https], https_redirect_status_code: 308}}
+      - {{name: plain, paths: [/plain], protocols: [http]}}
+",
+            port = backend.port(),
+            edge_crt = file("edge.crt"),
+            edge_key = file("edge.key"),
+            backend_ca = file("backend-ca.crt"),
+        ),
+    )
+    .unwrap();
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+    gateway
+        .args(["gateway", "--config", &file("gateway.yaml")])
+        .args(["--proxy-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(["--proxy-tls-addr", "127.0.0.1:0"]);
+    let (_gateway, line) = tokio::task::block_in_place(|| Process::spawn(gateway, "gateway"));
+    let (proxy, proxy_tls) = (logged_addr(&line, "proxy"), logged_addr(&line, "proxy_tls"));
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str| plain.get(format!("http://{proxy}{path}")).send();
+    let tls = client_config(&edge_ca.pem, None, b"http/1.1");
+
+    let upgrade = get("/secure/a").await.unwrap();
+    assert_eq!(upgrade.status().as_u16(), 426);
+    assert_eq!(upgrade.headers()["upgrade"], "TLS/1.2, HTTP/1.1");
+    let answer = https_to(proxy_tls, tls.clone(), "localhost", "/secure/a")
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let moved = plain
+        .get(format!("http://{proxy}/moved/b?page=2"))
+        .header("host", "crm.example.com:8000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status().as_u16(), 308);
+    assert_eq!(
+        moved.headers()["location"],
+        "https://crm.example.com/moved/b?page=2"
+    );
+
+    assert_eq!(get("/plain").await.unwrap().status().as_u16(), 200);
+    let answer = https_to(proxy_tls, tls, "localhost", "/plain")
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}

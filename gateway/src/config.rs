@@ -193,6 +193,15 @@ pub struct RouteConfig {
     /// Among regex paths, higher is tried first.
     #[serde(default)]
     pub regex_priority: i32,
+    /// How clients may reach the route: `http`, `https` or both (Kong's
+    /// `protocols`). An `https`-only route answers plain HTTP with
+    /// `https_redirect_status_code`; an `http`-only route does not match HTTPS.
+    #[serde(default = "default_protocols")]
+    pub protocols: Vec<String>,
+    /// What a plain-HTTP request to an `https`-only route gets: 426 (Upgrade
+    /// Required), or a redirect to its `https://` URL with 301, 302, 307 or 308.
+    #[serde(default = "default_https_redirect_status_code")]
+    pub https_redirect_status_code: u16,
     /// Plugins for this route only.
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
@@ -200,6 +209,14 @@ pub struct RouteConfig {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_protocols() -> Vec<String> {
+    vec!["http".to_string(), "https".to_string()]
+}
+
+fn default_https_redirect_status_code() -> u16 {
+    426
 }
 
 /// How an upstream spreads requests over its targets.
@@ -590,6 +607,29 @@ impl GatewayConfig {
                         "a route needs at least one of hosts, paths, methods or headers",
                     );
                 }
+                if r.protocols.is_empty() {
+                    return invalid(
+                        &format!("{at}.protocols"),
+                        "a route needs at least one protocol (http, https)",
+                    );
+                }
+                for (k, protocol) in r.protocols.iter().enumerate() {
+                    if !matches!(protocol.as_str(), "http" | "https") {
+                        return invalid(
+                            &format!("{at}.protocols[{k}]"),
+                            format!("{protocol:?} is not a protocol the gateway serves routes on (http, https)"),
+                        );
+                    }
+                }
+                if !matches!(r.https_redirect_status_code, 301 | 302 | 307 | 308 | 426) {
+                    return invalid(
+                        &format!("{at}.https_redirect_status_code"),
+                        format!(
+                            "must be 426, 301, 302, 307 or 308, got {}",
+                            r.https_redirect_status_code
+                        ),
+                    );
+                }
                 for (k, path) in r.paths.iter().enumerate() {
                     if let Some(pattern) = path.strip_prefix('~') {
                         if let Err(e) = regex::Regex::new(pattern) {
@@ -827,6 +867,18 @@ services:
             (
                 "services:\n  - {name: a, url: 'https://x:1', tls_client_cert_file: c.pem}\n",
                 "services[0].tls_client_cert_file",
+            ),
+            (
+                "services:\n  - {name: a, url: 'http://x:1', routes: [{name: r, paths: [/], protocols: [tcp]}]}\n",
+                "services[0].routes[0].protocols[0]",
+            ),
+            (
+                "services:\n  - {name: a, url: 'http://x:1', routes: [{name: r, paths: [/], protocols: []}]}\n",
+                "services[0].routes[0].protocols",
+            ),
+            (
+                "services:\n  - {name: a, url: 'http://x:1', routes: [{name: r, paths: [/], https_redirect_status_code: 200}]}\n",
+                "services[0].routes[0].https_redirect_status_code",
             ),
             (
                 "services:\n  - {name: a, url: 'http://x:1', tls_client_cert_file: c.pem, tls_client_key_file: k.pem}\n",

@@ -12,7 +12,7 @@ use http::{HeaderName, Method};
 use regex::Regex;
 
 use crate::config::RouteConfig;
-use crate::http::{ProxyRequest, ProxyService};
+use crate::http::{ClientScheme, ProxyRequest, ProxyService};
 
 enum HostMatch {
     Exact(String),
@@ -39,6 +39,11 @@ pub(crate) struct Route {
     headers: Vec<(HeaderName, Vec<String>)>,
     pub(crate) strip_path: bool,
     pub(crate) preserve_host: bool,
+    /// Reached over plain HTTP, over HTTPS.
+    http: bool,
+    https: bool,
+    /// What plain HTTP gets when only HTTPS is allowed.
+    pub(crate) https_redirect_status_code: u16,
     pub(crate) stack: ProxyService,
 }
 
@@ -112,6 +117,9 @@ impl Route {
             headers,
             strip_path: config.strip_path,
             preserve_host: config.preserve_host,
+            http: config.protocols.iter().any(|p| p == "http"),
+            https: config.protocols.iter().any(|p| p == "https"),
+            https_redirect_status_code: config.https_redirect_status_code,
             stack,
         })
     }
@@ -120,6 +128,11 @@ impl Route {
     /// and the path condition; `None` when it does not match.
     fn rank(&self, request: &ProxyRequest, host: &str) -> Option<(Rank, String, String)> {
         if !self.methods.is_empty() && !self.methods.contains(request.method()) {
+            return None;
+        }
+        // A plain-HTTP request still matches an HTTPS-only route, to be told
+        // to upgrade ([`Route::wants_https`]); HTTPS never matches HTTP-only.
+        if is_https(request) && !self.https {
             return None;
         }
         let host_rank = if self.hosts.is_empty() {
@@ -182,6 +195,21 @@ impl Route {
             template,
         ))
     }
+}
+
+impl Route {
+    /// Whether `request` came over plain HTTP to a route that allows only
+    /// HTTPS, and so gets `https_redirect_status_code` instead of a proxy.
+    pub(crate) fn wants_https(&self, request: &ProxyRequest) -> bool {
+        !self.http && !is_https(request)
+    }
+}
+
+fn is_https(request: &ProxyRequest) -> bool {
+    request
+        .extensions()
+        .get::<ClientScheme>()
+        .is_some_and(|s| s.0 == "https")
 }
 
 /// All routes of a configuration.

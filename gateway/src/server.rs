@@ -319,10 +319,15 @@ async fn handle(
                 ]);
             }
             let route = matched.route.clone();
-            let stack = route.stack.clone();
-            request.extensions_mut().insert(RequestSpan(span.clone()));
-            request.extensions_mut().insert(Arc::new(matched));
-            (plugins::forward(stack, request).await, Some(route))
+            if route.wants_https(&request) {
+                let response = https_required(route.https_redirect_status_code, &request);
+                (response, Some(route))
+            } else {
+                let stack = route.stack.clone();
+                request.extensions_mut().insert(RequestSpan(span.clone()));
+                request.extensions_mut().insert(Arc::new(matched));
+                (plugins::forward(stack, request).await, Some(route))
+            }
         }
     };
     let status = response.status().as_u16();
@@ -359,6 +364,46 @@ async fn handle(
         (line, log)
     });
     Ok(response)
+}
+
+/// Kong's answer to plain HTTP on a route that allows only HTTPS: 426
+/// Upgrade Required, or a redirect to the same URL over HTTPS with
+/// `status` (301, 302, 307, 308).
+fn https_required(status: u16, request: &ProxyRequest) -> ProxyResponse {
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .map(|host| host.rsplit_once(':').map_or(host, |(name, _)| name))
+        .filter(|host| !host.is_empty());
+    let location = host.and_then(|host| {
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        http::HeaderValue::try_from(format!("https://{host}{target}")).ok()
+    });
+    match (StatusCode::from_u16(status), location) {
+        (Ok(status), Some(location)) if status.is_redirection() => {
+            let mut response = gateway_response(status, "Please use HTTPS protocol");
+            response
+                .headers_mut()
+                .insert(http::header::LOCATION, location);
+            response
+        }
+        _ => {
+            let mut response =
+                gateway_response(StatusCode::UPGRADE_REQUIRED, "Please use HTTPS protocol");
+            let headers = response.headers_mut();
+            headers.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("Upgrade"),
+            );
+            headers.insert(
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("TLS/1.2, HTTP/1.1"),
+            );
+            response
+        }
+    }
 }
 
 fn protocol_version(version: http::Version) -> &'static str {
