@@ -3,7 +3,7 @@
 //! [`weft_store::StoreReader`] over an object store calls on each snapshot.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_flight::decode::DecodedPayload;
 use arrow_flight::flight_service_client::FlightServiceClient;
@@ -35,8 +35,14 @@ pub struct FlightLiveReader {
     /// PEM certificate and key presented to collectors that require client
     /// certificates on their OTLP port.
     identity: Option<Identity>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// By collector URL, with when each was last used: collectors come and
+    /// go (a restart on another port is a new URL), so channels unused for
+    /// [`CHANNEL_IDLE`] are dropped.
+    channels: Mutex<HashMap<String, (Channel, Instant)>>,
 }
+
+/// How long a channel to a collector nobody asked is kept.
+const CHANNEL_IDLE: Duration = Duration::from_secs(600);
 
 impl FlightLiveReader {
     /// A reader whose requests run on the current Tokio runtime.
@@ -58,8 +64,14 @@ impl FlightLiveReader {
     }
 
     fn channel(&self, url: &str) -> Result<Channel, StoreError> {
-        if let Some(channel) = self.channels.lock().get(url) {
-            return Ok(channel.clone());
+        {
+            let mut channels = self.channels.lock();
+            let now = Instant::now();
+            channels.retain(|_, (_, used)| now.duration_since(*used) < CHANNEL_IDLE);
+            if let Some((channel, used)) = channels.get_mut(url) {
+                *used = now;
+                return Ok(channel.clone());
+            }
         }
         let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| StoreError::Live(format!("{url} is not a URL to reach: {e}")))?
@@ -85,7 +97,7 @@ impl FlightLiveReader {
         };
         self.channels
             .lock()
-            .insert(url.to_string(), channel.clone());
+            .insert(url.to_string(), (channel.clone(), Instant::now()));
         Ok(channel)
     }
 }
