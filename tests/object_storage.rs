@@ -121,6 +121,19 @@ fn per_service(weft: &Weft) -> Vec<(String, i64, i64, i64)> {
     .collect()
 }
 
+/// A collector that flushes and merges its small segments every few
+/// milliseconds, deleting what merges replaced a second later.
+const MERGING_COLLECTOR: [&str; 8] = [
+    "--flush-interval",
+    "50ms",
+    "--compaction-interval",
+    "100ms",
+    "--query-timeout",
+    "1s",
+    "--deletion-grace",
+    "1s",
+];
+
 fn trace_spans(weft: &Weft, trace: u64) -> usize {
     let (status, body) = weft.get_json(&format!("/api/v1/traces/{trace:016x}000000000000feed"));
     assert_eq!(status, 200, "{body}");
@@ -150,17 +163,7 @@ fn two_collectors_and_queriers_share_one_bucket(bucket: &Bucket) {
     );
     let flush_fast = ["--flush-interval", "50ms"];
     // Collector a merges its small segments in the bucket as they come.
-    let merging = [
-        "--flush-interval",
-        "50ms",
-        "--compaction-interval",
-        "100ms",
-        "--query-timeout",
-        "1s",
-        "--deletion-grace",
-        "1s",
-    ];
-    let a = bucket.start("collector", &dir_a, &merging);
+    let a = bucket.start("collector", &dir_a, &MERGING_COLLECTOR);
     let b = bucket.start("collector", &dir_b, &flush_fast);
     // A cache of one byte: every segment not used in the last second goes.
     let small_cache = [
@@ -755,11 +758,15 @@ fn plant_segment(table_dir: &Path, id: &str, parquet: &[u8], written: std::time:
     let segment = table_dir.join("segments").join(format!("{id}.parquet"));
     let index = table_dir.join("index").join(id).join("meta.json");
     std::fs::create_dir_all(index.parent().unwrap()).unwrap();
-    for (path, contents) in [(&segment, parquet), (&index, b"{}".as_slice())] {
-        std::fs::write(path, contents).unwrap();
-        let file = std::fs::File::options().write(true).open(path).unwrap();
-        file.set_modified(written).unwrap();
-    }
+    write_dated(&segment, parquet, written);
+    write_dated(&index, b"{}", written);
+}
+
+/// Writes `contents` to `path` as if at `written`.
+fn write_dated(path: &Path, contents: &[u8], written: std::time::SystemTime) {
+    std::fs::write(path, contents).unwrap();
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(written).unwrap();
 }
 
 /// Segments no catalog names, left by collectors that died mid-flush or
@@ -770,17 +777,7 @@ fn plant_segment(table_dir: &Path, id: &str, parquet: &[u8], written: std::time:
 fn segments_no_catalog_names_are_deleted_once_old_and_unnamed_for_the_grace() {
     let bucket = Bucket::file();
     let table_dir = bucket.dir.path().join("bucket/weft/spans");
-    let churning = [
-        "--flush-interval",
-        "50ms",
-        "--compaction-interval",
-        "100ms",
-        "--query-timeout",
-        "1s",
-        "--deletion-grace",
-        "1s",
-    ];
-    let collector = bucket.start("collector", &bucket.data_dir("c"), &churning);
+    let collector = bucket.start("collector", &bucket.data_dir("c"), &MERGING_COLLECTOR);
     collector.post_spans(&spans_request("crm-mobile", 0..20));
     eventually("the first segment", || {
         collector.metric("weft_store_segments_written_total{table=\"spans\"}") >= 1.0
@@ -807,13 +804,7 @@ fn segments_no_catalog_names_are_deleted_once_old_and_unnamed_for_the_grace() {
         std::time::SystemTime::now(),
     );
     let foreign = table_dir.join("segments/notes.parquet");
-    std::fs::write(&foreign, b"not weft's").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&foreign)
-        .unwrap()
-        .set_modified(hours_ago)
-        .unwrap();
+    write_dated(&foreign, b"not weft's", hours_ago);
 
     eventually("the orphan's deletion", || {
         collector.metric("weft_store_orphans_deleted_total{table=\"spans\"}") >= 1.0

@@ -361,18 +361,15 @@ async fn the_gateway_admin_api_and_the_mesh_control_plane_speak_tls() {
     let tls = ["--tls-cert-file", "--tls-key-file"];
     let files = [file("server.crt"), file("server.key")];
 
-    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
-    gateway
-        .args(["gateway", "--config", &file("gateway.yaml")])
-        .args(["--proxy-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .args([
+    let (_gateway, line) = start_gateway(
+        &file("gateway.yaml"),
+        &[
             "--admin-tls-cert-file",
             &files[0],
             "--admin-tls-key-file",
             &files[1],
-        ])
-        .env("WEFT_LOG", "info");
-    let (_gateway, line) = tokio::task::block_in_place(|| Process::spawn(gateway, "gateway"));
+        ],
+    );
     let admin = logged_addr(&line, "admin");
     let trusting = client_config(&server_ca.pem, None, b"http/1.1");
     let status = "GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
@@ -438,6 +435,18 @@ async fn the_gateway_admin_api_and_the_mesh_control_plane_speak_tls() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--control-plane-ca"), "{stderr}");
+}
+
+/// `weft gateway --config <config>` with its proxy and admin listeners on
+/// free ports, plus `extra` flags, and its "listening" line.
+fn start_gateway(config: &str, extra: &[&str]) -> (Process, String) {
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+    gateway
+        .args(["gateway", "--config", config])
+        .args(["--proxy-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("WEFT_LOG", "info");
+    tokio::task::block_in_place(|| Process::spawn(gateway, "gateway"))
 }
 
 /// A backend serving HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with a certificate
@@ -536,13 +545,8 @@ services:
         ),
     )
     .unwrap();
-    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
-    gateway
-        .args(["gateway", "--config", &file("gateway.yaml")])
-        .args(["--proxy-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .args(["--proxy-tls-addr", "127.0.0.1:0"])
-        .env("WEFT_LOG", "info");
-    let (_gateway, line) = tokio::task::block_in_place(|| Process::spawn(gateway, "gateway"));
+    let (_gateway, line) =
+        start_gateway(&file("gateway.yaml"), &["--proxy-tls-addr", "127.0.0.1:0"]);
     let proxy_tls = logged_addr(&line, "proxy_tls");
     let trusting = client_config(&edge_ca.pem, None, b"http/1.1");
 
@@ -794,11 +798,7 @@ upstreams:
         ),
     )
     .unwrap();
-    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
-    gateway
-        .args(["gateway", "--config", &file("gateway.yaml")])
-        .args(["--proxy-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
-    let (_gateway, line) = tokio::task::block_in_place(|| Process::spawn(gateway, "gateway"));
+    let (_gateway, line) = start_gateway(&file("gateway.yaml"), &[]);
     let proxy = logged_addr(&line, "proxy");
     let get = |path: &'static str| async move {
         let response = reqwest::get(format!("http://{proxy}{path}")).await.unwrap();
@@ -858,12 +858,8 @@ services:
         ),
     )
     .unwrap();
-    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
-    gateway
-        .args(["gateway", "--config", &file("gateway.yaml")])
-        .args(["--proxy-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .args(["--proxy-tls-addr", "127.0.0.1:0"]);
-    let (_gateway, line) = tokio::task::block_in_place(|| Process::spawn(gateway, "gateway"));
+    let (_gateway, line) =
+        start_gateway(&file("gateway.yaml"), &["--proxy-tls-addr", "127.0.0.1:0"]);
     let (proxy, proxy_tls) = (logged_addr(&line, "proxy"), logged_addr(&line, "proxy_tls"));
     let plain = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
