@@ -583,19 +583,22 @@ impl Config {
 
     /// The reader of collectors' unflushed rows for `weft query` over `storage`.
     pub fn live_reader(&self) -> anyhow::Result<weft_query::live::FlightLiveReader> {
-        let read = |setting: &str, path: &Option<PathBuf>| {
-            read_optional_file(path.as_deref(), &format!("store.{setting}"))
-        };
-        let reader = weft_query::live::FlightLiveReader::new(
-            self.store.collector_token.clone(),
-            read("collector_ca_file", &self.store.collector_ca_file)?,
-        );
-        let cert = read("collector_cert_file", &self.store.collector_cert_file)?;
-        let key = read("collector_key_file", &self.store.collector_key_file)?;
-        Ok(match (cert, key) {
-            (Some(cert), Some(key)) => reader.with_client_certificate(cert, key),
-            _ => reader,
-        })
+        let store = &self.store;
+        flight_live_reader(
+            store.collector_token.clone(),
+            (
+                store.collector_ca_file.as_deref(),
+                "store.collector_ca_file",
+            ),
+            (
+                store.collector_cert_file.as_deref(),
+                "store.collector_cert_file",
+            ),
+            (
+                store.collector_key_file.as_deref(),
+                "store.collector_key_file",
+            ),
+        )
     }
 
     pub fn store_config(&self) -> weft_store::StoreConfig {
@@ -679,6 +682,25 @@ pub(crate) fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_string())
+}
+
+/// A reader of collectors' unflushed rows that sends `token` and trusts the
+/// PEM CA file `ca`, presenting the certificate `cert` with the key `key`
+/// when both are given; each file comes with the setting or flag that named
+/// it, for errors.
+pub(crate) fn flight_live_reader(
+    token: Option<String>,
+    ca: (Option<&Path>, &str),
+    cert: (Option<&Path>, &str),
+    key: (Option<&Path>, &str),
+) -> anyhow::Result<weft_query::live::FlightLiveReader> {
+    let reader = weft_query::live::FlightLiveReader::new(token, read_optional_file(ca.0, ca.1)?);
+    let cert = read_optional_file(cert.0, cert.1)?;
+    let key = read_optional_file(key.0, key.1)?;
+    Ok(match (cert, key) {
+        (Some(cert), Some(key)) => reader.with_client_certificate(cert, key),
+        _ => reader,
+    })
 }
 
 /// The contents of the file at `path`, if one is given; an error names it

@@ -15,7 +15,6 @@ use anyhow::{bail, Context};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use clap::{Args, ValueEnum};
-use weft_query::live::FlightLiveReader;
 use weft_query::{format, QueryConfig, QueryEngine};
 use weft_store::object_storage::DEFAULT_CACHE_BYTES;
 use weft_store::{ObjectStorage, StoreReader, TenantId};
@@ -98,15 +97,12 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
                 Some(url) => {
                     let storage =
                         ObjectStorage::open(url, &args.data_dir, DEFAULT_CACHE_BYTES, config.timeout)?;
-                    let mut live =
-                        FlightLiveReader::new(args.token.clone(), ca_pem(args.ca_file.as_deref())?);
-                    let read = crate::config::read_optional_file;
-                    if let (Some(cert), Some(key)) = (
-                        read(args.collector_cert_file.as_deref(), "--collector-cert-file")?,
-                        read(args.collector_key_file.as_deref(), "--collector-key-file")?,
-                    ) {
-                        live = live.with_client_certificate(cert, key);
-                    }
+                    let live = crate::config::flight_live_reader(
+                        args.token.clone(),
+                        (args.ca_file.as_deref(), "--ca-file"),
+                        (args.collector_cert_file.as_deref(), "--collector-cert-file"),
+                        (args.collector_key_file.as_deref(), "--collector-key-file"),
+                    )?;
                     StoreReader::with_storage(dir, &storage).with_live(&tenant, Arc::new(live))
                 }
                 None if !args.data_dir.exists() => bail!(
