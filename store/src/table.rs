@@ -556,8 +556,9 @@ impl Table {
                     object_storage::remove_local_files(&self.shared.dir, &id);
                 }
             }
+        } else {
+            delete_retired(&self.shared, Duration::ZERO);
         }
-        delete_retired(&self.shared, Duration::ZERO);
         let _ = self.send_command(Command::Stop).await;
         let writer = self.shared.writer.lock().take();
         if let Some(writer) = writer {
