@@ -205,6 +205,17 @@ impl Route {
     }
 }
 
+/// A `Host` value without its port (`[::1]` keeps its colons).
+pub(crate) fn without_port(host: &str) -> &str {
+    host.rsplit_once(':').map_or(host, |(name, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            name
+        } else {
+            host
+        }
+    })
+}
+
 fn is_https(request: &ProxyRequest) -> bool {
     request
         .extensions()
@@ -233,14 +244,7 @@ impl RouteTable {
             .and_then(|h| h.to_str().ok())
             .or_else(|| request.uri().host())
             .unwrap_or_default();
-        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        });
-        let host = host.to_ascii_lowercase();
+        let host = without_port(host).to_ascii_lowercase();
         self.routes
             .iter()
             .filter_map(|route| {

@@ -375,7 +375,7 @@ fn https_required(status: u16, request: &ProxyRequest) -> ProxyResponse {
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| request.uri().host())
-        .map(|host| host.rsplit_once(':').map_or(host, |(name, _)| name))
+        .map(crate::router::without_port)
         .filter(|host| !host.is_empty());
     let location = host.and_then(|host| {
         let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
