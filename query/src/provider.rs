@@ -56,7 +56,6 @@ use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::RowSelection;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column as FastColumn;
-use tantivy::query::{BooleanQuery, Occur, Query};
 use tantivy::{DocId, Index, IndexReader, ReloadPolicy, Score, SegmentOrdinal, SegmentReader};
 use weft_store::catalog::SegmentEntry;
 use weft_store::object_storage::SegmentPart;
@@ -88,8 +87,16 @@ impl SnapshotSource for StoreReader {
 /// both stay valid until the segment is deleted.
 #[derive(Default)]
 pub(crate) struct SegmentCache {
-    indexes: Mutex<HashMap<PathBuf, IndexReader>>,
+    indexes: Mutex<HashMap<PathBuf, SegmentIndex>>,
     trace_filters: Mutex<HashMap<PathBuf, Arc<Option<TraceFilter>>>>,
+}
+
+/// An open full-text index and how its documents map to rows.
+#[derive(Clone)]
+struct SegmentIndex {
+    reader: IndexReader,
+    /// See [`index::documents_are_values`].
+    documents_are_values: bool,
 }
 
 /// More entries than this and a cache starts over; an index reader holds a
@@ -114,16 +121,20 @@ fn cached<T: Clone>(
 }
 
 impl SegmentCache {
-    fn index(&self, dir: &Path) -> Result<IndexReader, String> {
+    fn index(&self, dir: &Path) -> Result<SegmentIndex, String> {
         cached(&self.indexes, dir, || {
-            Index::open_in_dir(dir)
-                .and_then(|index| {
-                    index
-                        .reader_builder()
-                        .reload_policy(ReloadPolicy::Manual)
-                        .try_into()
-                })
-                .map_err(|e| e.to_string())
+            let index = Index::open_in_dir(dir).map_err(|e| e.to_string())?;
+            let documents_are_values =
+                index::documents_are_values(&index).map_err(|e| e.to_string())?;
+            let reader = index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::Manual)
+                .try_into()
+                .map_err(|e: tantivy::TantivyError| e.to_string())?;
+            Ok(SegmentIndex {
+                reader,
+                documents_are_values,
+            })
         })
     }
 
@@ -321,36 +332,78 @@ impl StoreTable {
                 let hits = self
                     .search_index(&dir, text_filters)
                     .map_err(|e| external("full-text index", &dir, e))?;
-                if hits.is_empty() {
-                    continue;
+                match hits {
+                    Some(hits) if hits.is_empty() => continue,
+                    Some(hits) => Some(row_selection(&hits, entry.rows as usize)),
+                    None => None,
                 }
-                Some(row_selection(&hits, entry.rows as usize))
             };
             selected.push((entry.clone(), rows));
         }
         Ok(selected)
     }
 
-    /// The rows of one segment matching every indexed `text_match` filter.
-    fn search_index(&self, dir: &Path, filters: &[TextMatchFilter]) -> Result<Vec<u64>, String> {
-        let reader = self.cache.index(dir)?;
-        let searcher = reader.searcher();
+    /// The rows of one segment matching every indexed `text_match` filter, or
+    /// `None` if its index cannot narrow them.
+    ///
+    /// Each filter is searched on its own and the rows intersected: a document
+    /// of the index is one value of one column, so two filters on different
+    /// columns never match the same document.
+    fn search_index(
+        &self,
+        dir: &Path,
+        filters: &[TextMatchFilter],
+    ) -> Result<Option<Vec<u64>>, String> {
+        let index = self.cache.index(dir)?;
+        let searcher = index.reader.searcher();
         let schema = searcher.schema();
-        let clauses: Vec<(Occur, Box<dyn Query>)> = filters
-            .iter()
-            .filter_map(|filter| {
-                let positions = index::indexed_with_positions(self.signal, &filter.column)?;
-                let field = schema.get_field(&filter.column).ok()?;
-                Some((Occur::Must, filter.query.to_tantivy(field, positions)))
-            })
-            .collect();
-        let mut rows = searcher
-            .search(&BooleanQuery::new(clauses), &RowCollector)
-            .map_err(|e| e.to_string())?;
-        rows.sort_unstable();
-        rows.dedup();
-        Ok(rows)
+        let mut selected: Option<Vec<u64>> = None;
+        for filter in filters {
+            let Some(positions) = index::indexed_with_positions(self.signal, &filter.column) else {
+                continue;
+            };
+            if !index.documents_are_values && !positions && filter.query.negates() {
+                // An older index joined each row's attribute values into one
+                // document; a negation there is not a superset of the answer.
+                continue;
+            }
+            let Ok(field) = schema.get_field(&filter.column) else {
+                continue;
+            };
+            let mut rows = searcher
+                .search(&*filter.query.to_tantivy(field, positions), &RowCollector)
+                .map_err(|e| e.to_string())?;
+            rows.sort_unstable();
+            rows.dedup();
+            let rows = match selected {
+                None => rows,
+                Some(before) => intersect_sorted(&before, &rows),
+            };
+            if rows.is_empty() {
+                return Ok(Some(rows));
+            }
+            selected = Some(rows);
+        }
+        Ok(selected)
     }
+}
+
+/// The values in both of two sorted, deduplicated lists.
+fn intersect_sorted(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let mut both = Vec::with_capacity(a.len().min(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                both.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    both
 }
 
 /// A Parquet row selection of exactly `rows` (sorted) out of `total`.
@@ -658,7 +711,8 @@ impl PruningStatistics for SegmentStatistics<'_> {
     }
 }
 
-/// Collects the `row` fast field of every matching document.
+/// Collects the rows of every matching document (one per document in indexes
+/// written before values were deduplicated, all the rows of its value since).
 struct RowCollector;
 
 struct SegmentRows {
@@ -694,9 +748,7 @@ impl SegmentCollector for SegmentRows {
     type Fruit = Vec<u64>;
 
     fn collect(&mut self, doc: DocId, _score: Score) {
-        if let Some(row) = self.rows.first(doc) {
-            self.hits.push(row);
-        }
+        self.hits.extend(self.rows.values_for_doc(doc));
     }
 
     fn harvest(self) -> Vec<u64> {

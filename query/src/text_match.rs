@@ -68,6 +68,17 @@ fn tokens(analyzer: &mut TextAnalyzer, text: &str, out: &mut Vec<String>) {
 }
 
 impl TextQuery {
+    /// Whether the query negates anywhere (`NOT`): such a query can match
+    /// text that lacks a word, so an index that joined several values into one
+    /// document may hide matches.
+    pub fn negates(&self) -> bool {
+        match self {
+            TextQuery::Term(_) | TextQuery::Phrase(_) => false,
+            TextQuery::And(all) | TextQuery::Or(all) => all.iter().any(TextQuery::negates),
+            TextQuery::Not(_) => true,
+        }
+    }
+
     /// Parses a search query. An empty query, an unclosed quote or
     /// parenthesis, or an operator without an operand is an error.
     pub fn parse(query: &str) -> Result<Self, ParseError> {
@@ -477,6 +488,23 @@ mod tests {
         assert!(matches("(a OR b) AND c", "b c"));
         assert!(!matches("(a OR b) AND c", "a b"));
         assert!(matches("NOT debug", "info line"));
+    }
+
+    #[test]
+    fn a_query_negates_if_any_part_of_it_does() {
+        for (query, negates) in [
+            ("timeout", false),
+            ("\"slow query\" OR timeout", false),
+            ("NOT sqlite", true),
+            ("accounts AND NOT services", true),
+            ("(a OR (b AND NOT c))", true),
+        ] {
+            assert_eq!(
+                TextQuery::parse(query).unwrap().negates(),
+                negates,
+                "{query}"
+            );
+        }
     }
 
     #[test]
