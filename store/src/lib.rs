@@ -28,6 +28,7 @@ pub mod live;
 pub mod object_storage;
 mod orphans;
 mod reader;
+mod reorder;
 pub mod schema;
 pub mod segment;
 mod table;

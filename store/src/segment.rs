@@ -9,8 +9,7 @@
 use std::fs::{self, File};
 use std::path::Path;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::TimestampNanosecondType;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
@@ -63,8 +62,7 @@ pub fn time_column(signal: Signal) -> &'static str {
 /// Merges `batches` into one batch in the table's segment order.
 ///
 /// The sort key columns are encoded with Arrow's row format, which compares
-/// as plain bytes. Concatenating first and then taking is faster than
-/// gathering rows from many batches, which handles nested columns row by row.
+/// as plain bytes; the rows are then moved as runs (see [`crate::reorder`]).
 pub fn sort_for_locality(signal: Signal, batches: &[RecordBatch]) -> Result<RecordBatch> {
     let batch = arrow::compute::concat_batches(&signal.schema(), batches)?;
     let keys: Vec<ArrayRef> = sort_columns(signal)
@@ -84,7 +82,7 @@ pub fn sort_for_locality(signal: Signal, batches: &[RecordBatch]) -> Result<Reco
     let rows = converter.convert_columns(&keys)?;
     let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
     order.sort_unstable_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
-    Ok(take_record_batch(&batch, &UInt32Array::from(order))?)
+    Ok(crate::reorder::take_rows(&batch, &order)?)
 }
 
 fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> WriterProperties {
