@@ -14,164 +14,214 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanBufferBuilder, GenericListArray, MapArray, RecordBatch,
-    StringArray, StructArray, UInt32Array,
+    StringArray, StructArray,
 };
 use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 
-/// The rows of `batch` in `order` (every index below `batch.num_rows()`).
-pub fn take_rows(batch: &RecordBatch, order: &[u32]) -> Result<RecordBatch, ArrowError> {
-    let runs = runs_of(order);
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|column| take_runs(column.as_ref(), &runs, order.len()))
+/// Rows `range` of the source numbered `source`.
+type Run = (usize, Range<usize>);
+
+/// The rows of `batches` (all of `schema`) in `order`, where row `i` is the
+/// `i`-th row of the batches one after another.
+pub fn take_rows(
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    order: &[u32],
+) -> Result<RecordBatch, ArrowError> {
+    let runs = runs_of(batches, order);
+    let columns = (0..schema.fields().len())
+        .map(|i| {
+            let sources: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            take_runs(&sources, &runs, order.len())
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(batch.schema(), columns)
+    RecordBatch::try_new(schema, columns)
 }
 
-/// `order` as ranges of consecutive rows, merged where one continues another.
-fn runs_of(order: &[u32]) -> Vec<Range<usize>> {
-    let mut runs: Vec<Range<usize>> = Vec::new();
+/// `order` as ranges of consecutive rows of one batch, merged where one
+/// continues another.
+fn runs_of(batches: &[RecordBatch], order: &[u32]) -> Vec<Run> {
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut total = 0;
+    for batch in batches {
+        starts.push(total);
+        total += batch.num_rows();
+    }
+    let mut runs: Vec<Run> = Vec::new();
     for &row in order {
         let row = row as usize;
+        let source = starts.partition_point(|&start| start <= row) - 1;
+        let row = row - starts[source];
         match runs.last_mut() {
-            Some(last) if last.end == row => last.end += 1,
-            _ => runs.push(row..row + 1),
+            Some((last, range)) if *last == source && range.end == row => range.end += 1,
+            _ => runs.push((source, row..row + 1)),
         }
     }
     runs
 }
 
-/// The rows of `array` in `runs`, one after another (`len` rows in all).
-fn take_runs(array: &dyn Array, runs: &[Range<usize>], len: usize) -> Result<ArrayRef, ArrowError> {
-    Ok(match array.data_type() {
-        DataType::Utf8 => Arc::new(take_string_runs(array.as_string::<i32>(), runs, len)?),
-        DataType::List(_) => Arc::new(take_list_runs(array.as_list::<i32>(), runs, len)?),
-        DataType::Map(..) => Arc::new(take_map_runs(array.as_map(), runs, len)?),
-        DataType::Struct(_) => Arc::new(take_struct_runs(array.as_struct(), runs, len)?),
+/// The rows of `sources` in `runs`, one after another (`len` rows in all).
+fn take_runs(sources: &[&dyn Array], runs: &[Run], len: usize) -> Result<ArrayRef, ArrowError> {
+    Ok(match sources[0].data_type() {
+        DataType::Utf8 => {
+            let sources: Vec<&StringArray> = sources.iter().map(|a| a.as_string()).collect();
+            Arc::new(take_string_runs(&sources, runs, len)?)
+        }
+        DataType::List(_) => {
+            let sources: Vec<&GenericListArray<i32>> =
+                sources.iter().map(|a| a.as_list()).collect();
+            Arc::new(take_list_runs(&sources, runs, len)?)
+        }
+        DataType::Map(..) => {
+            let sources: Vec<&MapArray> = sources.iter().map(|a| a.as_map()).collect();
+            Arc::new(take_map_runs(&sources, runs, len)?)
+        }
+        DataType::Struct(_) => {
+            let sources: Vec<&StructArray> = sources.iter().map(|a| a.as_struct()).collect();
+            Arc::new(take_struct_runs(&sources, runs, len)?)
+        }
         _ => {
-            let indices: UInt32Array = runs
+            let indices: Vec<(usize, usize)> = runs
                 .iter()
-                .flat_map(|run| run.clone().map(|row| row as u32))
+                .flat_map(|(source, range)| range.clone().map(|row| (*source, row)))
                 .collect();
-            arrow::compute::take(array, &indices, None)?
+            arrow::compute::interleave(sources, &indices)?
         }
     })
 }
 
-fn take_nulls(nulls: Option<&NullBuffer>, runs: &[Range<usize>], len: usize) -> Option<NullBuffer> {
-    let nulls = nulls.filter(|n| n.null_count() > 0)?;
-    let validity = nulls.inner();
+fn take_nulls(sources: &[Option<&NullBuffer>], runs: &[Run], len: usize) -> Option<NullBuffer> {
+    if sources.iter().flatten().all(|n| n.null_count() == 0) {
+        return None;
+    }
     let mut taken = BooleanBufferBuilder::new(len);
-    for run in runs {
-        taken.append_packed_range(
-            validity.offset() + run.start..validity.offset() + run.end,
-            validity.values(),
-        );
+    for (source, range) in runs {
+        match sources[*source] {
+            Some(nulls) => {
+                let validity = nulls.inner();
+                taken.append_packed_range(
+                    validity.offset() + range.start..validity.offset() + range.end,
+                    validity.values(),
+                );
+            }
+            None => taken.append_n(range.len(), true),
+        }
     }
     Some(NullBuffer::new(taken.finish()))
 }
 
-/// New offsets for the rows of `runs` taken out of `offsets`, and the ranges
-/// of the children (entries, bytes) those rows cover.
+/// New offsets for the rows of `runs` taken out of each source's `offsets`,
+/// and the runs of children (entries, bytes) those rows cover.
 fn take_offsets(
-    offsets: &[i32],
-    runs: &[Range<usize>],
+    offsets: &[&[i32]],
+    runs: &[Run],
     len: usize,
-) -> Result<(OffsetBuffer<i32>, Vec<Range<usize>>), ArrowError> {
+) -> Result<(OffsetBuffer<i32>, Vec<Run>), ArrowError> {
     let mut taken = Vec::with_capacity(len + 1);
-    let mut children: Vec<Range<usize>> = Vec::with_capacity(runs.len());
+    let mut children: Vec<Run> = Vec::with_capacity(runs.len());
     taken.push(0i32);
     let mut end = 0usize;
-    for run in runs {
-        let child = offsets[run.start] as usize..offsets[run.end] as usize;
+    for (source, range) in runs {
+        let offsets = offsets[*source];
+        let child = offsets[range.start] as usize..offsets[range.end] as usize;
         // Rows taken more than once could outgrow 32-bit offsets.
         if end + child.len() > i32::MAX as usize {
             return Err(ArrowError::OffsetOverflowError(end + child.len()));
         }
-        let shift = end as i32 - offsets[run.start];
-        taken.extend(offsets[run.start + 1..=run.end].iter().map(|o| o + shift));
+        let shift = end as i32 - offsets[range.start];
+        taken.extend(
+            offsets[range.start + 1..=range.end]
+                .iter()
+                .map(|o| o + shift),
+        );
         end += child.len();
         match children.last_mut() {
-            Some(last) if last.end == child.start => last.end = child.end,
+            Some((last, previous)) if *last == *source && previous.end == child.start => {
+                previous.end = child.end
+            }
             _ if child.is_empty() => {}
-            _ => children.push(child),
+            _ => children.push((*source, child)),
         }
     }
     Ok((OffsetBuffer::new(ScalarBuffer::from(taken)), children))
 }
 
 fn take_string_runs(
-    array: &StringArray,
-    runs: &[Range<usize>],
+    sources: &[&StringArray],
+    runs: &[Run],
     len: usize,
 ) -> Result<StringArray, ArrowError> {
-    let (offsets, bytes) = take_offsets(array.value_offsets(), runs, len)?;
-    let source = array.values().as_slice();
-    let mut values = Vec::with_capacity(bytes.iter().map(|r| r.len()).sum());
-    for range in bytes {
-        values.extend_from_slice(&source[range]);
+    let offsets: Vec<&[i32]> = sources.iter().map(|a| a.value_offsets()).collect();
+    let (offsets, bytes) = take_offsets(&offsets, runs, len)?;
+    let mut values = Vec::with_capacity(bytes.iter().map(|(_, r)| r.len()).sum());
+    for (source, range) in bytes {
+        values.extend_from_slice(&sources[source].values().as_slice()[range]);
     }
+    let nulls: Vec<_> = sources.iter().map(|a| a.nulls()).collect();
     StringArray::try_new(
         offsets,
         Buffer::from_vec(values),
-        take_nulls(array.nulls(), runs, len),
+        take_nulls(&nulls, runs, len),
     )
 }
 
 fn take_list_runs(
-    array: &GenericListArray<i32>,
-    runs: &[Range<usize>],
+    sources: &[&GenericListArray<i32>],
+    runs: &[Run],
     len: usize,
 ) -> Result<GenericListArray<i32>, ArrowError> {
-    let (offsets, entries) = take_offsets(array.value_offsets(), runs, len)?;
-    let values = take_runs(array.values().as_ref(), &entries, offsets_len(&offsets))?;
-    let DataType::List(field) = array.data_type() else {
+    let offsets: Vec<&[i32]> = sources.iter().map(|a| a.value_offsets()).collect();
+    let (offsets, entries) = take_offsets(&offsets, runs, len)?;
+    let values: Vec<&dyn Array> = sources.iter().map(|a| a.values().as_ref()).collect();
+    let values = take_runs(&values, &entries, offsets_len(&offsets))?;
+    let DataType::List(field) = sources[0].data_type() else {
         unreachable!("a list array has a list type");
     };
+    let nulls: Vec<_> = sources.iter().map(|a| a.nulls()).collect();
     GenericListArray::try_new(
         field.clone(),
         offsets,
         values,
-        take_nulls(array.nulls(), runs, len),
+        take_nulls(&nulls, runs, len),
     )
 }
 
-fn take_map_runs(
-    array: &MapArray,
-    runs: &[Range<usize>],
-    len: usize,
-) -> Result<MapArray, ArrowError> {
-    let (offsets, entries) = take_offsets(array.value_offsets(), runs, len)?;
-    let taken = take_struct_runs(array.entries(), &entries, offsets_len(&offsets))?;
-    let DataType::Map(field, ordered) = array.data_type() else {
+fn take_map_runs(sources: &[&MapArray], runs: &[Run], len: usize) -> Result<MapArray, ArrowError> {
+    let offsets: Vec<&[i32]> = sources.iter().map(|a| a.value_offsets()).collect();
+    let (offsets, entries) = take_offsets(&offsets, runs, len)?;
+    let all_entries: Vec<&StructArray> = sources.iter().map(|a| a.entries()).collect();
+    let taken = take_struct_runs(&all_entries, &entries, offsets_len(&offsets))?;
+    let DataType::Map(field, ordered) = sources[0].data_type() else {
         unreachable!("a map array has a map type");
     };
+    let nulls: Vec<_> = sources.iter().map(|a| a.nulls()).collect();
     MapArray::try_new(
         field.clone(),
         offsets,
         taken,
-        take_nulls(array.nulls(), runs, len),
+        take_nulls(&nulls, runs, len),
         *ordered,
     )
 }
 
 fn take_struct_runs(
-    array: &StructArray,
-    runs: &[Range<usize>],
+    sources: &[&StructArray],
+    runs: &[Run],
     len: usize,
 ) -> Result<StructArray, ArrowError> {
-    let columns = array
-        .columns()
-        .iter()
-        .map(|column| take_runs(column.as_ref(), runs, len))
+    let columns = (0..sources[0].num_columns())
+        .map(|i| {
+            let columns: Vec<&dyn Array> = sources.iter().map(|a| a.column(i).as_ref()).collect();
+            take_runs(&columns, runs, len)
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    let nulls: Vec<_> = sources.iter().map(|a| a.nulls()).collect();
     StructArray::try_new(
-        array.fields().clone(),
+        sources[0].fields().clone(),
         columns,
-        take_nulls(array.nulls(), runs, len),
+        take_nulls(&nulls, runs, len),
     )
 }
 
@@ -183,7 +233,7 @@ fn offsets_len(offsets: &OffsetBuffer<i32>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, MapBuilder, StringBuilder};
+    use arrow::array::{Int64Array, MapBuilder, StringBuilder, UInt32Array};
     use arrow::datatypes::{Field, Fields};
     use proptest::prelude::*;
 
@@ -231,11 +281,11 @@ mod tests {
             Arc::new(item),
             Some(NullBuffer::from_iter(rows.iter().map(|r| r.0.is_some()))),
         );
-        RecordBatch::try_from_iter([
-            ("text", Arc::new(text) as ArrayRef),
-            ("number", Arc::new(numbers)),
-            ("map", Arc::new(map)),
-            ("events", Arc::new(events)),
+        RecordBatch::try_from_iter_with_nullable([
+            ("text", Arc::new(text) as ArrayRef, true),
+            ("number", Arc::new(numbers), false),
+            ("map", Arc::new(map), false),
+            ("events", Arc::new(events), true),
         ])
         .unwrap()
     }
@@ -255,35 +305,53 @@ mod tests {
 
     proptest! {
         #[test]
-        fn takes_what_arrow_takes(
-            rows in proptest::collection::vec(row(), 1..40),
-            swaps in proptest::collection::vec((any::<usize>(), any::<usize>()), 0..20),
+        fn takes_what_arrow_takes_of_the_batches_concatenated(
+            batches in proptest::collection::vec(proptest::collection::vec(row(), 1..20), 1..4),
+            swaps in proptest::collection::vec((any::<usize>(), any::<usize>()), 0..30),
             slice in any::<bool>(),
         ) {
-            let full = batch(&rows);
-            // A sliced batch has offsets that do not start at zero.
-            let batch = if slice && full.num_rows() > 2 {
-                full.slice(1, full.num_rows() - 2)
-            } else {
-                full
-            };
+            let batches: Vec<RecordBatch> = batches
+                .iter()
+                .map(|rows| {
+                    let full = batch(rows);
+                    // A sliced batch has offsets that do not start at zero.
+                    if slice && full.num_rows() > 2 {
+                        full.slice(1, full.num_rows() - 2)
+                    } else {
+                        full
+                    }
+                })
+                .collect();
+            let schema = batches[0].schema();
+            let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
             // Some rows moved, runs of consecutive rows elsewhere.
-            let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+            let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
             for (i, j) in swaps {
                 let n = order.len();
                 order.swap(i % n, j % n);
             }
             let expected =
-                arrow::compute::take_record_batch(&batch, &UInt32Array::from(order.clone()))
+                arrow::compute::take_record_batch(&all, &UInt32Array::from(order.clone()))
                     .unwrap();
-            let taken = take_rows(&batch, &order).unwrap();
+            let taken = take_rows(schema, &batches, &order).unwrap();
             prop_assert_eq!(taken, expected);
         }
     }
 
     #[test]
-    fn consecutive_rows_become_one_run() {
-        assert_eq!(runs_of(&[3, 4, 5, 0, 1, 7]), vec![3..6, 0..2, 7..8]);
-        assert_eq!(runs_of(&[]), Vec::<Range<usize>>::new());
+    fn consecutive_rows_of_one_batch_become_one_run() {
+        let batches = [
+            batch(&[row_of("a"), row_of("b"), row_of("c")]),
+            batch(&[row_of("d"), row_of("e")]),
+        ];
+        assert_eq!(
+            runs_of(&batches, &[1, 2, 3, 4, 0]),
+            vec![(0, 1..3), (1, 0..2), (0, 0..1)]
+        );
+        assert_eq!(runs_of(&batches, &[]), Vec::<Run>::new());
+    }
+
+    fn row_of(name: &str) -> Row {
+        (Some(name.to_string()), Vec::new(), Vec::new())
     }
 }

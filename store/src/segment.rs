@@ -9,7 +9,7 @@
 use std::fs::{self, File};
 use std::path::Path;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::TimestampNanosecondType;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
@@ -59,30 +59,37 @@ pub fn time_column(signal: Signal) -> &'static str {
     }
 }
 
-/// Merges `batches` into one batch in the table's segment order.
+/// Merges `batches` (at least one) into one batch in the table's segment order.
 ///
 /// The sort key columns are encoded with Arrow's row format, which compares
 /// as plain bytes; the rows are then moved as runs (see [`crate::reorder`]).
 pub fn sort_for_locality(signal: Signal, batches: &[RecordBatch]) -> Result<RecordBatch> {
-    let batch = arrow::compute::concat_batches(&signal.schema(), batches)?;
+    // Only the key columns are concatenated; the rows are moved straight out
+    // of the batches.
     let keys: Vec<ArrayRef> = sort_columns(signal)
         .iter()
         .map(|name| {
-            batch
-                .column_by_name(name)
-                .expect("sort columns are in the schema")
-                .clone()
+            let columns: Vec<&dyn Array> = batches
+                .iter()
+                .map(|batch| {
+                    batch
+                        .column_by_name(name)
+                        .expect("sort columns are in the schema")
+                        .as_ref()
+                })
+                .collect();
+            arrow::compute::concat(&columns)
         })
-        .collect();
+        .collect::<std::result::Result<_, _>>()?;
     let converter = RowConverter::new(
         keys.iter()
             .map(|key| SortField::new(key.data_type().clone()))
             .collect(),
     )?;
     let rows = converter.convert_columns(&keys)?;
-    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
     order.sort_unstable_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
-    Ok(crate::reorder::take_rows(&batch, &order)?)
+    Ok(crate::reorder::take_rows(signal.schema(), batches, &order)?)
 }
 
 fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> WriterProperties {

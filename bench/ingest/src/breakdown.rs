@@ -74,7 +74,7 @@ fn time_stages(payloads: &[Payload], spans: u64) -> anyhow::Result<(Stages, usiz
     let started = Instant::now();
     let sorted = segment::sort_for_locality(Signal::Spans, &batches)?;
     stages.push((
-        "sort for locality (concat, row format, take)",
+        "sort for locality (row format, rows moved as runs)",
         per_span(started),
     ));
 
