@@ -213,6 +213,56 @@ fn oversized_bodies_are_413_and_unknown_media_types_415() {
     assert!(weft.stop().success());
 }
 
+/// `spans` small spans under a resource carrying `resource_bytes` of text.
+fn spans_under_a_large_resource(
+    spans: u64,
+    resource_bytes: usize,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    let mut request = spans_request("crm-mobile", 0..spans);
+    for span in &mut request.resource_spans[0].scope_spans[0].spans {
+        span.attributes.clear();
+    }
+    let resource = request.resource_spans[0].resource.as_mut().unwrap();
+    resource.attributes.push(KeyValue {
+        key: "process.command_line".into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue("x".repeat(resource_bytes))),
+        }),
+        ..Default::default()
+    });
+    request
+}
+
+#[test]
+fn a_small_request_repeating_a_large_resource_on_many_spans_is_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(dir.path(), LIMITS);
+    // 30 kB of resource on each of 500 spans: 15 MB to store from a body of
+    // under 64 kB, past the 256 kB (four times the largest request) allowed.
+    let body = spans_under_a_large_resource(500, 30_000).encode_to_vec();
+    assert!(body.len() < 65536, "{}", body.len());
+    for (content_type, body) in [
+        // (JSON spans are larger: 100 of them, 3 MB to store.)
+        ("application/x-protobuf", body.clone()),
+        (
+            "application/json",
+            serde_json::to_vec(&spans_under_a_large_resource(100, 30_000)).unwrap(),
+        ),
+    ] {
+        let response = post(&weft, "/v1/traces", content_type, &[], body);
+        assert_eq!(response.status(), 413, "{content_type}");
+        let message = json_or_status_message(response);
+        assert!(message.contains("repeats its resource"), "{message}");
+    }
+    // The same resource on a few spans is stored.
+    let body = spans_under_a_large_resource(5, 30_000).encode_to_vec();
+    let response = post(&weft, "/v1/traces", "application/x-protobuf", &[], body);
+    assert_eq!(response.status(), 200);
+    assert_good_request_still_works(&weft);
+    assert!(weft.stop().success());
+}
+
 fn json_or_status_message(response: Response) -> String {
     let bytes = response.bytes().unwrap();
     RpcStatus::decode(bytes.clone())
@@ -282,6 +332,16 @@ async fn grpc_bad_input_gets_otlp_status_codes() {
     let too_large = spans_request("crm-mobile", 0..2000);
     let status = client.export(too_large).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
+    let status = client
+        .export(spans_under_a_large_resource(500, 30_000))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("repeats its resource"),
+        "{status:?}"
+    );
 
     let mut invalid = spans_request("crm-mobile", 10..13);
     invalid.resource_spans[0].scope_spans[0].spans[1].span_id = vec![1, 2, 3];

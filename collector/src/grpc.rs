@@ -32,7 +32,9 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use weft_access::grpc::Interceptor;
 
-use weft_store::convert::{logs_to_batch, spans_to_batch};
+use weft_store::convert::{
+    logs_repeated_bytes, logs_to_batch, spans_repeated_bytes, spans_to_batch,
+};
 use weft_store::{Signal, TenantId};
 
 use crate::ingest::{
@@ -97,12 +99,21 @@ impl Receiver {
     /// tonic has already read and decoded the message: this bounds the
     /// memory of converting it.
     fn admit(&self, signal: Signal, len: usize) -> Result<Admission, Status> {
-        self.ingest.admit(len).map_err(|e| {
-            self.ingest
-                .metrics()
-                .record_refused(signal, Transport::Grpc, &e);
-            self.status(e)
-        })
+        self.ingest.admit(len).map_err(|e| self.refused(signal, e))
+    }
+
+    /// Reserves memory for what converting the request repeats per record.
+    fn admit_expansion(&self, signal: Signal, repeated_bytes: usize) -> Result<Admission, Status> {
+        self.ingest
+            .admit_expansion(repeated_bytes)
+            .map_err(|e| self.refused(signal, e))
+    }
+
+    fn refused(&self, signal: Signal, error: IngestError) -> Status {
+        self.ingest
+            .metrics()
+            .record_refused(signal, Transport::Grpc, &error);
+        self.status(error)
     }
 
     fn status(&self, error: IngestError) -> Status {
@@ -111,7 +122,9 @@ impl Receiver {
             IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) => {
                 Status::invalid_argument(message)
             }
-            IngestError::TooLarge { .. } => Status::resource_exhausted(message),
+            IngestError::TooLarge { .. } | IngestError::Expands { .. } => {
+                Status::resource_exhausted(message)
+            }
             IngestError::Busy(_) | IngestError::Overloaded(_) => {
                 let details = ErrorDetails::with_retry_info(Some(self.ingest.limits().retry_after));
                 Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
@@ -136,6 +149,7 @@ impl TraceService for Receiver {
         let request = request.into_inner();
         let len = request.encoded_len();
         let admission = self.admit(Signal::Spans, len)?;
+        let _expansion = self.admit_expansion(Signal::Spans, spans_repeated_bytes(&request))?;
         let outcome = self
             .ingest
             .store(
@@ -162,6 +176,7 @@ impl LogsService for Receiver {
         let request = request.into_inner();
         let len = request.encoded_len();
         let admission = self.admit(Signal::Logs, len)?;
+        let _expansion = self.admit_expansion(Signal::Logs, logs_repeated_bytes(&request))?;
         let outcome = self
             .ingest
             .store(

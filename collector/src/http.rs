@@ -26,7 +26,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 use serde_json::json;
-use weft_store::convert::{logs_to_batch, spans_to_batch, Converted};
+use weft_store::convert::{
+    logs_repeated_bytes, logs_to_batch, spans_repeated_bytes, spans_to_batch, Converted,
+};
 use weft_store::{Signal, TenantId};
 
 use crate::ingest::{
@@ -119,6 +121,8 @@ trait Endpoint {
     /// Rewrites OTLP/JSON enum names to numbers.
     fn normalize(tree: &mut serde_json::Value) -> Result<(), String>;
     fn convert(request: &Self::Request) -> Converted;
+    /// What converting the request writes again for each record.
+    fn repeated_bytes(request: &Self::Request) -> usize;
     /// The response, and its OTLP/JSON form when it is not empty.
     fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>);
 }
@@ -134,6 +138,9 @@ impl Endpoint for Traces {
     }
     fn convert(request: &Self::Request) -> Converted {
         spans_to_batch(request)
+    }
+    fn repeated_bytes(request: &Self::Request) -> usize {
+        spans_repeated_bytes(request)
     }
     fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>) {
         let response = outcome.trace_response();
@@ -155,6 +162,9 @@ impl Endpoint for Logs {
     }
     fn convert(request: &Self::Request) -> Converted {
         logs_to_batch(request)
+    }
+    fn repeated_bytes(request: &Self::Request) -> usize {
+        logs_repeated_bytes(request)
     }
     fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>) {
         let response = outcome.logs_response();
@@ -186,16 +196,14 @@ async fn export<E: Endpoint>(
     };
     let len = body.len();
     let result = ingest
-        .store(
-            &tenant,
-            E::SIGNAL,
-            admission,
-            Transport::Http,
-            len,
+        .store(&tenant, E::SIGNAL, admission, Transport::Http, len, {
+            let ingest = ingest.clone();
             move || {
-                payload::decode::<E::Request>(encoding, &body, E::normalize).map(|r| E::convert(&r))
-            },
-        )
+                let request = payload::decode::<E::Request>(encoding, &body, E::normalize)?;
+                let _expansion = ingest.admit_expansion(E::repeated_bytes(&request))?;
+                Ok(E::convert(&request))
+            }
+        })
         .await;
     match result {
         Ok(outcome) => {
@@ -293,7 +301,7 @@ struct RpcStatus {
 fn error_response(ingest: &Ingest, encoding: Encoding, error: IngestError) -> Response {
     let (status, code) = match &error {
         IngestError::Malformed(_) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
-        IngestError::TooLarge { .. } => (
+        IngestError::TooLarge { .. } | IngestError::Expands { .. } => (
             StatusCode::PAYLOAD_TOO_LARGE,
             tonic::Code::ResourceExhausted,
         ),

@@ -40,6 +40,9 @@ impl Default for IngestLimits {
     }
 }
 
+/// Decoded OTLP takes a few times its wire size in memory.
+const DECODED_BYTES_PER_WIRE_BYTE: usize = 4;
+
 /// Why a request as a whole was not accepted. Each maps to one HTTP status and
 /// one gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,13 @@ pub enum IngestError {
     /// The payload is larger than allowed (413 / RESOURCE_EXHAUSTED, not retryable).
     #[error("request body is {actual} bytes or more, over the limit of {limit} bytes")]
     TooLarge { actual: usize, limit: usize },
+    /// Converting the payload would take more memory than any request may
+    /// (413 / RESOURCE_EXHAUSTED, not retryable): it repeats a large resource
+    /// or scope on many records.
+    #[error(
+        "the request repeats its resource and scope on each record, which would take about {bytes} bytes to store, over the limit of {limit} bytes; send fewer records per resource or a smaller resource"
+    )]
+    Expands { bytes: usize, limit: usize },
     /// The content type or encoding is not one OTLP defines (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -193,13 +203,44 @@ impl Ingest {
         Ok(admission)
     }
 
+    /// Reserves memory for the text a decoded request repeats on each of its
+    /// records (see `weft_store::convert::spans_repeated_bytes`), held while
+    /// it is converted. Up to four times the largest request may be repeated,
+    /// the memory the largest request is reserved anyway; more is refused for
+    /// good. Under a mebibyte nothing is reserved: the request's own
+    /// reservation covers it.
+    pub fn admit_expansion(&self, repeated_bytes: usize) -> Result<Admission, IngestError> {
+        let limit = self
+            .limits
+            .max_request_bytes
+            .saturating_mul(DECODED_BYTES_PER_WIRE_BYTE);
+        if repeated_bytes > limit {
+            return Err(IngestError::Expands {
+                bytes: repeated_bytes,
+                limit,
+            });
+        }
+        let mut admission = Admission {
+            permit: None,
+            kib: 0,
+        };
+        if repeated_bytes >= 1024 * 1024 {
+            self.grow(
+                &mut admission,
+                repeated_bytes.div_ceil(DECODED_BYTES_PER_WIRE_BYTE),
+            )?;
+        }
+        Ok(admission)
+    }
+
     /// Extends `admission` to cover `request_bytes`, e.g. once a compressed
     /// body turns out larger than its wire size.
     pub fn grow(&self, admission: &mut Admission, request_bytes: usize) -> Result<(), IngestError> {
-        // Decoded OTLP takes a few times its wire size in memory.
-        let wanted = u32::try_from((request_bytes.saturating_mul(4) / 1024).max(1))
-            .unwrap_or(u32::MAX)
-            .min(self.inflight_kib_total);
+        let wanted = u32::try_from(
+            (request_bytes.saturating_mul(DECODED_BYTES_PER_WIRE_BYTE) / 1024).max(1),
+        )
+        .unwrap_or(u32::MAX)
+        .min(self.inflight_kib_total);
         let more = wanted.saturating_sub(admission.kib);
         if more == 0 {
             return Ok(());

@@ -129,7 +129,7 @@ impl IngestMetrics {
 fn error_outcome(error: &IngestError) -> &'static str {
     match error {
         IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) => "malformed",
-        IngestError::TooLarge { .. } => "too_large",
+        IngestError::TooLarge { .. } | IngestError::Expands { .. } => "too_large",
         IngestError::Busy(_) | IngestError::Overloaded(_) => "overloaded",
         IngestError::QuotaExceeded { .. } => "over_quota",
         IngestError::ShuttingDown | IngestError::Internal(_) => "error",

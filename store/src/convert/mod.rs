@@ -15,6 +15,42 @@ pub use logs::logs_to_batch;
 pub use spans::spans_to_batch;
 
 use arrow::record_batch::RecordBatch;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+/// About how many bytes converting `request` writes again for every span: each
+/// row carries its resource's attributes and its scope's name and version, so
+/// a small request with a large resource and many spans expands manyfold. Its
+/// protobuf size stands for the text; receivers bound and reserve memory for
+/// it before converting.
+pub fn spans_repeated_bytes(request: &ExportTraceServiceRequest) -> usize {
+    repeated_bytes(request.resource_spans.iter().flat_map(|resource| {
+        let resource_bytes = resource.resource.as_ref().map_or(0, Message::encoded_len);
+        resource.scope_spans.iter().map(move |scope| {
+            let scope_bytes = scope.scope.as_ref().map_or(0, Message::encoded_len);
+            (resource_bytes + scope_bytes, scope.spans.len())
+        })
+    }))
+}
+
+/// [`spans_repeated_bytes`] for log records.
+pub fn logs_repeated_bytes(request: &ExportLogsServiceRequest) -> usize {
+    repeated_bytes(request.resource_logs.iter().flat_map(|resource| {
+        let resource_bytes = resource.resource.as_ref().map_or(0, Message::encoded_len);
+        resource.scope_logs.iter().map(move |scope| {
+            let scope_bytes = scope.scope.as_ref().map_or(0, Message::encoded_len);
+            (resource_bytes + scope_bytes, scope.log_records.len())
+        })
+    }))
+}
+
+/// The sum of `bytes × records` over groups of records sharing that much text.
+fn repeated_bytes(groups: impl Iterator<Item = (usize, usize)>) -> usize {
+    groups
+        .map(|(bytes, records)| bytes.saturating_mul(records))
+        .fold(0, usize::saturating_add)
+}
 
 /// The result of converting one export request.
 #[derive(Debug)]
