@@ -6,8 +6,10 @@
 //! a new order can be copied as ranges: one copy of a row's key bytes, one of
 //! its value bytes, and its offsets shifted. With spans carrying 10–20 map
 //! entries each (attributes, resource attributes, events), that is what most
-//! of a flush's sort spends its time on. Leaf columns other than strings go
-//! to `take`, which gathers fixed-width values as fast as anything.
+//! of a flush's sort spends its time on. Rows are taken straight out of the
+//! batches a flush or merge holds, so they need not be concatenated first.
+//! Leaf columns other than strings go to Arrow's `interleave`, which gathers
+//! fixed-width values as fast as anything.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -30,6 +32,9 @@ pub fn take_rows(
     batches: &[RecordBatch],
     order: &[u32],
 ) -> Result<RecordBatch, ArrowError> {
+    if batches.is_empty() {
+        return Ok(RecordBatch::new_empty(schema));
+    }
     let runs = runs_of(batches, order);
     let columns = (0..schema.fields().len())
         .map(|i| {
