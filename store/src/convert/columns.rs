@@ -11,7 +11,7 @@ use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::Fields;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 
-use super::values::write_text;
+use super::values::append_text;
 use crate::schema::{list_item_field, text_map_entries_field, text_map_entry_fields};
 
 /// Builds a `map<text, text>` column from OTLP key-values.
@@ -31,12 +31,7 @@ impl TextMapBuilder {
         }
         for kv in attributes {
             self.keys.append_value(&kv.key);
-            self.scratch.clear();
-            if write_text(kv.value.as_ref(), &mut self.scratch) {
-                self.values.append_value(&self.scratch);
-            } else {
-                self.values.append_null();
-            }
+            append_text(&mut self.values, kv.value.as_ref(), &mut self.scratch);
         }
         self.offsets.push(self.keys.len() as i32);
     }

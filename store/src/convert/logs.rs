@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 
 use super::columns::{append_non_empty, clamp_nanos, TextMapBuilder};
-use super::values::write_text;
+use super::values::append_text;
 use super::{check_id, hex_id, service_name, Converted, Rejections};
 use crate::schema::logs_schema;
 
@@ -96,12 +96,7 @@ impl LogColumns {
         self.observed_time.append_value(clamp_nanos(observed));
         self.severity_number.append_value(record.severity_number);
         append_non_empty(&mut self.severity_text, &record.severity_text);
-        self.scratch.clear();
-        if write_text(record.body.as_ref(), &mut self.scratch) {
-            self.body.append_value(&self.scratch);
-        } else {
-            self.body.append_null();
-        }
+        append_text(&mut self.body, record.body.as_ref(), &mut self.scratch);
         let mut buf = [0u8; 32];
         append_id(&mut self.trace_id, present(&record.trace_id), &mut buf);
         append_id(&mut self.span_id, present(&record.span_id), &mut buf);

@@ -1,6 +1,7 @@
 //! `ExportTraceServiceRequest` → a `spans` batch.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
     ArrayBuilder, ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
@@ -10,7 +11,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
 use super::columns::{append_non_empty, clamp_nanos, EventsBuilder, LinksBuilder, TextMapBuilder};
-use super::values::{as_int, write_text};
+use super::values::{append_text, as_int};
 use super::{check_id, hex_id, service_name, Converted, Rejections};
 use crate::schema::{spans_schema, PromotedKind, PROMOTED_SPAN_COLUMNS};
 
@@ -163,17 +164,10 @@ impl SpanColumns {
     }
 
     fn append_promoted(&mut self, attributes: &[KeyValue]) {
-        for (column, builder) in PROMOTED_SPAN_COLUMNS.iter().zip(&mut self.promoted) {
-            let value = find_first(attributes, column.keys);
+        let found = promoted_values(attributes);
+        for (value, builder) in found.into_iter().zip(&mut self.promoted) {
             match builder {
-                PromotedBuilder::Text(b) => {
-                    self.scratch.clear();
-                    if write_text(value, &mut self.scratch) {
-                        b.append_value(&self.scratch);
-                    } else {
-                        b.append_null();
-                    }
-                }
+                PromotedBuilder::Text(b) => append_text(b, value, &mut self.scratch),
                 PromotedBuilder::Int(b) => b.append_option(as_int(value)),
             }
         }
@@ -213,13 +207,44 @@ impl SpanColumns {
 }
 
 /// The value of the first of `keys` present in `attributes`.
-fn find_first<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<&'a AnyValue> {
-    keys.iter().find_map(|key| {
-        attributes
+/// For each promoted column, the attribute that fills it: the first attribute
+/// with the column's most current key that has a value (an attribute without
+/// one gives way to the next key, as if absent). One pass over the
+/// attributes with one lookup each, rather than a scan of them per key.
+fn promoted_values(attributes: &[KeyValue]) -> [Option<&AnyValue>; PROMOTED_SPAN_COLUMNS.len()] {
+    type Keys = HashMap<&'static str, (usize, usize), foldhash::fast::RandomState>;
+    static KEYS: LazyLock<Keys> = LazyLock::new(|| {
+        PROMOTED_SPAN_COLUMNS
             .iter()
-            .find(|kv| kv.key == *key)
-            .and_then(|kv| kv.value.as_ref())
-    })
+            .enumerate()
+            .flat_map(|(column, promoted)| {
+                promoted
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(move |(rank, key)| (*key, (column, rank)))
+            })
+            .collect()
+    });
+    let mut found: [Option<(usize, &AnyValue)>; PROMOTED_SPAN_COLUMNS.len()] =
+        [None; PROMOTED_SPAN_COLUMNS.len()];
+    // Which keys of each column were met already: only the first counts.
+    let mut seen = [0u32; PROMOTED_SPAN_COLUMNS.len()];
+    for kv in attributes {
+        let Some(&(column, rank)) = KEYS.get(kv.key.as_str()) else {
+            continue;
+        };
+        if seen[column] & (1 << rank) != 0 {
+            continue;
+        }
+        seen[column] |= 1 << rank;
+        if let Some(value) = kv.value.as_ref() {
+            if found[column].is_none_or(|(best, _)| rank < best) {
+                found[column] = Some((rank, value));
+            }
+        }
+    }
+    found.map(|f| f.map(|(_, value)| value))
 }
 
 #[cfg(test)]
@@ -230,6 +255,47 @@ mod tests {
         span::Event, span::Link, ResourceSpans, ScopeSpans,
     };
     use proptest::prelude::*;
+
+    /// What [`promoted_values`] must find: for each key in order, the first
+    /// attribute with that key, if it has a value.
+    fn first_of_keys<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<&'a AnyValue> {
+        keys.iter().find_map(|key| {
+            attributes
+                .iter()
+                .find(|kv| kv.key == *key)
+                .and_then(|kv| kv.value.as_ref())
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn promoted_columns_take_the_first_attribute_of_their_most_current_key(
+            attributes in prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "http.request.method", "http.method", "http.route", "url.path",
+                        "http.target", "server.address", "net.peer.name", "db.system",
+                        "customer.tier",
+                    ]),
+                    prop::option::of(".{0,4}"),
+                ),
+                0..10,
+            ),
+        ) {
+            let attributes: Vec<KeyValue> = attributes
+                .into_iter()
+                .map(|(key, value)| KeyValue {
+                    key: key.to_string(),
+                    value: value.map(|v| AnyValue { value: Some(Value::StringValue(v)) }),
+                    ..Default::default()
+                })
+                .collect();
+            let found = promoted_values(&attributes);
+            for (column, value) in PROMOTED_SPAN_COLUMNS.iter().zip(found) {
+                prop_assert_eq!(value, first_of_keys(&attributes, column.keys), "{}", column.column);
+            }
+        }
+    }
 
     fn any_value() -> impl Strategy<Value = Option<AnyValue>> {
         let leaf = prop_oneof![

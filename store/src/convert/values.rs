@@ -6,9 +6,29 @@
 //! `stringValue` wrappers), so `attributes['http.status_code'] = '500'` works
 //! whatever type the instrumentation chose.
 
+use arrow::array::StringBuilder;
 use base64::Engine;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue};
 use std::fmt::Write;
+
+/// Appends the canonical text of `value` to `builder` (null without one);
+/// `scratch` holds the text of values that are not strings already.
+pub(crate) fn append_text(
+    builder: &mut StringBuilder,
+    value: Option<&AnyValue>,
+    scratch: &mut String,
+) {
+    if let Some(Value::StringValue(text)) = value.and_then(|v| v.value.as_ref()) {
+        builder.append_value(text);
+        return;
+    }
+    scratch.clear();
+    if write_text(value, scratch) {
+        builder.append_value(scratch.as_str());
+    } else {
+        builder.append_null();
+    }
+}
 
 /// Appends the text form of `value` to `out`; returns false for an empty value.
 pub(crate) fn write_text(value: Option<&AnyValue>, out: &mut String) -> bool {
