@@ -352,6 +352,12 @@ pub struct ServerArgs {
     pub shutdown_grace: Option<Duration>,
 }
 
+/// The largest `otlp.max_request_bytes`: with the up to four times as much
+/// text a request may repeat on its records (see the collector's
+/// `admit_expansion`), a converted request stays under the 2 GiB an Arrow text
+/// column holds.
+const MAX_REQUEST_BYTES_LIMIT: usize = 256 * 1024 * 1024;
+
 impl Config {
     /// Reads the config file named by `args` (if any), applies the flags and
     /// validates the result.
@@ -459,6 +465,12 @@ impl Config {
         }
         if self.otlp.max_request_bytes == 0 {
             bail!("otlp.max_request_bytes must be greater than 0");
+        }
+        if self.otlp.max_request_bytes > MAX_REQUEST_BYTES_LIMIT {
+            bail!(
+                "otlp.max_request_bytes ({}) must be at most {MAX_REQUEST_BYTES_LIMIT} (256 MiB): a request and the resource text it repeats per record must fit Arrow's 2 GiB text columns",
+                self.otlp.max_request_bytes
+            );
         }
         if self.otlp.max_inflight_bytes < self.otlp.max_request_bytes {
             bail!(
@@ -807,6 +819,24 @@ mod tests {
             };
             let err = Config::resolve(&args).unwrap_err().to_string();
             assert!(err.contains("store.advertise_url"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_request_size_limit_is_positive_and_at_most_256_mib() {
+        for (bytes, ok) in [(0, false), (256 << 20, true), ((256 << 20) + 1, false)] {
+            let args = ServerArgs {
+                max_request_bytes: Some(bytes),
+                max_inflight_bytes: Some(1 << 30),
+                ..Default::default()
+            };
+            match Config::resolve(&args) {
+                Ok(_) => assert!(ok, "{bytes}"),
+                Err(e) => {
+                    assert!(!ok, "{bytes}: {e}");
+                    assert!(e.to_string().contains("otlp.max_request_bytes"), "{e}");
+                }
+            }
         }
     }
 
