@@ -12,7 +12,7 @@ use std::path::Path;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::TimestampNanosecondType;
 use arrow::row::{RowConverter, SortField};
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -118,6 +118,17 @@ fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> Write
     // Span ids are unique per row: a dictionary would only cost time.
     for unique in ["span_id", "parent_span_id"] {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(unique), false);
+    }
+    // No predicate reaches inside a map or list (the values queries filter on
+    // have promoted top-level columns), so statistics of their leaves would
+    // only cost two comparisons per key and value.
+    if let Ok(parquet_schema) = ArrowSchemaConverter::new().convert(schema) {
+        for column in parquet_schema.columns() {
+            if column.path().parts().len() > 1 {
+                builder = builder
+                    .set_column_statistics_enabled(column.path().clone(), EnabledStatistics::None);
+            }
+        }
     }
     builder.build()
 }
