@@ -295,17 +295,7 @@ fn queriers_see_acknowledged_spans_before_any_flush(bucket: &Bucket) {
         &bucket.data_dir("a"),
         &["--flush-interval", "1h"],
     );
-    let churning = [
-        "--flush-interval",
-        "30ms",
-        "--compaction-interval",
-        "100ms",
-        "--query-timeout",
-        "1s",
-        "--deletion-grace",
-        "1s",
-    ];
-    let b = bucket.start("collector", &bucket.data_dir("b"), &churning);
+    let b = bucket.start("collector", &bucket.data_dir("b"), &MERGING_COLLECTOR);
     let q = bucket.start("query", &bucket.data_dir("q"), &[]);
 
     // Each answer comes straight after the acknowledgements: no waiting.
