@@ -327,6 +327,25 @@ async fn grpc_bad_input_gets_otlp_status_codes() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "invalid OTLP protobuf in ExportTraceServiceRequest: field resource_spans (#1) has wire type varint, expected length-delimited"
+    );
+
+    // The services are served by hand (requests are converted in place): a
+    // method they do not have is still UNIMPLEMENTED, as with tonic's servers.
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary(
+            tonic::Request::new(NotOtlp { resource_spans: 7 }),
+            http::uri::PathAndQuery::from_static(
+                "/opentelemetry.proto.collector.logs.v1.LogsService/Import",
+            ),
+            tonic_prost::ProstCodec::<NotOtlp, ExportTraceServiceResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
 
     let mut client = TraceServiceClient::new(channel.clone());
     let too_large = spans_request("crm-mobile", 0..2000);

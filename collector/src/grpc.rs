@@ -1,44 +1,47 @@
 //! OTLP/gRPC: the TraceService, LogsService and MetricsService.
 //!
-//! Uses opentelemetry-proto's generated tonic servers with gzip accepted and
-//! the request size limit applied by tonic while decoding. Overload answers
+//! Trace and log exports are served by hand rather than by
+//! opentelemetry-proto's generated servers, for one reason: those decode every
+//! request into prost's structs, and weft converts the protobuf in place
+//! instead (`weft_store::convert`), which is most of the cost of a request.
+//! Everything else is tonic's own server machinery, as the generated code
+//! uses it: gzip accepted and sent, the request size limit applied while
+//! reading, unknown methods answered UNIMPLEMENTED. Overload answers
 //! RESOURCE_EXHAUSTED with `RetryInfo`, which OTLP exporters honour by
 //! retrying after the given delay.
 
+use std::convert::Infallible;
+use std::marker::PhantomData;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use prost::Message;
-use tonic::codec::CompressionEncoding;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings};
+use tonic::codegen::{Body, BoxFuture, StdError};
+use tonic::server::{NamedService, UnaryService};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
+use tonic_prost::ProstEncoder;
 use tonic_types::{ErrorDetails, StatusExt};
 use weft_access::grpc::Interceptor;
 
 use weft_store::convert::{
-    logs_repeated_bytes, logs_to_batch, spans_repeated_bytes, spans_to_batch,
+    logs_from_protobuf, logs_repeated_bytes, spans_from_protobuf, spans_repeated_bytes, Converted,
+    WireError,
 };
 use weft_store::{Signal, TenantId};
 
 use crate::ingest::{
-    count_data_points, Admission, Ingest, IngestError, IngestLimits, Transport, METRICS_NOT_STORED,
+    count_data_points, Admission, Ingest, IngestError, IngestLimits, Outcome, Transport,
+    METRICS_NOT_STORED,
 };
 
 /// The OTLP gRPC services, ready to add to a tonic server, each request
@@ -47,17 +50,11 @@ pub fn routes(ingest: Arc<Ingest>, auth: Interceptor) -> tonic::service::Routes 
     let limit = ingest.limits().max_request_bytes;
     let receiver = Receiver { ingest };
     tonic::service::Routes::new(InterceptedService::new(
-        TraceServiceServer::new(receiver.clone())
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(limit),
+        ExportServer::<Traces>::new(receiver.clone(), limit),
         auth.clone(),
     ))
     .add_service(InterceptedService::new(
-        LogsServiceServer::new(receiver.clone())
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(limit),
+        ExportServer::<Logs>::new(receiver.clone(), limit),
         auth.clone(),
     ))
     .add_service(InterceptedService::new(
@@ -67,6 +64,162 @@ pub fn routes(ingest: Arc<Ingest>, auth: Interceptor) -> tonic::service::Routes 
             .max_decoding_message_size(limit),
         auth,
     ))
+}
+
+/// What differs between the trace and the log export services.
+trait Export: Send + Sync + 'static {
+    /// The gRPC service name.
+    const NAME: &'static str;
+    /// The path of its one method, `Export`.
+    const PATH: &'static str;
+    const SIGNAL: Signal;
+    type Response: prost::Message + Default + Send + 'static;
+    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError>;
+    fn convert(request: &[u8]) -> Result<Converted, WireError>;
+    fn respond(outcome: &Outcome) -> Self::Response;
+}
+
+struct Traces;
+
+impl Export for Traces {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    const SIGNAL: Signal = Signal::Spans;
+    type Response = ExportTraceServiceResponse;
+    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
+        spans_repeated_bytes(request)
+    }
+    fn convert(request: &[u8]) -> Result<Converted, WireError> {
+        spans_from_protobuf(request)
+    }
+    fn respond(outcome: &Outcome) -> Self::Response {
+        outcome.trace_response()
+    }
+}
+
+struct Logs;
+
+impl Export for Logs {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    const SIGNAL: Signal = Signal::Logs;
+    type Response = ExportLogsServiceResponse;
+    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
+        logs_repeated_bytes(request)
+    }
+    fn convert(request: &[u8]) -> Result<Converted, WireError> {
+        logs_from_protobuf(request)
+    }
+    fn respond(outcome: &Outcome) -> Self::Response {
+        outcome.logs_response()
+    }
+}
+
+/// One export service: a tower service routing its method to the receiver.
+struct ExportServer<E> {
+    receiver: Receiver,
+    max_request_bytes: usize,
+    export: PhantomData<fn() -> E>,
+}
+
+impl<E> ExportServer<E> {
+    fn new(receiver: Receiver, max_request_bytes: usize) -> Self {
+        Self {
+            receiver,
+            max_request_bytes,
+            export: PhantomData,
+        }
+    }
+}
+
+impl<E> Clone for ExportServer<E> {
+    fn clone(&self) -> Self {
+        Self::new(self.receiver.clone(), self.max_request_bytes)
+    }
+}
+
+impl<E: Export> NamedService for ExportServer<E> {
+    const NAME: &'static str = E::NAME;
+}
+
+impl<E, B> tower::Service<http::Request<B>> for ExportServer<E>
+where
+    E: Export,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != E::PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let method = ExportMethod::<E> {
+            receiver: self.receiver.clone(),
+            export: PhantomData,
+        };
+        let max_request_bytes = self.max_request_bytes;
+        Box::pin(async move {
+            let mut gzip = EnabledCompressionEncodings::default();
+            gzip.enable(CompressionEncoding::Gzip);
+            let mut grpc = tonic::server::Grpc::new(InPlace::<E::Response>(PhantomData))
+                .apply_compression_config(gzip, gzip)
+                .apply_max_message_size_config(Some(max_request_bytes), None);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+struct ExportMethod<E> {
+    receiver: Receiver,
+    export: PhantomData<fn() -> E>,
+}
+
+impl<E: Export> UnaryService<Bytes> for ExportMethod<E> {
+    type Response = E::Response;
+    type Future = BoxFuture<Response<E::Response>, Status>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let receiver = self.receiver.clone();
+        Box::pin(async move { receiver.export::<E>(request).await })
+    }
+}
+
+/// Request messages as their undecoded bytes, responses encoded by prost.
+struct InPlace<R>(PhantomData<fn() -> R>);
+
+impl<R: prost::Message + Send + 'static> Codec for InPlace<R> {
+    type Encode = R;
+    type Decode = Bytes;
+    type Encoder = ProstEncoder<R>;
+    type Decoder = MessageBytes;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        MessageBytes
+    }
+}
+
+/// Takes a whole (decompressed, size-checked) gRPC message as it is; the
+/// buffer is split off, not copied.
+struct MessageBytes;
+
+impl Decoder for MessageBytes {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
+    }
 }
 
 /// The tenant the interceptor found; a request without one is refused,
@@ -96,8 +249,8 @@ struct Receiver {
 }
 
 impl Receiver {
-    /// tonic has already read and decoded the message: this bounds the
-    /// memory of converting it.
+    /// tonic has already read the message: this bounds the memory of
+    /// converting it.
     fn admit(&self, signal: Signal, len: usize) -> Result<Admission, Status> {
         self.ingest.admit(len).map_err(|e| self.refused(signal, e))
     }
@@ -139,57 +292,32 @@ impl Receiver {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
+impl Receiver {
+    /// Stores one export request, given as its protobuf bytes.
+    async fn export<E: Export>(
         &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        request: Request<Bytes>,
+    ) -> Result<Response<E::Response>, Status> {
         let tenant = tenant(&request)?;
-        let request = request.into_inner();
-        let len = request.encoded_len();
-        let admission = self.admit(Signal::Spans, len)?;
-        let _expansion = self.admit_expansion(Signal::Spans, spans_repeated_bytes(&request))?;
+        let message = request.into_inner();
+        let len = message.len();
+        let admission = self.admit(E::SIGNAL, len)?;
+        let repeated_bytes =
+            E::repeated_bytes(&message).map_err(|e| self.refused(E::SIGNAL, e.into()))?;
+        let _expansion = self.admit_expansion(E::SIGNAL, repeated_bytes)?;
         let outcome = self
             .ingest
             .store(
                 &tenant,
-                Signal::Spans,
+                E::SIGNAL,
                 admission,
                 Transport::Grpc,
                 len,
-                move || Ok(spans_to_batch(&request)),
+                move || Ok(E::convert(&message)?),
             )
             .await
             .map_err(|e| self.status(e))?;
-        Ok(Response::new(outcome.trace_response()))
-    }
-}
-
-#[tonic::async_trait]
-impl LogsService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let tenant = tenant(&request)?;
-        let request = request.into_inner();
-        let len = request.encoded_len();
-        let admission = self.admit(Signal::Logs, len)?;
-        let _expansion = self.admit_expansion(Signal::Logs, logs_repeated_bytes(&request))?;
-        let outcome = self
-            .ingest
-            .store(
-                &tenant,
-                Signal::Logs,
-                admission,
-                Transport::Grpc,
-                len,
-                move || Ok(logs_to_batch(&request)),
-            )
-            .await
-            .map_err(|e| self.status(e))?;
-        Ok(Response::new(outcome.logs_response()))
+        Ok(Response::new(E::respond(&outcome)))
     }
 }
 
@@ -213,8 +341,8 @@ impl MetricsService for Receiver {
 ///
 /// tonic answers a message over the size limit with OUT_OF_RANGE, where OTLP
 /// expects RESOURCE_EXHAUSTED (without retry info, so clients do not resend
-/// it), and undecodable protobuf with INTERNAL, where it is the client's
-/// INVALID_ARGUMENT. Both errors happen before any response message, so the
+/// it), and protobuf prost cannot decode (metrics) with INTERNAL, where it is
+/// the client's INVALID_ARGUMENT. Both errors happen before any response message, so the
 /// status is in the response headers, where this rewrites it.
 pub fn otlp_status_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();

@@ -27,7 +27,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use serde_json::json;
 use weft_store::convert::{
-    logs_repeated_bytes, logs_to_batch, spans_repeated_bytes, spans_to_batch, Converted,
+    logs_from_protobuf, logs_repeated_bytes, spans_from_protobuf, spans_repeated_bytes, Converted,
+    WireError,
 };
 use weft_store::{Signal, TenantId};
 
@@ -120,9 +121,10 @@ trait Endpoint {
     type Response: Message;
     /// Rewrites OTLP/JSON enum names to numbers.
     fn normalize(tree: &mut serde_json::Value) -> Result<(), String>;
-    fn convert(request: &Self::Request) -> Converted;
+    /// Converts the request's protobuf.
+    fn convert(request: &[u8]) -> Result<Converted, WireError>;
     /// What converting the request writes again for each record.
-    fn repeated_bytes(request: &Self::Request) -> usize;
+    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError>;
     /// The response, and its OTLP/JSON form when it is not empty.
     fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>);
 }
@@ -136,10 +138,10 @@ impl Endpoint for Traces {
     fn normalize(tree: &mut serde_json::Value) -> Result<(), String> {
         payload::normalize_traces(tree)
     }
-    fn convert(request: &Self::Request) -> Converted {
-        spans_to_batch(request)
+    fn convert(request: &[u8]) -> Result<Converted, WireError> {
+        spans_from_protobuf(request)
     }
-    fn repeated_bytes(request: &Self::Request) -> usize {
+    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
         spans_repeated_bytes(request)
     }
     fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>) {
@@ -160,10 +162,10 @@ impl Endpoint for Logs {
     fn normalize(tree: &mut serde_json::Value) -> Result<(), String> {
         payload::normalize_logs(tree)
     }
-    fn convert(request: &Self::Request) -> Converted {
-        logs_to_batch(request)
+    fn convert(request: &[u8]) -> Result<Converted, WireError> {
+        logs_from_protobuf(request)
     }
-    fn repeated_bytes(request: &Self::Request) -> usize {
+    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
         logs_repeated_bytes(request)
     }
     fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>) {
@@ -199,9 +201,16 @@ async fn export<E: Endpoint>(
         .store(&tenant, E::SIGNAL, admission, Transport::Http, len, {
             let ingest = ingest.clone();
             move || {
-                let request = payload::decode::<E::Request>(encoding, &body, E::normalize)?;
-                let _expansion = ingest.admit_expansion(E::repeated_bytes(&request))?;
-                Ok(E::convert(&request))
+                // Protobuf is converted where it lies; OTLP/JSON is decoded
+                // and encoded as protobuf first, for one conversion of both.
+                let protobuf = match encoding {
+                    Encoding::Protobuf => body,
+                    Encoding::Json => payload::decode::<E::Request>(encoding, &body, E::normalize)?
+                        .encode_to_vec()
+                        .into(),
+                };
+                let _expansion = ingest.admit_expansion(E::repeated_bytes(&protobuf)?)?;
+                Ok(E::convert(&protobuf)?)
             }
         })
         .await;

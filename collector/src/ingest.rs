@@ -328,6 +328,12 @@ impl Ingest {
     }
 }
 
+impl From<weft_store::convert::WireError> for IngestError {
+    fn from(error: weft_store::convert::WireError) -> Self {
+        Self::Malformed(error.to_string())
+    }
+}
+
 /// Memory reserved for one request in the in-flight budget, released on drop.
 pub struct Admission {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,

@@ -317,7 +317,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let batch = logs_to_batch(&request).batch;
+        let batch = logs_to_batch(&request).unwrap().batch;
         let dir = tempfile::tempdir().unwrap();
         let index_dir = dir.path().join("seg");
         build_index(Signal::Logs, &batch, &index_dir).unwrap();
@@ -399,7 +399,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let batch = logs_to_batch(&request).batch;
+        let batch = logs_to_batch(&request).unwrap().batch;
         let dir = tempfile::tempdir().unwrap();
         let index_dir = dir.path().join("seg");
         build_index(Signal::Logs, &batch, &index_dir).unwrap();

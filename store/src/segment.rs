@@ -235,8 +235,8 @@ mod tests {
     fn a_segment_is_sorted_and_readable_with_statistics_and_bloom_filters() {
         let dir = tempfile::tempdir().unwrap();
         let batches = [
-            spans_to_batch(&request(&["b", "a"])).batch,
-            spans_to_batch(&request(&["c", "b"])).batch,
+            spans_to_batch(&request(&["b", "a"])).unwrap().batch,
+            spans_to_batch(&request(&["c", "b"])).unwrap().batch,
         ];
         let sorted = sort_for_locality(Signal::Spans, &batches).unwrap();
         let path = dir.path().join("seg.parquet");

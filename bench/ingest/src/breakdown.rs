@@ -5,9 +5,7 @@
 
 use std::time::Instant;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
-use weft_store::convert::spans_to_batch;
+use weft_store::convert::spans_from_protobuf;
 use weft_store::{index, segment, wal, Signal};
 
 use crate::workload::Payload;
@@ -53,16 +51,11 @@ fn time_stages(payloads: &[Payload], spans: u64) -> anyhow::Result<(Stages, usiz
     let mut stages = Vec::new();
 
     let started = Instant::now();
-    let requests: Vec<ExportTraceServiceRequest> = payloads
+    let batches = payloads
         .iter()
-        .map(|p| ExportTraceServiceRequest::decode(p.bytes.as_slice()))
-        .collect::<Result<_, _>>()?;
-    stages.push(("protobuf decode (prost)", per_span(started)));
-
-    let started = Instant::now();
-    let batches: Vec<_> = requests.iter().map(|r| spans_to_batch(r).batch).collect();
-    stages.push(("OTLP → Arrow conversion", per_span(started)));
-    drop(requests);
+        .map(|p| spans_from_protobuf(&p.bytes).map(|converted| converted.batch))
+        .collect::<Result<Vec<_>, _>>()?;
+    stages.push(("OTLP protobuf → Arrow, read in place", per_span(started)));
 
     let started = Instant::now();
     let mut wal_bytes = 0;

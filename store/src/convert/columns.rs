@@ -9,9 +9,9 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::Fields;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
 
-use super::values::append_text;
+use super::values::{append_text, write_text};
+use super::wire::{self, AnyValue, Result};
 use crate::schema::{list_item_field, text_map_entries_field, text_map_entry_fields};
 
 /// Builds a `map<text, text>` column from OTLP key-values.
@@ -24,14 +24,41 @@ pub(crate) struct TextMapBuilder {
 }
 
 impl TextMapBuilder {
-    /// Appends one row holding `attributes`.
-    pub(crate) fn append(&mut self, attributes: &[KeyValue]) {
+    /// Appends one row holding the `KeyValue`s of the repeated field `tag` of
+    /// `bytes`, an encoded `message`.
+    pub(crate) fn append(&mut self, message: &'static str, bytes: &[u8], tag: u32) -> Result<()> {
+        self.append_each(message, bytes, tag, |_, _| {})
+    }
+
+    /// [`append`](Self::append), showing `each` every key and value on the way.
+    pub(crate) fn append_each<'a>(
+        &mut self,
+        message: &'static str,
+        bytes: &'a [u8],
+        tag: u32,
+        mut each: impl FnMut(&'a str, Option<AnyValue<'a>>),
+    ) -> Result<()> {
         if self.offsets.is_empty() {
             self.offsets.push(0);
         }
-        for kv in attributes {
-            self.keys.append_value(&kv.key);
-            append_text(&mut self.values, kv.value.as_ref(), &mut self.scratch);
+        for kv in wire::key_values(message, bytes, tag) {
+            let (key, value) = kv?;
+            self.keys.append_value(key);
+            append_text(&mut self.values, value, &mut self.scratch)?;
+            each(key, value);
+        }
+        self.offsets.push(self.keys.len() as i32);
+        Ok(())
+    }
+
+    /// Appends one row holding `entries`.
+    pub(crate) fn append_entries(&mut self, entries: &TextEntries<'_>) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        for (key, value) in &entries.0 {
+            self.keys.append_value(key);
+            self.values.append_option(value.as_deref());
         }
         self.offsets.push(self.keys.len() as i32);
     }
@@ -57,6 +84,20 @@ impl TextMapBuilder {
             )
             .expect("offsets and entries are built together"),
         )
+    }
+}
+
+/// Key-values read and turned into text once, for the many rows that repeat
+/// them (a resource's attributes, on every record of the resource).
+#[derive(Default)]
+pub(crate) struct TextEntries<'a>(Vec<(&'a str, Option<String>)>);
+
+impl<'a> TextEntries<'a> {
+    pub(crate) fn push(&mut self, key: &'a str, value: Option<AnyValue<'_>>) -> Result<()> {
+        let mut text = String::new();
+        let value = write_text(value, &mut text)?.then_some(text);
+        self.0.push((key, value));
+        Ok(())
     }
 }
 
@@ -101,13 +142,33 @@ pub(crate) struct EventsBuilder {
 }
 
 impl EventsBuilder {
-    pub(crate) fn append(&mut self, events: &[opentelemetry_proto::tonic::trace::v1::span::Event]) {
-        for event in events {
-            self.time.append_value(clamp_nanos(event.time_unix_nano));
-            self.name.append_value(&event.name);
-            self.attributes.append(&event.attributes);
+    /// Appends one row: the events of `span`, an encoded `Span`.
+    pub(crate) fn append(&mut self, span: &[u8]) -> Result<()> {
+        let mut events = 0;
+        for event in wire::repeated("Span", span, 11, "events") {
+            let event = event?;
+            let (mut time, mut name) = (0, "");
+            for field in wire::fields("Event", event) {
+                let field = field?;
+                match field.tag {
+                    1 => time = field.fixed64("time_unix_nano")?,
+                    2 => name = field.text("name")?,
+                    3 => {
+                        field.bytes("attributes")?;
+                    }
+                    4 => {
+                        field.varint("dropped_attributes_count")?;
+                    }
+                    _ => {}
+                }
+            }
+            self.time.append_value(clamp_nanos(time));
+            self.name.append_value(name);
+            self.attributes.append("Event", event, 3)?;
+            events += 1;
         }
-        self.rows.close_row(events.len());
+        self.rows.close_row(events);
+        Ok(())
     }
 
     pub(crate) fn finish(&mut self) -> ArrayRef {
@@ -131,17 +192,24 @@ pub(crate) struct LinksBuilder {
 }
 
 impl LinksBuilder {
-    pub(crate) fn append(&mut self, links: &[opentelemetry_proto::tonic::trace::v1::span::Link]) {
+    /// Appends one row: the links of `span`, an encoded `Span` whose links'
+    /// ids were checked (see [`Link::read`]).
+    pub(crate) fn append(&mut self, span: &[u8]) -> Result<()> {
         let mut buf = [0u8; 32];
-        for link in links {
+        let mut links = 0;
+        for link in wire::repeated("Span", span, 13, "links") {
+            let bytes = link?;
+            let link = Link::read(bytes)?;
             self.trace_id
-                .append_value(super::hex_id(&link.trace_id, &mut buf));
+                .append_value(super::hex_id(link.trace_id, &mut buf));
             self.span_id
-                .append_value(super::hex_id(&link.span_id, &mut buf));
-            append_non_empty(&mut self.trace_state, &link.trace_state);
-            self.attributes.append(&link.attributes);
+                .append_value(super::hex_id(link.span_id, &mut buf));
+            append_non_empty(&mut self.trace_state, link.trace_state);
+            self.attributes.append("Link", bytes, 4)?;
+            links += 1;
         }
-        self.rows.close_row(links.len());
+        self.rows.close_row(links);
+        Ok(())
     }
 
     pub(crate) fn finish(&mut self) -> ArrayRef {
@@ -152,6 +220,39 @@ impl LinksBuilder {
             self.attributes.finish(),
         ];
         self.rows.finish(crate::schema::link_fields(), children)
+    }
+}
+
+/// The scalar fields of an encoded `Span.Link`.
+#[derive(Default)]
+pub(crate) struct Link<'a> {
+    pub(crate) trace_id: &'a [u8],
+    pub(crate) span_id: &'a [u8],
+    pub(crate) trace_state: &'a str,
+}
+
+impl<'a> Link<'a> {
+    pub(crate) fn read(bytes: &'a [u8]) -> Result<Self> {
+        let mut link = Self::default();
+        for field in wire::fields("Link", bytes) {
+            let field = field?;
+            match field.tag {
+                1 => link.trace_id = field.bytes("trace_id")?,
+                2 => link.span_id = field.bytes("span_id")?,
+                3 => link.trace_state = field.text("trace_state")?,
+                4 => {
+                    field.bytes("attributes")?;
+                }
+                5 => {
+                    field.varint("dropped_attributes_count")?;
+                }
+                6 => {
+                    field.fixed32("flags")?;
+                }
+                _ => {}
+            }
+        }
+        Ok(link)
     }
 }
 

@@ -7,38 +7,42 @@ use arrow::array::{
     ArrayRef, Int32Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use prost::Message;
 
 use super::columns::{append_non_empty, clamp_nanos, TextMapBuilder};
 use super::values::append_text;
-use super::{check_id, hex_id, service_name, Converted, Rejections};
+use super::wire::{self, AnyValue, WireError};
+use super::{check_id, hex_id, Converted, Rejections, Resource, Scope};
 use crate::schema::logs_schema;
 
-/// Converts a logs export request into one `logs` batch, leaving out (and
-/// counting) records whose trace or span id has the wrong length.
+/// Converts an encoded `ExportLogsServiceRequest` into one `logs` batch,
+/// leaving out (and counting) records whose trace or span id has the wrong
+/// length. Fails only when `request` is not valid protobuf.
 ///
 /// A record without `time_unix_nano` takes its observed time, and one without
 /// an observed time takes the time it was received, as the OpenTelemetry log
 /// data model recommends; all-zero ids count as absent.
-pub fn logs_to_batch(request: &ExportLogsServiceRequest) -> Converted {
+pub fn logs_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
     let received = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let mut columns = LogColumns::default();
     let mut rejections = Rejections::default();
-    for (r, resource_logs) in request.resource_logs.iter().enumerate() {
-        let resource = resource_logs.resource.as_ref();
-        let service = service_name(resource);
-        let resource_attributes = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
-        for (s, scope_logs) in resource_logs.scope_logs.iter().enumerate() {
-            let scope_name = scope_logs.scope.as_ref().map_or("", |s| s.name.as_str());
-            for (i, record) in scope_logs.log_records.iter().enumerate() {
-                let ids = check_id("trace_id", present(&record.trace_id), 16, true)
-                    .and_then(|()| check_id("span_id", present(&record.span_id), 8, true));
+    let resources = wire::repeated("ExportLogsServiceRequest", request, 1, "resource_logs");
+    for (r, resource_logs) in resources.enumerate() {
+        let resource_logs = resource_logs?;
+        let resource = Resource::read("ResourceLogs", resource_logs)?;
+        let scopes = wire::repeated("ResourceLogs", resource_logs, 2, "scope_logs");
+        for (s, scope_logs) in scopes.enumerate() {
+            let scope_logs = scope_logs?;
+            let scope = Scope::read("ScopeLogs", scope_logs)?;
+            let records = wire::repeated("ScopeLogs", scope_logs, 2, "log_records");
+            for (i, record) in records.enumerate() {
+                let record = LogFields::read(record?)?;
+                let ids = check_id("trace_id", present(record.trace_id), 16, true)
+                    .and_then(|()| check_id("span_id", present(record.span_id), 8, true));
                 match ids {
-                    Ok(()) => {
-                        columns.append(record, received, service, resource_attributes, scope_name)
-                    }
+                    Ok(()) => columns.append(&record, received, &resource, scope.name)?,
                     Err(reason) => rejections.reject(|| {
                         format!("resource_logs[{r}].scope_logs[{s}].log_records[{i}]: {reason}")
                     }),
@@ -46,7 +50,12 @@ pub fn logs_to_batch(request: &ExportLogsServiceRequest) -> Converted {
             }
         }
     }
-    rejections.finish(columns.finish())
+    Ok(rejections.finish(columns.finish()))
+}
+
+/// [`logs_from_protobuf`] for a request already decoded (from OTLP/JSON).
+pub fn logs_to_batch(request: &ExportLogsServiceRequest) -> Result<Converted, WireError> {
+    logs_from_protobuf(&request.encode_to_vec())
 }
 
 /// The id, or nothing when it is all zeros (some SDKs send that for "no trace").
@@ -55,6 +64,54 @@ fn present(id: &[u8]) -> &[u8] {
         &[]
     } else {
         id
+    }
+}
+
+/// The fields of an encoded `LogRecord`; `bytes` holds its attributes, read
+/// as they are appended.
+#[derive(Default)]
+struct LogFields<'a> {
+    bytes: &'a [u8],
+    time_unix_nano: u64,
+    observed_time_unix_nano: u64,
+    severity_number: i32,
+    severity_text: &'a str,
+    body: Option<AnyValue<'a>>,
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    event_name: &'a str,
+}
+
+impl<'a> LogFields<'a> {
+    fn read(bytes: &'a [u8]) -> wire::Result<Self> {
+        let mut record = Self {
+            bytes,
+            ..Default::default()
+        };
+        for field in wire::fields("LogRecord", bytes) {
+            let field = field?;
+            match field.tag {
+                1 => record.time_unix_nano = field.fixed64("time_unix_nano")?,
+                2 => record.severity_number = field.varint("severity_number")? as i32,
+                3 => record.severity_text = field.text("severity_text")?,
+                5 => record.body = wire::any_value(field.bytes("body")?)?,
+                6 => {
+                    field.bytes("attributes")?;
+                }
+                7 => {
+                    field.varint("dropped_attributes_count")?;
+                }
+                8 => {
+                    field.fixed32("flags")?;
+                }
+                9 => record.trace_id = field.bytes("trace_id")?,
+                10 => record.span_id = field.bytes("span_id")?,
+                11 => record.observed_time_unix_nano = field.fixed64("observed_time_unix_nano")?,
+                12 => record.event_name = field.text("event_name")?,
+                _ => {}
+            }
+        }
+        Ok(record)
     }
 }
 
@@ -78,12 +135,11 @@ struct LogColumns {
 impl LogColumns {
     fn append(
         &mut self,
-        record: &LogRecord,
+        record: &LogFields<'_>,
         received: u64,
-        service: &str,
-        resource_attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+        resource: &Resource<'_>,
         scope_name: &str,
-    ) {
+    ) -> wire::Result<()> {
         let observed = match record.observed_time_unix_nano {
             0 => received,
             t => t,
@@ -95,16 +151,18 @@ impl LogColumns {
         self.time.append_value(clamp_nanos(time));
         self.observed_time.append_value(clamp_nanos(observed));
         self.severity_number.append_value(record.severity_number);
-        append_non_empty(&mut self.severity_text, &record.severity_text);
-        append_text(&mut self.body, record.body.as_ref(), &mut self.scratch);
+        append_non_empty(&mut self.severity_text, record.severity_text);
+        append_text(&mut self.body, record.body, &mut self.scratch)?;
         let mut buf = [0u8; 32];
-        append_id(&mut self.trace_id, present(&record.trace_id), &mut buf);
-        append_id(&mut self.span_id, present(&record.span_id), &mut buf);
-        self.service_name.append_value(service);
-        self.attributes.append(&record.attributes);
-        self.resource_attributes.append(resource_attributes);
+        append_id(&mut self.trace_id, present(record.trace_id), &mut buf);
+        append_id(&mut self.span_id, present(record.span_id), &mut buf);
+        self.service_name.append_value(resource.service);
+        self.attributes.append("LogRecord", record.bytes, 6)?;
+        self.resource_attributes
+            .append_entries(&resource.attributes);
         append_non_empty(&mut self.scope_name, scope_name);
-        append_non_empty(&mut self.event_name, &record.event_name);
+        append_non_empty(&mut self.event_name, record.event_name);
+        Ok(())
     }
 
     fn finish(mut self) -> RecordBatch {

@@ -1,55 +1,83 @@
 //! OTLP → Arrow: one request becomes one `RecordBatch`, column by column.
 //!
-//! Conversion walks the decoded protobuf once and appends straight into Arrow
-//! builders; it allocates per column, not per row. Records that break the
-//! OTLP data model (a trace id that is not 16 bytes, an end before the start)
-//! are left out one by one and counted, so the receiver can answer with an
-//! OTLP partial success while keeping the rest of the request.
+//! Conversion reads the request's protobuf in place ([`wire`]) and appends
+//! straight into Arrow builders; it allocates per column, not per row.
+//! Records that break the OTLP data model (a trace id that is not 16 bytes,
+//! an end before the start) are left out one by one and counted, so the
+//! receiver can answer with an OTLP partial success while keeping the rest of
+//! the request. A request that is not valid protobuf fails as a whole.
 
 mod columns;
 mod logs;
 mod spans;
 mod values;
+mod wire;
 
-pub use logs::logs_to_batch;
-pub use spans::spans_to_batch;
+pub use logs::{logs_from_protobuf, logs_to_batch};
+pub use spans::{spans_from_protobuf, spans_to_batch};
+pub use wire::WireError;
 
 use arrow::record_batch::RecordBatch;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 
-/// About how many bytes converting `request` writes again for every span: each
-/// row carries its resource's attributes and its scope's name and version, so
-/// a small request with a large resource and many spans expands manyfold. Its
+use columns::TextEntries;
+
+/// About how many bytes converting `request`, an encoded
+/// `ExportTraceServiceRequest`, writes again for every span: each row carries
+/// its resource's attributes and its scope's name and version, so a small
+/// request with a large resource and many spans expands manyfold. Their
 /// protobuf size stands for the text; receivers bound and reserve memory for
 /// it before converting.
-pub fn spans_repeated_bytes(request: &ExportTraceServiceRequest) -> usize {
-    repeated_bytes(request.resource_spans.iter().flat_map(|resource| {
-        let resource_bytes = resource.resource.as_ref().map_or(0, Message::encoded_len);
-        resource.scope_spans.iter().map(move |scope| {
-            let scope_bytes = scope.scope.as_ref().map_or(0, Message::encoded_len);
-            (resource_bytes + scope_bytes, scope.spans.len())
-        })
-    }))
+pub fn spans_repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
+    repeated_bytes(
+        request,
+        ("ExportTraceServiceRequest", "resource_spans"),
+        ("ResourceSpans", "scope_spans"),
+        "ScopeSpans",
+    )
 }
 
-/// [`spans_repeated_bytes`] for log records.
-pub fn logs_repeated_bytes(request: &ExportLogsServiceRequest) -> usize {
-    repeated_bytes(request.resource_logs.iter().flat_map(|resource| {
-        let resource_bytes = resource.resource.as_ref().map_or(0, Message::encoded_len);
-        resource.scope_logs.iter().map(move |scope| {
-            let scope_bytes = scope.scope.as_ref().map_or(0, Message::encoded_len);
-            (resource_bytes + scope_bytes, scope.log_records.len())
-        })
-    }))
+/// [`spans_repeated_bytes`] for an encoded `ExportLogsServiceRequest`.
+pub fn logs_repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
+    repeated_bytes(
+        request,
+        ("ExportLogsServiceRequest", "resource_logs"),
+        ("ResourceLogs", "scope_logs"),
+        "ScopeLogs",
+    )
 }
 
-/// The sum of `bytes × records` over groups of records sharing that much text.
-fn repeated_bytes(groups: impl Iterator<Item = (usize, usize)>) -> usize {
-    groups
-        .map(|(bytes, records)| bytes.saturating_mul(records))
-        .fold(0, usize::saturating_add)
+/// The sum of `resource and scope bytes × records` over a request's scopes.
+/// Traces and logs nest alike: resources in field 1 of the request, each with
+/// its resource in field 1 and scopes in field 2, each scope with its scope in
+/// field 1 and records in field 2. Each level is named (message, field).
+fn repeated_bytes(
+    request: &[u8],
+    (request_message, resources): (&'static str, &'static str),
+    (resource_message, scopes): (&'static str, &'static str),
+    scope_message: &'static str,
+) -> Result<usize, WireError> {
+    let mut total = 0usize;
+    for group in wire::repeated(request_message, request, 1, resources) {
+        let group = group?;
+        let resource_bytes = field_1_bytes(resource_message, group, "resource")?;
+        for scope_group in wire::repeated(resource_message, group, 2, scopes) {
+            let scope_group = scope_group?;
+            let scope_bytes = field_1_bytes(scope_message, scope_group, "scope")?;
+            let records = wire::count(scope_message, scope_group, 2)?;
+            total = total.saturating_add((resource_bytes + scope_bytes).saturating_mul(records));
+        }
+    }
+    Ok(total)
+}
+
+/// The bytes of field 1 (`name`) of `group`, an encoded `message`, over all
+/// its occurrences.
+fn field_1_bytes(
+    message: &'static str,
+    group: &[u8],
+    name: &'static str,
+) -> Result<usize, WireError> {
+    wire::repeated(message, group, 1, name).try_fold(0, |sum, bytes| Ok(sum + bytes?.len()))
 }
 
 /// The result of converting one export request.
@@ -92,21 +120,65 @@ impl Rejections {
     }
 }
 
-/// The `service.name` of a resource, `unknown_service` when it has none, as
-/// the OpenTelemetry resource semantic conventions prescribe.
-pub(crate) fn service_name(
-    resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>,
-) -> &str {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    resource
-        .into_iter()
-        .flat_map(|r| r.attributes.iter())
-        .find(|kv| kv.key == "service.name")
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
-            _ => None,
+/// What every record of a `ResourceSpans` or `ResourceLogs` repeats: the
+/// resource's attributes, and its service.
+pub(crate) struct Resource<'a> {
+    /// `service.name`, or `unknown_service` when it has none, as the
+    /// OpenTelemetry resource semantic conventions prescribe.
+    pub(crate) service: &'a str,
+    pub(crate) attributes: TextEntries<'a>,
+}
+
+impl<'a> Resource<'a> {
+    /// Reads the resource (field 1) of `group`, an encoded `message`; a
+    /// resource sent twice is merged, as protobuf merges messages.
+    pub(crate) fn read(message: &'static str, group: &'a [u8]) -> wire::Result<Self> {
+        let mut service = None;
+        let mut attributes = TextEntries::default();
+        for resource in wire::repeated(message, group, 1, "resource") {
+            for kv in wire::key_values("Resource", resource?, 1) {
+                let (key, value) = kv?;
+                if key == "service.name" && service.is_none() {
+                    service = Some(match value {
+                        Some(wire::AnyValue::String(name)) if !name.is_empty() => name,
+                        _ => "unknown_service",
+                    });
+                }
+                attributes.push(key, value)?;
+            }
+        }
+        Ok(Self {
+            service: service.unwrap_or("unknown_service"),
+            attributes,
         })
-        .unwrap_or("unknown_service")
+    }
+}
+
+/// The name and version of the `InstrumentationScope` of a `ScopeSpans` or
+/// `ScopeLogs`.
+#[derive(Default)]
+pub(crate) struct Scope<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) version: &'a str,
+}
+
+impl<'a> Scope<'a> {
+    /// Reads the scope (field 1) of `group`, an encoded `message`; a scope
+    /// sent twice is merged, as protobuf merges messages.
+    pub(crate) fn read(message: &'static str, group: &'a [u8]) -> wire::Result<Self> {
+        let mut scope = Self::default();
+        for bytes in wire::repeated(message, group, 1, "scope") {
+            for field in wire::fields("InstrumentationScope", bytes?) {
+                let field = field?;
+                match field.tag {
+                    1 => scope.name = field.text("name")?,
+                    2 => scope.version = field.text("version")?,
+                    _ => {}
+                }
+            }
+        }
+        Ok(scope)
+    }
 }
 
 /// Writes `bytes` as lowercase hex into `buf` and returns it as text; ids are
@@ -161,5 +233,7 @@ pub(crate) fn test_spans(first_id: u8, spans: u8) -> arrow::record_batch::Record
             ..Default::default()
         }],
     };
-    spans_to_batch(&request).batch
+    spans_to_batch(&request)
+        .expect("a request prost encoded is valid protobuf")
+        .batch
 }

@@ -7,53 +7,133 @@ use arrow::array::{
     ArrayBuilder, ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use prost::Message;
 
-use super::columns::{append_non_empty, clamp_nanos, EventsBuilder, LinksBuilder, TextMapBuilder};
+use super::columns::{
+    append_non_empty, clamp_nanos, EventsBuilder, Link, LinksBuilder, TextMapBuilder,
+};
 use super::values::{append_text, as_int};
-use super::{check_id, hex_id, service_name, Converted, Rejections};
+use super::wire::{self, AnyValue, WireError};
+use super::{check_id, hex_id, Converted, Rejections, Resource, Scope};
 use crate::schema::{spans_schema, PromotedKind, PROMOTED_SPAN_COLUMNS};
 
-/// Converts a trace export request into one `spans` batch, leaving out (and
-/// counting) spans with invalid ids or an end before their start.
-pub fn spans_to_batch(request: &ExportTraceServiceRequest) -> Converted {
+/// Converts an encoded `ExportTraceServiceRequest` into one `spans` batch,
+/// leaving out (and counting) spans with invalid ids or an end before their
+/// start. Fails only when `request` is not valid protobuf.
+pub fn spans_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
     let mut columns = SpanColumns::new();
     let mut rejections = Rejections::default();
-    for (r, resource_spans) in request.resource_spans.iter().enumerate() {
-        let resource = resource_spans.resource.as_ref();
-        let service = service_name(resource);
-        let resource_attributes = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
-        for (s, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
-            let scope = scope_spans.scope.as_ref();
-            for (i, span) in scope_spans.spans.iter().enumerate() {
-                match validate(span) {
-                    Ok(()) => columns.append(span, service, resource_attributes, scope),
-                    Err(reason) => rejections.reject(|| {
+    let resources = wire::repeated("ExportTraceServiceRequest", request, 1, "resource_spans");
+    for (r, resource_spans) in resources.enumerate() {
+        let resource_spans = resource_spans?;
+        let resource = Resource::read("ResourceSpans", resource_spans)?;
+        let scopes = wire::repeated("ResourceSpans", resource_spans, 2, "scope_spans");
+        for (s, scope_spans) in scopes.enumerate() {
+            let scope_spans = scope_spans?;
+            let scope = Scope::read("ScopeSpans", scope_spans)?;
+            for (i, span) in wire::repeated("ScopeSpans", scope_spans, 2, "spans").enumerate() {
+                let span = SpanFields::read(span?)?;
+                match span.rejection()? {
+                    None => columns.append(&span, &resource, &scope)?,
+                    Some(reason) => rejections.reject(|| {
                         format!("resource_spans[{r}].scope_spans[{s}].spans[{i}]: {reason}")
                     }),
                 }
             }
         }
     }
-    rejections.finish(columns.finish())
+    Ok(rejections.finish(columns.finish()))
 }
 
-fn validate(span: &Span) -> Result<(), String> {
-    check_id("trace_id", &span.trace_id, 16, false)?;
-    check_id("span_id", &span.span_id, 8, false)?;
-    check_id("parent_span_id", &span.parent_span_id, 8, true)?;
-    for (l, link) in span.links.iter().enumerate() {
-        check_id(&format!("links[{l}].trace_id"), &link.trace_id, 16, false)?;
-        check_id(&format!("links[{l}].span_id"), &link.span_id, 8, false)?;
+/// [`spans_from_protobuf`] for a request already decoded (from OTLP/JSON).
+pub fn spans_to_batch(request: &ExportTraceServiceRequest) -> Result<Converted, WireError> {
+    spans_from_protobuf(&request.encode_to_vec())
+}
+
+/// The fields of an encoded `Span` that are not lists; `bytes` holds the
+/// rest (attributes, events, links), read as they are appended.
+#[derive(Default)]
+struct SpanFields<'a> {
+    bytes: &'a [u8],
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    parent_span_id: &'a [u8],
+    trace_state: &'a str,
+    name: &'a str,
+    kind: i32,
+    start_time_unix_nano: u64,
+    end_time_unix_nano: u64,
+    status_code: i32,
+    status_message: &'a str,
+}
+
+impl<'a> SpanFields<'a> {
+    fn read(bytes: &'a [u8]) -> wire::Result<Self> {
+        let mut span = Self {
+            bytes,
+            ..Default::default()
+        };
+        for field in wire::fields("Span", bytes) {
+            let field = field?;
+            match field.tag {
+                1 => span.trace_id = field.bytes("trace_id")?,
+                2 => span.span_id = field.bytes("span_id")?,
+                3 => span.trace_state = field.text("trace_state")?,
+                4 => span.parent_span_id = field.bytes("parent_span_id")?,
+                5 => span.name = field.text("name")?,
+                6 => span.kind = field.varint("kind")? as i32,
+                7 => span.start_time_unix_nano = field.fixed64("start_time_unix_nano")?,
+                8 => span.end_time_unix_nano = field.fixed64("end_time_unix_nano")?,
+                9 | 11 | 13 => {
+                    field.bytes("attributes, events or links")?;
+                }
+                10 | 12 | 14 => {
+                    field.varint("a dropped count")?;
+                }
+                15 => {
+                    for field in wire::fields("Status", field.bytes("status")?) {
+                        let field = field?;
+                        match field.tag {
+                            2 => span.status_message = field.text("message")?,
+                            3 => span.status_code = field.varint("code")? as i32,
+                            _ => {}
+                        }
+                    }
+                }
+                16 => {
+                    field.fixed32("flags")?;
+                }
+                _ => {}
+            }
+        }
+        Ok(span)
     }
-    if span.end_time_unix_nano < span.start_time_unix_nano {
-        return Err(format!(
-            "end_time_unix_nano {} is before start_time_unix_nano {}",
-            span.end_time_unix_nano, span.start_time_unix_nano
-        ));
+
+    /// Why the span breaks the OTLP data model, if it does.
+    fn rejection(&self) -> wire::Result<Option<String>> {
+        let ids = check_id("trace_id", self.trace_id, 16, false)
+            .and_then(|()| check_id("span_id", self.span_id, 8, false))
+            .and_then(|()| check_id("parent_span_id", self.parent_span_id, 8, true));
+        if let Err(reason) = ids {
+            return Ok(Some(reason));
+        }
+        for (l, link) in wire::repeated("Span", self.bytes, 13, "links").enumerate() {
+            let link = Link::read(link?)?;
+            let ids = check_id(&format!("links[{l}].trace_id"), link.trace_id, 16, false)
+                .and_then(|()| check_id(&format!("links[{l}].span_id"), link.span_id, 8, false));
+            if let Err(reason) = ids {
+                return Ok(Some(reason));
+            }
+        }
+        if self.end_time_unix_nano < self.start_time_unix_nano {
+            return Ok(Some(format!(
+                "end_time_unix_nano {} is before start_time_unix_nano {}",
+                self.end_time_unix_nano, self.start_time_unix_nano
+            )));
+        }
+        Ok(None)
     }
-    Ok(())
 }
 
 pub(crate) fn kind_name(kind: i32) -> &'static str {
@@ -121,56 +201,48 @@ impl SpanColumns {
 
     fn append(
         &mut self,
-        span: &Span,
-        service: &str,
-        resource_attributes: &[KeyValue],
-        scope: Option<&opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
-    ) {
+        span: &SpanFields<'_>,
+        resource: &Resource<'_>,
+        scope: &Scope<'_>,
+    ) -> wire::Result<()> {
         let mut buf = [0u8; 32];
-        self.trace_id.append_value(hex_id(&span.trace_id, &mut buf));
-        self.span_id.append_value(hex_id(&span.span_id, &mut buf));
+        self.trace_id.append_value(hex_id(span.trace_id, &mut buf));
+        self.span_id.append_value(hex_id(span.span_id, &mut buf));
         if span.parent_span_id.is_empty() {
             self.parent_span_id.append_null();
         } else {
             self.parent_span_id
-                .append_value(hex_id(&span.parent_span_id, &mut buf));
+                .append_value(hex_id(span.parent_span_id, &mut buf));
         }
-        append_non_empty(&mut self.trace_state, &span.trace_state);
-        self.service_name.append_value(service);
-        self.name.append_value(&span.name);
+        append_non_empty(&mut self.trace_state, span.trace_state);
+        self.service_name.append_value(resource.service);
+        self.name.append_value(span.name);
         self.kind.append_value(kind_name(span.kind));
         let start = clamp_nanos(span.start_time_unix_nano);
         let end = clamp_nanos(span.end_time_unix_nano);
         self.start_time.append_value(start);
         self.end_time.append_value(end);
         self.duration_ns.append_value(end - start);
-        let status = span.status.as_ref();
-        self.status_code
-            .append_value(status_name(status.map_or(0, |s| s.code)));
-        append_non_empty(
-            &mut self.status_message,
-            status.map_or("", |s| s.message.as_str()),
-        );
-        self.attributes.append(&span.attributes);
-        self.resource_attributes.append(resource_attributes);
-        append_non_empty(&mut self.scope_name, scope.map_or("", |s| s.name.as_str()));
-        append_non_empty(
-            &mut self.scope_version,
-            scope.map_or("", |s| s.version.as_str()),
-        );
-        self.events.append(&span.events);
-        self.links.append(&span.links);
-        self.append_promoted(&span.attributes);
-    }
-
-    fn append_promoted(&mut self, attributes: &[KeyValue]) {
-        let found = promoted_values(attributes);
-        for (value, builder) in found.into_iter().zip(&mut self.promoted) {
+        self.status_code.append_value(status_name(span.status_code));
+        append_non_empty(&mut self.status_message, span.status_message);
+        let mut promoted = Promoted::default();
+        self.attributes
+            .append_each("Span", span.bytes, 9, |key, value| {
+                promoted.offer(key, value)
+            })?;
+        self.resource_attributes
+            .append_entries(&resource.attributes);
+        append_non_empty(&mut self.scope_name, scope.name);
+        append_non_empty(&mut self.scope_version, scope.version);
+        self.events.append(span.bytes)?;
+        self.links.append(span.bytes)?;
+        for (value, builder) in promoted.values().into_iter().zip(&mut self.promoted) {
             match builder {
-                PromotedBuilder::Text(b) => append_text(b, value, &mut self.scratch),
+                PromotedBuilder::Text(b) => append_text(b, value, &mut self.scratch)?,
                 PromotedBuilder::Int(b) => b.append_option(as_int(value)),
             }
         }
+        Ok(())
     }
 
     fn finish(mut self) -> RecordBatch {
@@ -206,64 +278,75 @@ impl SpanColumns {
     }
 }
 
-/// The value of the first of `keys` present in `attributes`.
-/// For each promoted column, the attribute that fills it: the first attribute
-/// with the column's most current key that has a value (an attribute without
-/// one gives way to the next key, as if absent). One pass over the
-/// attributes with one lookup each, rather than a scan of them per key.
-fn promoted_values(attributes: &[KeyValue]) -> [Option<&AnyValue>; PROMOTED_SPAN_COLUMNS.len()] {
-    type Keys = HashMap<&'static str, (usize, usize), foldhash::fast::RandomState>;
-    static KEYS: LazyLock<Keys> = LazyLock::new(|| {
-        PROMOTED_SPAN_COLUMNS
-            .iter()
-            .enumerate()
-            .flat_map(|(column, promoted)| {
-                promoted
-                    .keys
-                    .iter()
-                    .enumerate()
-                    .map(move |(rank, key)| (*key, (column, rank)))
-            })
-            .collect()
-    });
-    let mut found: [Option<(usize, &AnyValue)>; PROMOTED_SPAN_COLUMNS.len()] =
-        [None; PROMOTED_SPAN_COLUMNS.len()];
-    // Which keys of each column were met already: only the first counts.
-    let mut seen = [0u32; PROMOTED_SPAN_COLUMNS.len()];
-    for kv in attributes {
-        let Some(&(column, rank)) = KEYS.get(kv.key.as_str()) else {
-            continue;
+/// Finds, for each promoted column, the attribute that fills it: the first
+/// attribute with the column's most current key that has a value (an
+/// attribute without one gives way to the next key, as if absent). Shown the
+/// attributes one by one, with one lookup each, rather than scanning them
+/// once per key.
+#[derive(Default)]
+struct Promoted<'a> {
+    found: [Option<(usize, AnyValue<'a>)>; PROMOTED_SPAN_COLUMNS.len()],
+    /// Which keys of each column were met already: only the first counts.
+    seen: [u32; PROMOTED_SPAN_COLUMNS.len()],
+}
+
+impl<'a> Promoted<'a> {
+    fn offer(&mut self, key: &str, value: Option<AnyValue<'a>>) {
+        type Keys = HashMap<&'static str, (usize, usize), foldhash::fast::RandomState>;
+        static KEYS: LazyLock<Keys> = LazyLock::new(|| {
+            PROMOTED_SPAN_COLUMNS
+                .iter()
+                .enumerate()
+                .flat_map(|(column, promoted)| {
+                    promoted
+                        .keys
+                        .iter()
+                        .enumerate()
+                        .map(move |(rank, key)| (*key, (column, rank)))
+                })
+                .collect()
+        });
+        let Some(&(column, rank)) = KEYS.get(key) else {
+            return;
         };
-        if seen[column] & (1 << rank) != 0 {
-            continue;
+        if self.seen[column] & (1 << rank) != 0 {
+            return;
         }
-        seen[column] |= 1 << rank;
-        if let Some(value) = kv.value.as_ref() {
-            if found[column].is_none_or(|(best, _)| rank < best) {
-                found[column] = Some((rank, value));
+        self.seen[column] |= 1 << rank;
+        if let Some(value) = value {
+            if self.found[column].is_none_or(|(best, _)| rank < best) {
+                self.found[column] = Some((rank, value));
             }
         }
     }
-    found.map(|f| f.map(|(_, value)| value))
+
+    fn values(self) -> [Option<AnyValue<'a>>; PROMOTED_SPAN_COLUMNS.len()] {
+        self.found.map(|f| f.map(|(_, value)| value))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{any_value::Value, ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value::Value, AnyValue, ArrayValue, KeyValue, KeyValueList,
+    };
     use opentelemetry_proto::tonic::trace::v1::{
-        span::Event, span::Link, ResourceSpans, ScopeSpans,
+        span::Event, span::Link, ResourceSpans, ScopeSpans, Span,
     };
     use proptest::prelude::*;
 
-    /// What [`promoted_values`] must find: for each key in order, the first
+    /// What [`Promoted`] must find: for each key in order, the first
     /// attribute with that key, if it has a value.
-    fn first_of_keys<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<&'a AnyValue> {
+    fn first_of_keys<'a>(
+        attributes: &'a [(&str, Option<String>)],
+        keys: &[&str],
+    ) -> Option<wire::AnyValue<'a>> {
         keys.iter().find_map(|key| {
             attributes
                 .iter()
-                .find(|kv| kv.key == *key)
-                .and_then(|kv| kv.value.as_ref())
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| v.as_deref().map(wire::AnyValue::String))
         })
     }
 
@@ -282,15 +365,11 @@ mod tests {
                 0..10,
             ),
         ) {
-            let attributes: Vec<KeyValue> = attributes
-                .into_iter()
-                .map(|(key, value)| KeyValue {
-                    key: key.to_string(),
-                    value: value.map(|v| AnyValue { value: Some(Value::StringValue(v)) }),
-                    ..Default::default()
-                })
-                .collect();
-            let found = promoted_values(&attributes);
+            let mut promoted = Promoted::default();
+            for (key, value) in &attributes {
+                promoted.offer(key, value.as_deref().map(wire::AnyValue::String));
+            }
+            let found = promoted.values();
             for (column, value) in PROMOTED_SPAN_COLUMNS.iter().zip(found) {
                 prop_assert_eq!(value, first_of_keys(&attributes, column.keys), "{}", column.column);
             }
@@ -419,9 +498,45 @@ mod tests {
                     ..Default::default()
                 }],
             };
-            let converted = spans_to_batch(&request);
+            let converted = spans_to_batch(&request).unwrap();
             prop_assert_eq!(converted.batch.num_rows() as u64 + converted.rejected, total);
             prop_assert_eq!(converted.rejected > 0, converted.error_message.is_some());
+        }
+
+        /// Corrupted protobuf never panics the conversion, and what prost
+        /// accepts is converted, to the same rows as prost's own reading of it.
+        #[test]
+        fn corrupted_requests_are_errors_never_panics(
+            spans in prop::collection::vec(span(), 1..4),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4),
+        ) {
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                    ..Default::default()
+                }],
+            };
+            let mut bytes = request.encode_to_vec();
+            for (at, byte, edit) in edits {
+                let at = at.index(bytes.len());
+                match edit {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => bytes.truncate(at),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let converted = spans_from_protobuf(&bytes);
+            if let Ok(decoded) = ExportTraceServiceRequest::decode(bytes.as_slice()) {
+                let converted = converted.expect("what prost decodes is converted");
+                // Re-encoded by prost, unknown fields are gone, fields are in
+                // order and repeated singular ones merged: the same rows.
+                let canonical = spans_to_batch(&decoded).unwrap();
+                prop_assert_eq!(converted.batch, canonical.batch);
+                prop_assert_eq!(converted.rejected, canonical.rejected);
+            }
         }
     }
 }

@@ -8,49 +8,55 @@
 
 use arrow::array::StringBuilder;
 use base64::Engine;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue};
 use std::fmt::Write;
+
+use super::wire::{self, AnyValue, Result, WireError};
+
+/// How deeply arrays and key-value lists may nest in one attribute value;
+/// deeper is refused as malformed rather than risking the stack.
+const MAX_NESTING: usize = 32;
 
 /// Appends the canonical text of `value` to `builder` (null without one);
 /// `scratch` holds the text of values that are not strings already.
 pub(crate) fn append_text(
     builder: &mut StringBuilder,
-    value: Option<&AnyValue>,
+    value: Option<AnyValue<'_>>,
     scratch: &mut String,
-) {
-    if let Some(Value::StringValue(text)) = value.and_then(|v| v.value.as_ref()) {
+) -> Result<()> {
+    if let Some(AnyValue::String(text)) = value {
         builder.append_value(text);
-        return;
+        return Ok(());
     }
     scratch.clear();
-    if write_text(value, scratch) {
+    if write_text(value, scratch)? {
         builder.append_value(scratch.as_str());
     } else {
         builder.append_null();
     }
+    Ok(())
 }
 
 /// Appends the text form of `value` to `out`; returns false for an empty value.
-pub(crate) fn write_text(value: Option<&AnyValue>, out: &mut String) -> bool {
-    let Some(value) = value.and_then(|v| v.value.as_ref()) else {
-        return false;
+pub(crate) fn write_text(value: Option<AnyValue<'_>>, out: &mut String) -> Result<bool> {
+    let Some(value) = value else {
+        return Ok(false);
     };
     match value {
-        Value::StringValue(s) => out.push_str(s),
-        Value::BoolValue(b) => out.push_str(if *b { "true" } else { "false" }),
+        AnyValue::String(s) => out.push_str(s),
+        AnyValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         // A string-table index only has meaning inside a profile; elsewhere
         // the number is all there is to keep.
-        Value::IntValue(i) => {
+        AnyValue::Int(i) => {
             let _ = write!(out, "{i}");
         }
-        Value::StringValueStrindex(i) => {
+        AnyValue::Strindex(i) => {
             let _ = write!(out, "{i}");
         }
-        Value::DoubleValue(d) => write_double(*d, out),
-        Value::BytesValue(b) => base64::engine::general_purpose::STANDARD.encode_string(b, out),
-        Value::ArrayValue(_) | Value::KvlistValue(_) => write_json(Some(value), out),
+        AnyValue::Double(d) => write_double(d, out),
+        AnyValue::Bytes(b) => base64::engine::general_purpose::STANDARD.encode_string(b, out),
+        AnyValue::Array(_) | AnyValue::Kvlist(_) => write_json(Some(value), out, 0)?,
     }
-    true
+    Ok(true)
 }
 
 fn write_double(d: f64, out: &mut String) {
@@ -71,59 +77,73 @@ fn write_json_string(s: &str, out: &mut String) {
     out.push_str(&serde_json::Value::from(s).to_string());
 }
 
-fn write_json(value: Option<&Value>, out: &mut String) {
+fn write_json(value: Option<AnyValue<'_>>, out: &mut String, depth: usize) -> Result<()> {
     match value {
         None => out.push_str("null"),
-        Some(Value::StringValue(s)) => write_json_string(s, out),
-        Some(Value::BoolValue(b)) => out.push_str(if *b { "true" } else { "false" }),
-        Some(Value::IntValue(i)) => {
+        Some(AnyValue::String(s)) => write_json_string(s, out),
+        Some(AnyValue::Bool(b)) => out.push_str(if b { "true" } else { "false" }),
+        Some(AnyValue::Int(i)) => {
             let _ = write!(out, "{i}");
         }
-        Some(Value::StringValueStrindex(i)) => {
+        Some(AnyValue::Strindex(i)) => {
             let _ = write!(out, "{i}");
         }
-        Some(Value::DoubleValue(d)) if d.is_finite() => write_double(*d, out),
-        Some(Value::DoubleValue(d)) => {
+        Some(AnyValue::Double(d)) if d.is_finite() => write_double(d, out),
+        Some(AnyValue::Double(d)) => {
             out.push('"');
-            write_double(*d, out);
+            write_double(d, out);
             out.push('"');
         }
-        Some(Value::BytesValue(b)) => {
+        Some(AnyValue::Bytes(b)) => {
             out.push('"');
             base64::engine::general_purpose::STANDARD.encode_string(b, out);
             out.push('"');
         }
-        Some(Value::ArrayValue(array)) => {
+        Some(AnyValue::Array(array)) => {
+            let depth = nested(depth)?;
             out.push('[');
-            for (i, item) in array.values.iter().enumerate() {
+            for (i, item) in wire::repeated("ArrayValue", array, 1, "values").enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                write_json(item.value.as_ref(), out);
+                write_json(wire::any_value(item?)?, out, depth)?;
             }
             out.push(']');
         }
-        Some(Value::KvlistValue(list)) => {
+        Some(AnyValue::Kvlist(list)) => {
+            let depth = nested(depth)?;
             out.push('{');
-            for (i, kv) in list.values.iter().enumerate() {
+            for (i, kv) in wire::key_values("KeyValueList", list, 1).enumerate() {
+                let (key, value) = kv?;
                 if i > 0 {
                     out.push(',');
                 }
-                write_json_string(&kv.key, out);
+                write_json_string(key, out);
                 out.push(':');
-                write_json(kv.value.as_ref().and_then(|v| v.value.as_ref()), out);
+                write_json(value, out, depth)?;
             }
             out.push('}');
         }
     }
+    Ok(())
+}
+
+fn nested(depth: usize) -> Result<usize> {
+    if depth >= MAX_NESTING {
+        return Err(WireError::new(
+            "AnyValue",
+            format!("arrays and key-value lists nest more than {MAX_NESTING} levels deep"),
+        ));
+    }
+    Ok(depth + 1)
 }
 
 /// The integer an attribute holds, as a number or as its decimal text.
-pub(crate) fn as_int(value: Option<&AnyValue>) -> Option<i64> {
-    match value?.value.as_ref()? {
-        Value::IntValue(i) => Some(*i),
-        Value::StringValue(s) => s.trim().parse().ok(),
-        Value::DoubleValue(d) if d.fract() == 0.0 && d.abs() < 9.0e15 => Some(*d as i64),
+pub(crate) fn as_int(value: Option<AnyValue<'_>>) -> Option<i64> {
+    match value? {
+        AnyValue::Int(i) => Some(i),
+        AnyValue::String(s) => s.trim().parse().ok(),
+        AnyValue::Double(d) if d.fract() == 0.0 && d.abs() < 9.0e15 => Some(d as i64),
         _ => None,
     }
 }
@@ -131,16 +151,20 @@ pub(crate) fn as_int(value: Option<&AnyValue>) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValue, KeyValueList};
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value::Value, AnyValue as Proto, ArrayValue, KeyValue, KeyValueList,
+    };
+    use prost::Message;
 
     fn text(value: Value) -> String {
+        let bytes = any(value).encode_to_vec();
         let mut out = String::new();
-        write_text(Some(&AnyValue { value: Some(value) }), &mut out);
+        write_text(wire::any_value(&bytes).unwrap(), &mut out).unwrap();
         out
     }
 
-    fn any(value: Value) -> AnyValue {
-        AnyValue { value: Some(value) }
+    fn any(value: Value) -> Proto {
+        Proto { value: Some(value) }
     }
 
     #[test]
@@ -161,7 +185,7 @@ mod tests {
                 any(Value::StringValue("a\"b".into())),
                 any(Value::IntValue(7)),
                 any(Value::BoolValue(false)),
-                AnyValue { value: None },
+                Proto { value: None },
             ],
         });
         assert_eq!(text(array.clone()), r#"["a\"b",7,false,null]"#);
@@ -185,8 +209,25 @@ mod tests {
     #[test]
     fn empty_values_are_reported_as_such() {
         let mut out = String::new();
-        assert!(!write_text(None, &mut out));
-        assert!(!write_text(Some(&AnyValue { value: None }), &mut out));
+        assert!(!write_text(None, &mut out).unwrap());
+        let empty = Proto { value: None }.encode_to_vec();
+        assert!(!write_text(wire::any_value(&empty).unwrap(), &mut out).unwrap());
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_an_error_not_a_stack_overflow() {
+        let mut value = any(Value::IntValue(1));
+        for _ in 0..=MAX_NESTING {
+            value = any(Value::ArrayValue(ArrayValue {
+                values: vec![value],
+            }));
+        }
+        let bytes = value.encode_to_vec();
+        let error = write_text(wire::any_value(&bytes).unwrap(), &mut String::new()).unwrap_err();
+        assert!(
+            error.to_string().contains("nest more than 32 levels"),
+            "{error}"
+        );
     }
 }
