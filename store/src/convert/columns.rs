@@ -27,40 +27,52 @@ impl TextMapBuilder {
     /// Appends one row holding the `KeyValue`s of the repeated field `tag` of
     /// `bytes`, an encoded `message`.
     pub(crate) fn append(&mut self, message: &'static str, bytes: &[u8], tag: u32) -> Result<()> {
-        self.append_each(message, bytes, tag, |_, _| {})
+        for kv in wire::repeated(message, bytes, tag, "attributes") {
+            self.push(kv?)?;
+        }
+        self.close_row();
+        Ok(())
     }
 
-    /// [`append`](Self::append), showing `each` every key and value on the way.
-    pub(crate) fn append_each<'a>(
+    /// Appends one row holding the encoded `KeyValue`s `attributes`, showing
+    /// `each` every key and value on the way.
+    pub(crate) fn append_all<'a>(
         &mut self,
-        message: &'static str,
-        bytes: &'a [u8],
-        tag: u32,
+        attributes: &[&'a [u8]],
         mut each: impl FnMut(&'a str, Option<AnyValue<'a>>),
     ) -> Result<()> {
+        for kv in attributes {
+            let (key, value) = self.push(kv)?;
+            each(key, value);
+        }
+        self.close_row();
+        Ok(())
+    }
+
+    /// Adds an encoded `KeyValue` to the row being built.
+    #[inline]
+    pub(crate) fn push<'a>(&mut self, kv: &'a [u8]) -> Result<(&'a str, Option<AnyValue<'a>>)> {
+        let (key, value) = wire::key_value(kv)?;
+        self.keys.append_value(key);
+        append_text(&mut self.values, value, &mut self.scratch)?;
+        Ok((key, value))
+    }
+
+    /// Ends the row being built.
+    pub(crate) fn close_row(&mut self) {
         if self.offsets.is_empty() {
             self.offsets.push(0);
         }
-        for kv in wire::key_values(message, bytes, tag) {
-            let (key, value) = kv?;
-            self.keys.append_value(key);
-            append_text(&mut self.values, value, &mut self.scratch)?;
-            each(key, value);
-        }
         self.offsets.push(self.keys.len() as i32);
-        Ok(())
     }
 
     /// Appends one row holding `entries`.
     pub(crate) fn append_entries(&mut self, entries: &TextEntries<'_>) {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
         for (key, value) in &entries.0 {
             self.keys.append_value(key);
             self.values.append_option(value.as_deref());
         }
-        self.offsets.push(self.keys.len() as i32);
+        self.close_row();
     }
 
     pub(crate) fn finish(&mut self) -> ArrayRef {
@@ -142,11 +154,9 @@ pub(crate) struct EventsBuilder {
 }
 
 impl EventsBuilder {
-    /// Appends one row: the events of `span`, an encoded `Span`.
-    pub(crate) fn append(&mut self, span: &[u8]) -> Result<()> {
-        let mut events = 0;
-        for event in wire::repeated("Span", span, 11, "events") {
-            let event = event?;
+    /// Appends one row: `events`, each an encoded `Span.Event`.
+    pub(crate) fn append(&mut self, events: &[&[u8]]) -> Result<()> {
+        for event in events {
             let (mut time, mut name) = (0, "");
             for field in wire::fields("Event", event) {
                 let field = field?;
@@ -154,7 +164,7 @@ impl EventsBuilder {
                     1 => time = field.fixed64("time_unix_nano")?,
                     2 => name = field.text("name")?,
                     3 => {
-                        field.bytes("attributes")?;
+                        self.attributes.push(field.bytes("attributes")?)?;
                     }
                     4 => {
                         field.varint("dropped_attributes_count")?;
@@ -162,12 +172,11 @@ impl EventsBuilder {
                     _ => {}
                 }
             }
+            self.attributes.close_row();
             self.time.append_value(clamp_nanos(time));
             self.name.append_value(name);
-            self.attributes.append("Event", event, 3)?;
-            events += 1;
         }
-        self.rows.close_row(events);
+        self.rows.close_row(events.len());
         Ok(())
     }
 
@@ -192,13 +201,11 @@ pub(crate) struct LinksBuilder {
 }
 
 impl LinksBuilder {
-    /// Appends one row: the links of `span`, an encoded `Span` whose links'
-    /// ids were checked (see [`Link::read`]).
-    pub(crate) fn append(&mut self, span: &[u8]) -> Result<()> {
+    /// Appends one row: `links`, each an encoded `Span.Link` whose ids were
+    /// checked (see [`Link::read`]).
+    pub(crate) fn append(&mut self, links: &[&[u8]]) -> Result<()> {
         let mut buf = [0u8; 32];
-        let mut links = 0;
-        for link in wire::repeated("Span", span, 13, "links") {
-            let bytes = link?;
+        for bytes in links {
             let link = Link::read(bytes)?;
             self.trace_id
                 .append_value(super::hex_id(link.trace_id, &mut buf));
@@ -206,9 +213,8 @@ impl LinksBuilder {
                 .append_value(super::hex_id(link.span_id, &mut buf));
             append_non_empty(&mut self.trace_state, link.trace_state);
             self.attributes.append("Link", bytes, 4)?;
-            links += 1;
         }
-        self.rows.close_row(links);
+        self.rows.close_row(links.len());
         Ok(())
     }
 

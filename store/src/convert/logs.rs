@@ -28,6 +28,8 @@ pub fn logs_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
         .map_or(0, |d| d.as_nanos() as u64);
     let mut columns = LogColumns::default();
     let mut rejections = Rejections::default();
+    // One record's fields at a time, its attributes' buffer reused.
+    let mut record = LogFields::default();
     let resources = wire::repeated("ExportLogsServiceRequest", request, 1, "resource_logs");
     for (r, resource_logs) in resources.enumerate() {
         let resource_logs = resource_logs?;
@@ -37,8 +39,8 @@ pub fn logs_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
             let scope_logs = scope_logs?;
             let scope = Scope::read("ScopeLogs", scope_logs)?;
             let records = wire::repeated("ScopeLogs", scope_logs, 2, "log_records");
-            for (i, record) in records.enumerate() {
-                let record = LogFields::read(record?)?;
+            for (i, bytes) in records.enumerate() {
+                record.read(bytes?)?;
                 let ids = check_id("trace_id", present(record.trace_id), 16, true)
                     .and_then(|()| check_id("span_id", present(record.span_id), 8, true));
                 match ids {
@@ -67,11 +69,11 @@ fn present(id: &[u8]) -> &[u8] {
     }
 }
 
-/// The fields of an encoded `LogRecord`; `bytes` holds its attributes, read
-/// as they are appended.
+/// The fields of an encoded `LogRecord`, read in one pass; its attributes
+/// stay encoded until they are appended.
 #[derive(Default)]
 struct LogFields<'a> {
-    bytes: &'a [u8],
+    attributes: Vec<&'a [u8]>,
     time_unix_nano: u64,
     observed_time_unix_nano: u64,
     severity_number: i32,
@@ -83,11 +85,13 @@ struct LogFields<'a> {
 }
 
 impl<'a> LogFields<'a> {
-    fn read(bytes: &'a [u8]) -> wire::Result<Self> {
-        let mut record = Self {
-            bytes,
-            ..Default::default()
-        };
+    /// Reads `bytes` into `self`, replacing the record read before.
+    fn read(&mut self, bytes: &'a [u8]) -> wire::Result<()> {
+        let record = self;
+        record.attributes.clear();
+        (record.time_unix_nano, record.observed_time_unix_nano) = (0, 0);
+        (record.severity_number, record.severity_text, record.body) = (0, "", None);
+        (record.trace_id, record.span_id, record.event_name) = (&[], &[], "");
         for field in wire::fields("LogRecord", bytes) {
             let field = field?;
             match field.tag {
@@ -95,9 +99,7 @@ impl<'a> LogFields<'a> {
                 2 => record.severity_number = field.varint("severity_number")? as i32,
                 3 => record.severity_text = field.text("severity_text")?,
                 5 => record.body = wire::any_value(field.bytes("body")?)?,
-                6 => {
-                    field.bytes("attributes")?;
-                }
+                6 => record.attributes.push(field.bytes("attributes")?),
                 7 => {
                     field.varint("dropped_attributes_count")?;
                 }
@@ -111,7 +113,7 @@ impl<'a> LogFields<'a> {
                 _ => {}
             }
         }
-        Ok(record)
+        Ok(())
     }
 }
 
@@ -157,7 +159,7 @@ impl LogColumns {
         append_id(&mut self.trace_id, present(record.trace_id), &mut buf);
         append_id(&mut self.span_id, present(record.span_id), &mut buf);
         self.service_name.append_value(resource.service);
-        self.attributes.append("LogRecord", record.bytes, 6)?;
+        self.attributes.append_all(&record.attributes, |_, _| {})?;
         self.resource_attributes
             .append_entries(&resource.attributes);
         append_non_empty(&mut self.scope_name, scope_name);

@@ -24,6 +24,8 @@ use crate::schema::{spans_schema, PromotedKind, PROMOTED_SPAN_COLUMNS};
 pub fn spans_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
     let mut columns = SpanColumns::new();
     let mut rejections = Rejections::default();
+    // One span's fields at a time, its lists' buffers reused.
+    let mut span = SpanFields::default();
     let resources = wire::repeated("ExportTraceServiceRequest", request, 1, "resource_spans");
     for (r, resource_spans) in resources.enumerate() {
         let resource_spans = resource_spans?;
@@ -32,8 +34,8 @@ pub fn spans_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
         for (s, scope_spans) in scopes.enumerate() {
             let scope_spans = scope_spans?;
             let scope = Scope::read("ScopeSpans", scope_spans)?;
-            for (i, span) in wire::repeated("ScopeSpans", scope_spans, 2, "spans").enumerate() {
-                let span = SpanFields::read(span?)?;
+            for (i, bytes) in wire::repeated("ScopeSpans", scope_spans, 2, "spans").enumerate() {
+                span.read(bytes?)?;
                 match span.rejection()? {
                     None => columns.append(&span, &resource, &scope)?,
                     Some(reason) => rejections.reject(|| {
@@ -51,11 +53,13 @@ pub fn spans_to_batch(request: &ExportTraceServiceRequest) -> Result<Converted, 
     spans_from_protobuf(&request.encode_to_vec())
 }
 
-/// The fields of an encoded `Span` that are not lists; `bytes` holds the
-/// rest (attributes, events, links), read as they are appended.
+/// The fields of an encoded `Span`, read in one pass; its attributes, events
+/// and links stay encoded until they are appended.
 #[derive(Default)]
 struct SpanFields<'a> {
-    bytes: &'a [u8],
+    attributes: Vec<&'a [u8]>,
+    events: Vec<&'a [u8]>,
+    links: Vec<&'a [u8]>,
     trace_id: &'a [u8],
     span_id: &'a [u8],
     parent_span_id: &'a [u8],
@@ -69,11 +73,16 @@ struct SpanFields<'a> {
 }
 
 impl<'a> SpanFields<'a> {
-    fn read(bytes: &'a [u8]) -> wire::Result<Self> {
-        let mut span = Self {
-            bytes,
-            ..Default::default()
-        };
+    /// Reads `bytes` into `self`, replacing the span read before.
+    fn read(&mut self, bytes: &'a [u8]) -> wire::Result<()> {
+        let span = self;
+        span.attributes.clear();
+        span.events.clear();
+        span.links.clear();
+        (span.trace_id, span.span_id, span.parent_span_id) = (&[], &[], &[]);
+        (span.trace_state, span.name, span.kind) = ("", "", 0);
+        (span.start_time_unix_nano, span.end_time_unix_nano) = (0, 0);
+        (span.status_code, span.status_message) = (0, "");
         for field in wire::fields("Span", bytes) {
             let field = field?;
             match field.tag {
@@ -85,9 +94,9 @@ impl<'a> SpanFields<'a> {
                 6 => span.kind = field.varint("kind")? as i32,
                 7 => span.start_time_unix_nano = field.fixed64("start_time_unix_nano")?,
                 8 => span.end_time_unix_nano = field.fixed64("end_time_unix_nano")?,
-                9 | 11 | 13 => {
-                    field.bytes("attributes, events or links")?;
-                }
+                9 => span.attributes.push(field.bytes("attributes")?),
+                11 => span.events.push(field.bytes("events")?),
+                13 => span.links.push(field.bytes("links")?),
                 10 | 12 | 14 => {
                     field.varint("a dropped count")?;
                 }
@@ -107,7 +116,7 @@ impl<'a> SpanFields<'a> {
                 _ => {}
             }
         }
-        Ok(span)
+        Ok(())
     }
 
     /// Why the span breaks the OTLP data model, if it does.
@@ -118,8 +127,8 @@ impl<'a> SpanFields<'a> {
         if let Err(reason) = ids {
             return Ok(Some(reason));
         }
-        for (l, link) in wire::repeated("Span", self.bytes, 13, "links").enumerate() {
-            let link = Link::read(link?)?;
+        for (l, link) in self.links.iter().enumerate() {
+            let link = Link::read(link)?;
             let ids = check_id(&format!("links[{l}].trace_id"), link.trace_id, 16, false)
                 .and_then(|()| check_id(&format!("links[{l}].span_id"), link.span_id, 8, false));
             if let Err(reason) = ids {
@@ -227,15 +236,13 @@ impl SpanColumns {
         append_non_empty(&mut self.status_message, span.status_message);
         let mut promoted = Promoted::default();
         self.attributes
-            .append_each("Span", span.bytes, 9, |key, value| {
-                promoted.offer(key, value)
-            })?;
+            .append_all(&span.attributes, |key, value| promoted.offer(key, value))?;
         self.resource_attributes
             .append_entries(&resource.attributes);
         append_non_empty(&mut self.scope_name, scope.name);
         append_non_empty(&mut self.scope_version, scope.version);
-        self.events.append(span.bytes)?;
-        self.links.append(span.bytes)?;
+        self.events.append(&span.events)?;
+        self.links.append(&span.links)?;
         for (value, builder) in promoted.values().into_iter().zip(&mut self.promoted) {
             match builder {
                 PromotedBuilder::Text(b) => append_text(b, value, &mut self.scratch)?,

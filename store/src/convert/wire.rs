@@ -67,6 +67,7 @@ impl<'a> Field<'a> {
     }
 
     /// A `bytes` field, or an embedded message.
+    #[inline]
     pub(crate) fn bytes(self, name: &str) -> Result<&'a [u8]> {
         match self.value {
             Value::Delimited(bytes) => Ok(bytes),
@@ -75,6 +76,7 @@ impl<'a> Field<'a> {
     }
 
     /// A `string` field.
+    #[inline]
     pub(crate) fn text(self, name: &str) -> Result<&'a str> {
         std::str::from_utf8(self.bytes(name)?).map_err(|e| {
             WireError::new(
@@ -85,6 +87,7 @@ impl<'a> Field<'a> {
     }
 
     /// An integer, enum or `bool` field.
+    #[inline]
     pub(crate) fn varint(self, name: &str) -> Result<u64> {
         match self.value {
             Value::Varint(v) => Ok(v),
@@ -93,6 +96,7 @@ impl<'a> Field<'a> {
     }
 
     /// A `fixed64` or `double` field.
+    #[inline]
     pub(crate) fn fixed64(self, name: &str) -> Result<u64> {
         match self.value {
             Value::Fixed64(v) => Ok(v),
@@ -101,6 +105,7 @@ impl<'a> Field<'a> {
     }
 
     /// A `fixed32` field.
+    #[inline]
     pub(crate) fn fixed32(self, name: &str) -> Result<u32> {
         match self.value {
             Value::Fixed32(v) => Ok(v),
@@ -111,6 +116,7 @@ impl<'a> Field<'a> {
 
 /// The fields of `bytes`, an encoded `message`, in wire order; groups
 /// (deprecated, in no OTLP message) are skipped. Stops after the first error.
+#[inline]
 pub(crate) fn fields<'a>(message: &'static str, bytes: &'a [u8]) -> Fields<'a> {
     Fields {
         rest: bytes,
@@ -124,15 +130,15 @@ pub(crate) struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    #[inline]
     fn read(&mut self) -> Result<Option<Field<'a>>, String> {
-        let prost = |e: prost::DecodeError| e.to_string();
-        let (tag, wire_type) = decode_key(&mut self.rest).map_err(prost)?;
+        let (tag, wire_type) = self.key()?;
         let value = match wire_type {
-            WireType::Varint => Value::Varint(decode_varint(&mut self.rest).map_err(prost)?),
+            WireType::Varint => Value::Varint(self.varint()?),
             WireType::SixtyFourBit => Value::Fixed64(u64::from_le_bytes(self.take(tag)?)),
             WireType::ThirtyTwoBit => Value::Fixed32(u32::from_le_bytes(self.take(tag)?)),
             WireType::LengthDelimited => {
-                let len = decode_varint(&mut self.rest).map_err(prost)?;
+                let len = self.varint()?;
                 let len = usize::try_from(len)
                     .ok()
                     .filter(|len| *len <= self.rest.len())
@@ -143,7 +149,7 @@ impl<'a> Fields<'a> {
             }
             WireType::StartGroup | WireType::EndGroup => {
                 skip_field(wire_type, tag, &mut self.rest, DecodeContext::default())
-                    .map_err(prost)?;
+                    .map_err(|e| e.to_string())?;
                 return Ok(None);
             }
         };
@@ -154,6 +160,30 @@ impl<'a> Fields<'a> {
         }))
     }
 
+    /// A field's key. Nearly every key in OTLP is one byte (field numbers
+    /// below 16), read here without a call; prost reads the rest.
+    #[inline]
+    fn key(&mut self) -> Result<(u32, WireType), String> {
+        if let [byte @ 0x08..=0x7f, rest @ ..] = self.rest {
+            if let Ok(wire_type) = WireType::try_from(u64::from(byte & 0x07)) {
+                self.rest = rest;
+                return Ok((u32::from(byte >> 3), wire_type));
+            }
+        }
+        decode_key(&mut self.rest).map_err(|e| e.to_string())
+    }
+
+    /// A varint; one-byte ones (most lengths and enums) without a call.
+    #[inline]
+    fn varint(&mut self) -> Result<u64, String> {
+        if let [byte @ 0x00..=0x7f, rest @ ..] = self.rest {
+            self.rest = rest;
+            return Ok(u64::from(*byte));
+        }
+        decode_varint(&mut self.rest).map_err(|e| e.to_string())
+    }
+
+    #[inline]
     fn take<const N: usize>(&mut self, tag: u32) -> Result<[u8; N], String> {
         let (head, rest) = self
             .rest
@@ -171,6 +201,7 @@ fn underflow(tag: u32) -> String {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         while !self.rest.is_empty() {
             match self.read() {
@@ -219,6 +250,7 @@ pub(crate) enum AnyValue<'a> {
 }
 
 /// Reads an encoded `AnyValue`; `None` when it holds nothing.
+#[inline]
 pub(crate) fn any_value(bytes: &[u8]) -> Result<Option<AnyValue<'_>>> {
     let mut value = None;
     for field in fields("AnyValue", bytes) {
@@ -239,6 +271,7 @@ pub(crate) fn any_value(bytes: &[u8]) -> Result<Option<AnyValue<'_>>> {
 }
 
 /// Reads an encoded `KeyValue`: its key and its value, if it has one.
+#[inline]
 pub(crate) fn key_value(bytes: &[u8]) -> Result<(&str, Option<AnyValue<'_>>)> {
     let mut key = "";
     let mut value = None;
