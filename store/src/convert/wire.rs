@@ -9,8 +9,10 @@
 //! prost accepts is read here: like prost, a known field with the wrong wire
 //! type or a string that is not UTF-8 is an error, a scalar field sent twice
 //! keeps its last value and a resource, scope or status sent twice is merged.
-//! One difference no encoder produces: an attribute value sent twice keeps
-//! the last, where prost would merge two arrays into one.
+//! Two differences: an attribute value sent twice keeps the last, where
+//! prost would merge two arrays into one (no encoder sends one twice), and
+//! arrays and lists nested more than 32 deep are refused (see `values`),
+//! where prost's limit is about 45.
 
 use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
 
