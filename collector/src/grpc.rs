@@ -33,10 +33,7 @@ use tonic_prost::ProstEncoder;
 use tonic_types::{ErrorDetails, StatusExt};
 use weft_access::grpc::Interceptor;
 
-use weft_store::convert::{
-    logs_from_protobuf, logs_repeated_bytes, spans_from_protobuf, spans_repeated_bytes, Converted,
-    WireError,
-};
+use weft_store::convert;
 use weft_store::{Signal, TenantId};
 
 use crate::ingest::{
@@ -74,8 +71,6 @@ trait Export: Send + Sync + 'static {
     const PATH: &'static str;
     const SIGNAL: Signal;
     type Response: prost::Message + Default + Send + 'static;
-    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError>;
-    fn convert(request: &[u8]) -> Result<Converted, WireError>;
     fn respond(outcome: &Outcome) -> Self::Response;
 }
 
@@ -86,12 +81,6 @@ impl Export for Traces {
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     const SIGNAL: Signal = Signal::Spans;
     type Response = ExportTraceServiceResponse;
-    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
-        spans_repeated_bytes(request)
-    }
-    fn convert(request: &[u8]) -> Result<Converted, WireError> {
-        spans_from_protobuf(request)
-    }
     fn respond(outcome: &Outcome) -> Self::Response {
         outcome.trace_response()
     }
@@ -104,12 +93,6 @@ impl Export for Logs {
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     const SIGNAL: Signal = Signal::Logs;
     type Response = ExportLogsServiceResponse;
-    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
-        logs_repeated_bytes(request)
-    }
-    fn convert(request: &[u8]) -> Result<Converted, WireError> {
-        logs_from_protobuf(request)
-    }
     fn respond(outcome: &Outcome) -> Self::Response {
         outcome.logs_response()
     }
@@ -302,8 +285,8 @@ impl Receiver {
         let message = request.into_inner();
         let len = message.len();
         let admission = self.admit(E::SIGNAL, len)?;
-        let repeated_bytes =
-            E::repeated_bytes(&message).map_err(|e| self.refused(E::SIGNAL, e.into()))?;
+        let repeated_bytes = convert::repeated_bytes(E::SIGNAL, &message)
+            .map_err(|e| self.refused(E::SIGNAL, e.into()))?;
         let _expansion = self.admit_expansion(E::SIGNAL, repeated_bytes)?;
         let outcome = self
             .ingest
@@ -313,7 +296,7 @@ impl Receiver {
                 admission,
                 Transport::Grpc,
                 len,
-                move || Ok(E::convert(&message)?),
+                move || Ok(convert::from_protobuf(E::SIGNAL, &message)?),
             )
             .await
             .map_err(|e| self.status(e))?;

@@ -26,10 +26,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 use serde_json::json;
-use weft_store::convert::{
-    logs_from_protobuf, logs_repeated_bytes, spans_from_protobuf, spans_repeated_bytes, Converted,
-    WireError,
-};
+use weft_store::convert;
 use weft_store::{Signal, TenantId};
 
 use crate::ingest::{
@@ -121,10 +118,6 @@ trait Endpoint {
     type Response: Message;
     /// Rewrites OTLP/JSON enum names to numbers.
     fn normalize(tree: &mut serde_json::Value) -> Result<(), String>;
-    /// Converts the request's protobuf.
-    fn convert(request: &[u8]) -> Result<Converted, WireError>;
-    /// What converting the request writes again for each record.
-    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError>;
     /// The response, and its OTLP/JSON form when it is not empty.
     fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>);
 }
@@ -137,12 +130,6 @@ impl Endpoint for Traces {
     type Response = ExportTraceServiceResponse;
     fn normalize(tree: &mut serde_json::Value) -> Result<(), String> {
         payload::normalize_traces(tree)
-    }
-    fn convert(request: &[u8]) -> Result<Converted, WireError> {
-        spans_from_protobuf(request)
-    }
-    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
-        spans_repeated_bytes(request)
     }
     fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>) {
         let response = outcome.trace_response();
@@ -161,12 +148,6 @@ impl Endpoint for Logs {
     type Response = ExportLogsServiceResponse;
     fn normalize(tree: &mut serde_json::Value) -> Result<(), String> {
         payload::normalize_logs(tree)
-    }
-    fn convert(request: &[u8]) -> Result<Converted, WireError> {
-        logs_from_protobuf(request)
-    }
-    fn repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
-        logs_repeated_bytes(request)
     }
     fn respond(outcome: &Outcome) -> (Self::Response, Option<serde_json::Value>) {
         let response = outcome.logs_response();
@@ -209,8 +190,9 @@ async fn export<E: Endpoint>(
                         .encode_to_vec()
                         .into(),
                 };
-                let _expansion = ingest.admit_expansion(E::repeated_bytes(&protobuf)?)?;
-                Ok(E::convert(&protobuf)?)
+                let _expansion =
+                    ingest.admit_expansion(convert::repeated_bytes(E::SIGNAL, &protobuf)?)?;
+                Ok(convert::from_protobuf(E::SIGNAL, &protobuf)?)
             }
         })
         .await;

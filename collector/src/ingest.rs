@@ -204,7 +204,7 @@ impl Ingest {
     }
 
     /// Reserves memory for the text a decoded request repeats on each of its
-    /// records (see `weft_store::convert::spans_repeated_bytes`), held while
+    /// records (see `weft_store::convert::repeated_bytes`), held while
     /// it is converted. Up to four times the largest request may be repeated,
     /// the memory the largest request is reserved anyway; more is refused for
     /// good. Under a mebibyte nothing is reserved: the request's own

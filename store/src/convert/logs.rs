@@ -12,8 +12,9 @@ use prost::Message;
 use super::columns::{append_non_empty, clamp_nanos, TextMapBuilder};
 use super::values::append_text;
 use super::wire::{self, AnyValue, WireError};
-use super::{check_id, hex_id, Converted, Rejections, Resource, Scope};
+use super::{check_id, hex_id, Converted, Nesting, Rejections, Resource};
 use crate::schema::logs_schema;
+use crate::Signal;
 
 /// Converts an encoded `ExportLogsServiceRequest` into one `logs` batch,
 /// leaving out (and counting) records whose trace or span id has the wrong
@@ -30,28 +31,16 @@ pub fn logs_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
     let mut rejections = Rejections::default();
     // One record's fields at a time, its attributes' buffer reused.
     let mut record = LogFields::default();
-    let resources = wire::repeated("ExportLogsServiceRequest", request, 1, "resource_logs");
-    for (r, resource_logs) in resources.enumerate() {
-        let resource_logs = resource_logs?;
-        let resource = Resource::read("ResourceLogs", resource_logs)?;
-        let scopes = wire::repeated("ResourceLogs", resource_logs, 2, "scope_logs");
-        for (s, scope_logs) in scopes.enumerate() {
-            let scope_logs = scope_logs?;
-            let scope = Scope::read("ScopeLogs", scope_logs)?;
-            let records = wire::repeated("ScopeLogs", scope_logs, 2, "log_records");
-            for (i, bytes) in records.enumerate() {
-                record.read(bytes?)?;
-                let ids = check_id("trace_id", present(record.trace_id), 16, true)
-                    .and_then(|()| check_id("span_id", present(record.span_id), 8, true));
-                match ids {
-                    Ok(()) => columns.append(&record, received, &resource, scope.name)?,
-                    Err(reason) => rejections.reject(|| {
-                        format!("resource_logs[{r}].scope_logs[{s}].log_records[{i}]: {reason}")
-                    }),
-                }
-            }
+    Nesting::of(Signal::Logs).for_each_record(request, |position, resource, scope, bytes| {
+        record.read(bytes)?;
+        let ids = check_id("trace_id", present(record.trace_id), 16, true)
+            .and_then(|()| check_id("span_id", present(record.span_id), 8, true));
+        match ids {
+            Ok(()) => columns.append(&record, received, resource, scope.name)?,
+            Err(reason) => rejections.reject(|| format!("{position}: {reason}")),
         }
-    }
+        Ok(())
+    })?;
     Ok(rejections.finish(columns.finish()))
 }
 

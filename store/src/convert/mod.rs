@@ -19,51 +19,34 @@ pub use wire::WireError;
 
 use arrow::record_batch::RecordBatch;
 
+use crate::Signal;
 use columns::TextEntries;
 
-/// About how many bytes converting `request`, an encoded
-/// `ExportTraceServiceRequest`, writes again for every span: each row carries
-/// its resource's attributes and its scope's name and version, so a small
-/// request with a large resource and many spans expands manyfold. Their
-/// protobuf size stands for the text; receivers bound and reserve memory for
-/// it before converting.
-pub fn spans_repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
-    repeated_bytes(
-        request,
-        ("ExportTraceServiceRequest", "resource_spans"),
-        ("ResourceSpans", "scope_spans"),
-        "ScopeSpans",
-    )
+/// Converts an encoded `ExportTraceServiceRequest` (spans) or
+/// `ExportLogsServiceRequest` (logs) into one batch of `signal`'s table.
+pub fn from_protobuf(signal: Signal, request: &[u8]) -> Result<Converted, WireError> {
+    match signal {
+        Signal::Spans => spans_from_protobuf(request),
+        Signal::Logs => logs_from_protobuf(request),
+    }
 }
 
-/// [`spans_repeated_bytes`] for an encoded `ExportLogsServiceRequest`.
-pub fn logs_repeated_bytes(request: &[u8]) -> Result<usize, WireError> {
-    repeated_bytes(
-        request,
-        ("ExportLogsServiceRequest", "resource_logs"),
-        ("ResourceLogs", "scope_logs"),
-        "ScopeLogs",
-    )
-}
-
-/// The sum of `resource and scope bytes × records` over a request's scopes.
-/// Traces and logs nest alike: resources in field 1 of the request, each with
-/// its resource in field 1 and scopes in field 2, each scope with its scope in
-/// field 1 and records in field 2. Each level is named (message, field).
-fn repeated_bytes(
-    request: &[u8],
-    (request_message, resources): (&'static str, &'static str),
-    (resource_message, scopes): (&'static str, &'static str),
-    scope_message: &'static str,
-) -> Result<usize, WireError> {
+/// About how many bytes converting `request` (as in [`from_protobuf`])
+/// writes again for every record: each row carries its resource's
+/// attributes and its scope's name and version, so a small request with a
+/// large resource and many records expands manyfold. Their protobuf size
+/// stands for the text; receivers bound and reserve memory for it before
+/// converting.
+pub fn repeated_bytes(signal: Signal, request: &[u8]) -> Result<usize, WireError> {
+    let nesting = Nesting::of(signal);
     let mut total = 0usize;
-    for group in wire::repeated(request_message, request, 1, resources) {
+    for group in wire::repeated(nesting.request, request, 1, nesting.resources) {
         let group = group?;
-        let resource_bytes = field_1_bytes(resource_message, group, "resource")?;
-        for scope_group in wire::repeated(resource_message, group, 2, scopes) {
+        let resource_bytes = field_1_bytes(nesting.resource_group, group, "resource")?;
+        for scope_group in wire::repeated(nesting.resource_group, group, 2, nesting.scopes) {
             let scope_group = scope_group?;
-            let scope_bytes = field_1_bytes(scope_message, scope_group, "scope")?;
-            let records = wire::count(scope_message, scope_group, 2)?;
+            let scope_bytes = field_1_bytes(nesting.scope_group, scope_group, "scope")?;
+            let records = wire::count(nesting.scope_group, scope_group, 2)?;
             total = total.saturating_add((resource_bytes + scope_bytes).saturating_mul(records));
         }
     }
@@ -78,6 +61,90 @@ fn field_1_bytes(
     name: &'static str,
 ) -> Result<usize, WireError> {
     wire::repeated(message, group, 1, name).try_fold(0, |sum, bytes| Ok(sum + bytes?.len()))
+}
+
+/// How an export request nests its records, named for error messages.
+/// Traces and logs nest alike: resource groups in field 1 of the request,
+/// each with its resource in field 1 and scope groups in field 2, each with
+/// its scope in field 1 and records in field 2.
+pub(crate) struct Nesting {
+    request: &'static str,
+    resources: &'static str,
+    resource_group: &'static str,
+    scopes: &'static str,
+    scope_group: &'static str,
+    records: &'static str,
+}
+
+impl Nesting {
+    pub(crate) fn of(signal: Signal) -> &'static Self {
+        match signal {
+            Signal::Spans => &Self {
+                request: "ExportTraceServiceRequest",
+                resources: "resource_spans",
+                resource_group: "ResourceSpans",
+                scopes: "scope_spans",
+                scope_group: "ScopeSpans",
+                records: "spans",
+            },
+            Signal::Logs => &Self {
+                request: "ExportLogsServiceRequest",
+                resources: "resource_logs",
+                resource_group: "ResourceLogs",
+                scopes: "scope_logs",
+                scope_group: "ScopeLogs",
+                records: "log_records",
+            },
+        }
+    }
+
+    /// Shows `each` every record of `request` in order, with its position
+    /// (resource group, scope group, record), its resource and its scope.
+    pub(crate) fn for_each_record<'a>(
+        &'static self,
+        request: &'a [u8],
+        mut each: impl FnMut(Position, &Resource<'a>, &Scope<'a>, &'a [u8]) -> wire::Result<()>,
+    ) -> wire::Result<()> {
+        let groups = wire::repeated(self.request, request, 1, self.resources);
+        for (r, group) in groups.enumerate() {
+            let group = group?;
+            let resource = Resource::read(self.resource_group, group)?;
+            let scope_groups = wire::repeated(self.resource_group, group, 2, self.scopes);
+            for (s, scope_group) in scope_groups.enumerate() {
+                let scope_group = scope_group?;
+                let scope = Scope::read(self.scope_group, scope_group)?;
+                let records = wire::repeated(self.scope_group, scope_group, 2, self.records);
+                for (i, record) in records.enumerate() {
+                    let position = Position {
+                        nesting: self,
+                        indexes: [r, s, i],
+                    };
+                    each(position, &resource, &scope, record?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a record is in its request, shown as its path
+/// (`resource_spans[0].scope_spans[1].spans[2]`).
+pub(crate) struct Position {
+    nesting: &'static Nesting,
+    indexes: [usize; 3],
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Nesting {
+            resources,
+            scopes,
+            records,
+            ..
+        } = self.nesting;
+        let [r, s, i] = self.indexes;
+        write!(f, "{resources}[{r}].{scopes}[{s}].{records}[{i}]")
+    }
 }
 
 /// The result of converting one export request.

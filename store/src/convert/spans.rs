@@ -15,8 +15,9 @@ use super::columns::{
 };
 use super::values::{append_text, as_int};
 use super::wire::{self, AnyValue, WireError};
-use super::{check_id, hex_id, Converted, Rejections, Resource, Scope};
+use super::{check_id, hex_id, Converted, Nesting, Rejections, Resource, Scope};
 use crate::schema::{spans_schema, PromotedKind, PROMOTED_SPAN_COLUMNS};
+use crate::Signal;
 
 /// Converts an encoded `ExportTraceServiceRequest` into one `spans` batch,
 /// leaving out (and counting) spans with invalid ids or an end before their
@@ -26,25 +27,14 @@ pub fn spans_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
     let mut rejections = Rejections::default();
     // One span's fields at a time, its lists' buffers reused.
     let mut span = SpanFields::default();
-    let resources = wire::repeated("ExportTraceServiceRequest", request, 1, "resource_spans");
-    for (r, resource_spans) in resources.enumerate() {
-        let resource_spans = resource_spans?;
-        let resource = Resource::read("ResourceSpans", resource_spans)?;
-        let scopes = wire::repeated("ResourceSpans", resource_spans, 2, "scope_spans");
-        for (s, scope_spans) in scopes.enumerate() {
-            let scope_spans = scope_spans?;
-            let scope = Scope::read("ScopeSpans", scope_spans)?;
-            for (i, bytes) in wire::repeated("ScopeSpans", scope_spans, 2, "spans").enumerate() {
-                span.read(bytes?)?;
-                match span.rejection()? {
-                    None => columns.append(&span, &resource, &scope)?,
-                    Some(reason) => rejections.reject(|| {
-                        format!("resource_spans[{r}].scope_spans[{s}].spans[{i}]: {reason}")
-                    }),
-                }
-            }
+    Nesting::of(Signal::Spans).for_each_record(request, |position, resource, scope, bytes| {
+        span.read(bytes)?;
+        match span.rejection()? {
+            None => columns.append(&span, resource, scope)?,
+            Some(reason) => rejections.reject(|| format!("{position}: {reason}")),
         }
-    }
+        Ok(())
+    })?;
     Ok(rejections.finish(columns.finish()))
 }
 
