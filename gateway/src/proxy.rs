@@ -14,13 +14,14 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::SpanContext;
+use opentelemetry::KeyValue;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::ServiceConfig;
 use weft_proxy::headers::remove_hop_by_hop;
 use weft_proxy::upgrade;
-use weft_proxy::{end_span, method_name, Telemetry};
+use weft_proxy::{method_name, Telemetry};
 
 use crate::http::{
     gateway_response, AnsweredBy, Body, ClientAddr, ClientScheme, ProxyRequest, ProxyResponse,
@@ -33,7 +34,7 @@ pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// The request's SERVER span, in its extensions.
 #[derive(Clone)]
-pub(crate) struct RequestSpan(pub(crate) Context);
+pub(crate) struct RequestSpan(pub(crate) SpanContext);
 
 /// A service ready to forward to.
 pub(crate) struct Forwarder {
@@ -108,11 +109,10 @@ impl Forwarder {
 
     pub(crate) async fn forward(self: Arc<Self>, mut request: ProxyRequest) -> ProxyResponse {
         let matched = request.extensions_mut().remove::<Arc<Matched>>();
-        let span = request
+        let parent = request
             .extensions()
             .get::<RequestSpan>()
-            .map(|s| s.0.clone())
-            .unwrap_or_default();
+            .map_or_else(SpanContext::empty_context, |s| s.0.clone());
         let client_ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
         let client_scheme = request
             .extensions()
@@ -190,9 +190,9 @@ impl Forwarder {
                     "the request path cannot be forwarded",
                 );
             };
-            let cx = self
+            let span = self
                 .telemetry
-                .client_span(&span, method_name(&parts.method), || {
+                .client_span(&parent, method_name(&parts.method), || {
                     let (host, port) = target
                         .address
                         .rsplit_once(':')
@@ -225,7 +225,7 @@ impl Forwarder {
             } else {
                 headers.clone()
             };
-            self.telemetry.inject(&cx, &mut outgoing_headers);
+            self.telemetry.inject(span.context(), &mut outgoing_headers);
             let body = match body.take() {
                 Some(b) if has_body => Body::new(IdleTimeout::new(b, self.write_timeout)),
                 _ => Body::empty(),
@@ -250,7 +250,7 @@ impl Forwarder {
                     let status = response.status();
                     self.upstream
                         .report(&target, Outcome::Status(status.as_u16()));
-                    end_span(&cx, Some(status.as_u16()), None, true);
+                    span.end(Some(status.as_u16()), None);
                     if status == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(client_upgrade) = client_upgrade {
                             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -301,7 +301,7 @@ impl Forwarder {
                     if !matches!(failure, Failure::TooLarge) {
                         self.upstream.report(&target, Outcome::Failed);
                     }
-                    end_span(&cx, None, Some(error), true);
+                    span.end(None, Some(error));
                     let connect_failed = matches!(failure, Failure::Connect(_));
                     let mut response = gateway_response(status, message);
                     response

@@ -18,12 +18,10 @@ use http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use opentelemetry::logs::AnyValue;
-use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use tower::Layer;
-use weft_proxy::{end_span, method_name, Telemetry};
+use weft_proxy::{method_name, Telemetry};
 
 use crate::config::{ConfigError, GatewayConfig, TelemetryConfig, UpstreamProtocol};
 use crate::health::HealthCheckers;
@@ -274,7 +272,7 @@ async fn handle(
     let runtime = shared.runtime.load_full();
     let mut request = request.map(Body::new);
     let method = request.method().clone();
-    let span = shared
+    let mut span = shared
         .telemetry
         .server_span(request.headers(), method_name(&method), || {
             let headers = request.headers();
@@ -309,10 +307,9 @@ async fn handle(
             None,
         ),
         Some(matched) => {
-            let s = span.span();
-            if s.is_recording() {
-                s.update_name(format!("{method} {}", matched.template));
-                s.set_attributes([
+            if span.is_recording() {
+                span.set_name(format!("{method} {}", matched.template));
+                span.set_attributes([
                     KeyValue::new("http.route", matched.template.clone()),
                     KeyValue::new("weft.gateway.route", matched.route.name.clone()),
                     KeyValue::new("weft.gateway.service", matched.route.service.clone()),
@@ -324,7 +321,9 @@ async fn handle(
                 (response, Some(route))
             } else {
                 let stack = route.stack.clone();
-                request.extensions_mut().insert(RequestSpan(span.clone()));
+                request
+                    .extensions_mut()
+                    .insert(RequestSpan(span.context().clone()));
                 request.extensions_mut().insert(Arc::new(matched));
                 (plugins::forward(stack, request).await, Some(route))
             }
@@ -332,12 +331,11 @@ async fn handle(
     };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    end_span(&span, Some(status), None, false);
     let (service, route) = route
         .as_deref()
         .map_or(("", ""), |r| (r.service.as_str(), r.name.as_str()));
     shared.metrics.observe(service, route, status, elapsed);
-    shared.telemetry.access_log(&span, status, || {
+    shared.telemetry.access_log(span.context(), status, || {
         let path = path.unwrap_or_default();
         let target = response.extensions().get::<AnsweredBy>().map(|a| &a.0);
         let millis = elapsed.as_secs_f64() * 1000.0;
@@ -346,23 +344,27 @@ async fn handle(
             client.ip(),
             target.map_or("-", |t| t.as_str())
         );
-        let mut log: Vec<(&'static str, AnyValue)> = vec![
-            ("http.request.method", method_name(&method).into()),
-            ("url.path", path.into()),
-            ("http.response.status_code", i64::from(status).into()),
-            ("client.address", client.ip().to_string().into()),
-            ("duration_ms", millis.into()),
-            ("weft.gateway.route", route.to_string().into()),
-            ("weft.gateway.service", service.to_string().into()),
+        let mut log = vec![
+            KeyValue::new("http.request.method", method_name(&method)),
+            KeyValue::new("url.path", path),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("client.address", client.ip().to_string()),
+            KeyValue::new("duration_ms", millis),
+            KeyValue::new("weft.gateway.route", route.to_string()),
+            KeyValue::new("weft.gateway.service", service.to_string()),
         ];
         if let Some(target) = target {
-            log.push(("weft.gateway.upstream_target", target.clone().into()));
+            log.push(KeyValue::new(
+                "weft.gateway.upstream_target",
+                target.clone(),
+            ));
         }
         if let Some(consumer) = response.extensions().get::<AuthenticatedConsumer>() {
-            log.push(("enduser.id", consumer.0.username.clone().into()));
+            log.push(KeyValue::new("enduser.id", consumer.0.username.clone()));
         }
         (line, log)
     });
+    span.end(Some(status), None);
     Ok(response)
 }
 

@@ -1,8 +1,8 @@
 //! What weft's proxies share: the API gateway (`weft-gateway`) and the mesh
 //! sidecar (`weft-mesh`) both forward HTTP and trace every request.
 //!
-//! [`Telemetry`] is a proxy's own tracing and access logging through the
-//! OpenTelemetry SDK, exported over OTLP from bounded queues that the request
+//! [`Telemetry`] is a proxy's own tracing and access logging, built as OTLP
+//! messages and exported over OTLP/gRPC from bounded queues that the request
 //! path never waits on, with a [`TelemetryCollector`] for `/metrics`.
 //! [`headers`] holds the HTTP header rules every hop applies (hop-by-hop
 //! headers), [`upgrade`] carries WebSockets across a hop, [`accept_until`] the accept loop with graceful
@@ -20,6 +20,6 @@ pub mod upgrade;
 pub use crate::listener::accept_until;
 pub use crate::response::message_response;
 pub use crate::telemetry::{
-    end_span, method_name, Telemetry, TelemetryCollector, TelemetryConfig, TelemetryCounters,
+    method_name, Span, Telemetry, TelemetryCollector, TelemetryConfig, TelemetryCounters,
     TelemetryError,
 };

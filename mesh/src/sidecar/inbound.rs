@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use http::{header, HeaderValue, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::Watcher;
-use opentelemetry::logs::AnyValue;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::SpanContext;
+use opentelemetry::KeyValue;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, end_span, message_response, method_name, upgrade, Telemetry};
+use weft_proxy::{accept_until, message_response, method_name, upgrade, Telemetry};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -97,7 +97,7 @@ async fn handle(
     let telemetry = shared.telemetry.load_full();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let cx = telemetry.server_span(
+    let span = telemetry.server_span(
         request.headers(),
         format!("{method} {}", shared.service),
         || {
@@ -141,7 +141,7 @@ async fn handle(
         });
     let (response, denial) = match decision {
         Ok(()) => (
-            forward_to_app(&shared, &telemetry, &cx, &peer, request).await,
+            forward_to_app(&shared, &telemetry, span.context(), &peer, request).await,
             None,
         ),
         Err(denial) => {
@@ -158,20 +158,27 @@ async fn handle(
     };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    end_span(&cx, Some(status), None, false);
     shared
         .metrics
         .observe("inbound", peer.service(), status, elapsed);
     access_log(
-        &telemetry, &cx, &peer, &method, &path, status, elapsed, denial,
+        &telemetry,
+        span.context(),
+        &peer,
+        &method,
+        &path,
+        status,
+        elapsed,
+        denial,
     );
+    span.end(Some(status), None);
     Ok(response)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn access_log(
     telemetry: &Telemetry,
-    cx: &Context,
+    cx: &SpanContext,
     peer: &SpiffeId,
     method: &http::Method,
     path: &str,
@@ -181,20 +188,20 @@ fn access_log(
 ) {
     telemetry.access_log(cx, status, || {
         let millis = elapsed.as_secs_f64() * 1000.0;
-        let mut attributes: Vec<(&'static str, AnyValue)> = vec![
-            ("http.request.method", method_name(method).into()),
-            ("url.path", path.to_string().into()),
-            ("http.response.status_code", i64::from(status).into()),
-            ("peer.service", peer.service().to_string().into()),
-            ("weft.mesh.peer_identity", peer.to_string().into()),
-            ("weft.mesh.direction", "inbound".into()),
-            ("duration_ms", millis.into()),
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method_name(method)),
+            KeyValue::new("url.path", path.to_string()),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("peer.service", peer.service().to_string()),
+            KeyValue::new("weft.mesh.peer_identity", peer.to_string()),
+            KeyValue::new("weft.mesh.direction", "inbound"),
+            KeyValue::new("duration_ms", millis),
         ];
         let mut line = format!("inbound {peer} \"{method} {path}\" {status} {millis:.1}ms");
         if let Some(denial) = denial {
             line.push_str(&format!(" denied by {} rule {}", denial.kind, denial.rule));
-            attributes.push(("weft.mesh.policy", denial.kind.into()));
-            attributes.push(("weft.mesh.rule", denial.rule.into()));
+            attributes.push(KeyValue::new("weft.mesh.policy", denial.kind));
+            attributes.push(KeyValue::new("weft.mesh.rule", denial.rule));
         }
         (line, attributes)
     });
@@ -203,7 +210,7 @@ fn access_log(
 async fn forward_to_app(
     shared: &Shared,
     telemetry: &Telemetry,
-    cx: &Context,
+    cx: &SpanContext,
     peer: &SpiffeId,
     mut request: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
@@ -285,16 +292,16 @@ async fn tunnel(
             .connection("inbound", peer.service(), "denied");
         tracing::warn!(from = %peer, to = %shared.service, %remote, rule = %denial.rule, "TCP connection denied");
         let telemetry = shared.telemetry.load();
-        telemetry.access_log(&Context::new(), 403, || {
+        telemetry.access_log(&SpanContext::empty_context(), 403, || {
             (
                 format!(
                     "inbound {peer} TCP denied by traffic_permission rule {}",
                     denial.rule
                 ),
                 vec![
-                    ("peer.service", peer.service().to_string().into()),
-                    ("weft.mesh.policy", denial.kind.into()),
-                    ("weft.mesh.rule", denial.rule.into()),
+                    KeyValue::new("peer.service", peer.service().to_string()),
+                    KeyValue::new("weft.mesh.policy", denial.kind),
+                    KeyValue::new("weft.mesh.rule", denial.rule),
                 ],
             )
         });

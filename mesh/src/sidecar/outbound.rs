@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use opentelemetry::logs::AnyValue;
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
@@ -24,7 +23,7 @@ use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, end_span, message_response, method_name, upgrade};
+use weft_proxy::{accept_until, message_response, method_name, upgrade};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -107,7 +106,7 @@ async fn handle(
     let path = request.uri().path().to_string();
     let parent = telemetry.extract(request.headers());
     let expected = SpiffeId::new(&snapshot.mesh, to);
-    let cx = telemetry.client_span(&parent, format!("{method} {to}"), || {
+    let span = telemetry.client_span(&parent, format!("{method} {to}"), || {
         vec![
             KeyValue::new("http.request.method", method_name(&method)),
             KeyValue::new("url.path", path.clone()),
@@ -123,7 +122,7 @@ async fn handle(
     if let Some(protocol) = &switch {
         upgrade::ask_again(&mut parts.headers, protocol);
     }
-    telemetry.inject(&cx, &mut parts.headers);
+    telemetry.inject(span.context(), &mut parts.headers);
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -234,25 +233,25 @@ async fn handle(
     });
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    end_span(&cx, Some(status), None, true);
     shared.metrics.observe("outbound", to, status, elapsed);
-    telemetry.access_log(&cx, status, || {
+    telemetry.access_log(span.context(), status, || {
         let millis = elapsed.as_secs_f64() * 1000.0;
         let line = format!("outbound {to} \"{method} {path}\" {status} {millis:.1}ms");
-        let mut attributes: Vec<(&'static str, AnyValue)> = vec![
-            ("http.request.method", method_name(&method).into()),
-            ("url.path", path.into()),
-            ("http.response.status_code", i64::from(status).into()),
-            ("peer.service", to.to_string().into()),
-            ("weft.mesh.direction", "outbound".into()),
-            ("client.address", client.ip().to_string().into()),
-            ("duration_ms", millis.into()),
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method_name(&method)),
+            KeyValue::new("url.path", path),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("peer.service", to.to_string()),
+            KeyValue::new("weft.mesh.direction", "outbound"),
+            KeyValue::new("client.address", client.ip().to_string()),
+            KeyValue::new("duration_ms", millis),
         ];
         if let Some(endpoint) = endpoint_used {
-            attributes.push(("server.socket.address", endpoint.to_string().into()));
+            attributes.push(KeyValue::new("server.socket.address", endpoint.to_string()));
         }
         (line, attributes)
     });
+    span.end(Some(status), None);
     Ok(response)
 }
 

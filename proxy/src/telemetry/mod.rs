@@ -1,0 +1,666 @@
+//! A proxy's own traces and access logs, as OTLP.
+//!
+//! A request's spans and its access-log record are built directly as the
+//! OTLP protobuf messages they are sent as (opentelemetry-proto's types) and
+//! handed to bounded queues that the request path never waits on; an
+//! exporter per signal batches them into OTLP/gRPC exports, a few in flight
+//! at once (see [`export`]). A full queue, or an export that fails, drops
+//! records and counts them (the proxy's `…_telemetry_dropped_total` metric),
+//! so a collector that is down or slow never slows the proxy.
+//!
+//! Not the OpenTelemetry SDK's span pipeline: at 100 % sampling it cost the
+//! gateway more CPU per request than proxying did (a span object, its
+//! `SpanData`, a regrouping by resource and scope at export, a second
+//! conversion into protobuf messages, and a deep copy of every log record;
+//! BENCHMARKS.md, *Proxies build OTLP directly*). The SDK still gives the
+//! ids, the resource and the W3C trace-context parsing.
+
+mod export;
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, TraceId};
+use opentelemetry::{Array, KeyValue, Value};
+use opentelemetry_proto::tonic::common::v1 as otlp_common;
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
+use opentelemetry_proto::tonic::trace::v1::{span, status, Span as OtlpSpan, SpanFlags, Status};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+/// Tracing and access logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC endpoint of the collector, e.g. `http://127.0.0.1:4317`; none
+    /// turns exporting off (trace context is still propagated).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the proxy's spans and logs (the proxy's own name,
+    /// e.g. `weft-gateway`, when unset).
+    pub service_name: Option<String>,
+    /// Fraction of new traces recorded, 0.0–1.0; incoming sampled traces are always recorded.
+    pub sampling: f64,
+    /// One OTLP log record per request, carrying its trace id.
+    pub access_log: bool,
+    /// Spans or log records waiting for export beyond this are dropped (and counted).
+    pub max_queue: usize,
+    /// Records per export request.
+    pub max_batch: usize,
+    /// Longest a record waits before its batch is sent.
+    #[serde(with = "humantime_serde")]
+    pub batch_timeout: Duration,
+    /// An export that takes longer is abandoned and its records counted as dropped.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: None,
+            sampling: 1.0,
+            access_log: true,
+            max_queue: 16_384,
+            max_batch: 1_024,
+            batch_timeout: Duration::from_millis(200),
+            export_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Checks the values; an error names the field and the reason.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(0.0..=1.0).contains(&self.sampling) {
+            return Err((
+                "sampling",
+                format!("must be between 0 and 1, got {}", self.sampling),
+            ));
+        }
+        if self.max_queue == 0 || self.max_batch == 0 {
+            return Err((
+                "max_queue",
+                "max_queue and max_batch must be at least 1".to_string(),
+            ));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            if endpoint
+                .parse::<http::Uri>()
+                .map(|u| u.host().is_none())
+                .unwrap_or(true)
+            {
+                return Err((
+                    "otlp_endpoint",
+                    format!("{endpoint:?} is not an absolute URL such as http://127.0.0.1:4317"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts of what was exported and what was dropped, per signal.
+#[derive(Debug, Default)]
+pub struct TelemetryCounters {
+    pub spans_exported: AtomicU64,
+    pub spans_dropped: AtomicU64,
+    pub logs_exported: AtomicU64,
+    pub logs_dropped: AtomicU64,
+}
+
+/// Tracing and access logging for every request.
+pub struct Telemetry {
+    /// Where ended spans go. None without an exporter: spans are then not
+    /// recorded at all, and a request only gets the ids and the sampling
+    /// decision it passes on in `traceparent`.
+    spans: Option<mpsc::Sender<OtlpSpan>>,
+    /// Where access-log records go; none when they are not exported.
+    logs: Option<mpsc::Sender<LogRecord>>,
+    /// Fraction of new traces recorded.
+    sampling: f64,
+    ids: RandomIdGenerator,
+    propagator: TraceContextPropagator,
+    counters: Arc<TelemetryCounters>,
+    stop: watch::Sender<bool>,
+    exporters: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the OTLP exporter for {endpoint}: {reason}")]
+pub struct TelemetryError {
+    endpoint: String,
+    reason: String,
+}
+
+impl Telemetry {
+    /// Sets up telemetry; exporting starts only with an `otlp_endpoint`.
+    /// `proxy` names the instrumentation scope, and the service when the
+    /// config names none. Must run inside the tokio runtime (the exporters
+    /// are tasks on it).
+    pub fn start(config: &TelemetryConfig, proxy: &'static str) -> Result<Self, TelemetryError> {
+        Self::start_counting(config, proxy, Arc::default())
+    }
+
+    /// [`start`](Self::start), adding to `counters` (which outlive this
+    /// instance when a proxy restarts its telemetry with new settings).
+    pub fn start_counting(
+        config: &TelemetryConfig,
+        proxy: &'static str,
+        counters: Arc<TelemetryCounters>,
+    ) -> Result<Self, TelemetryError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut spans = None;
+        let mut logs = None;
+        let mut exporters = Vec::new();
+        if let Some(endpoint) = &config.otlp_endpoint {
+            let channel = export::channel(endpoint, config.export_timeout).map_err(|reason| {
+                TelemetryError {
+                    endpoint: endpoint.clone(),
+                    reason,
+                }
+            })?;
+            let service_name = config.service_name.as_deref().unwrap_or(proxy);
+            let destination = export::Destination::new(channel, service_name, proxy);
+            let (queue, queued) = mpsc::channel(config.max_queue);
+            exporters.push(tokio::spawn(export::run(
+                queued,
+                export::Spans(destination.clone()),
+                config.clone(),
+                stopped.clone(),
+                counters.clone(),
+            )));
+            spans = Some(queue);
+            if config.access_log {
+                let (queue, queued) = mpsc::channel(config.max_queue);
+                exporters.push(tokio::spawn(export::run(
+                    queued,
+                    export::Logs(destination),
+                    config.clone(),
+                    stopped,
+                    counters.clone(),
+                )));
+                logs = Some(queue);
+            }
+        }
+        Ok(Self {
+            spans,
+            logs,
+            sampling: config.sampling,
+            ids: RandomIdGenerator::default(),
+            propagator: TraceContextPropagator::new(),
+            counters,
+            stop,
+            exporters: Mutex::new(exporters),
+        })
+    }
+
+    /// Starts the SERVER span of a request, continuing the caller's trace
+    /// when its `traceparent` says so. `attributes` is called only for a
+    /// span that is recorded.
+    pub fn server_span(
+        &self,
+        headers: &HeaderMap,
+        name: impl Into<Cow<'static, str>>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Span {
+        let parent = self.extract(headers);
+        self.start_span(&parent, SpanKind::Server, name.into(), attributes)
+    }
+
+    /// The caller's trace context from its `traceparent`/`tracestate`
+    /// (an invalid context when there is none).
+    pub fn extract(&self, headers: &HeaderMap) -> SpanContext {
+        let cx = self.propagator.extract(&HeaderExtractor(headers));
+        cx.span().span_context().clone()
+    }
+
+    /// Starts a CLIENT span for one upstream attempt, child of `parent`.
+    /// `attributes` is called only for a span that is recorded.
+    pub fn client_span(
+        &self,
+        parent: &SpanContext,
+        name: impl Into<Cow<'static, str>>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Span {
+        self.start_span(parent, SpanKind::Client, name.into(), attributes)
+    }
+
+    /// A span's ids and sampling decision as the SDK's parent-based ratio
+    /// sampler gives them: a caller's decision is kept, a new trace is
+    /// sampled by its trace id against the ratio. Only a sampled span with
+    /// an exporter to go to is recorded.
+    fn start_span(
+        &self,
+        parent: &SpanContext,
+        kind: SpanKind,
+        name: Cow<'static, str>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Span {
+        let (trace_id, sampled) = if parent.is_valid() {
+            (parent.trace_id(), parent.is_sampled())
+        } else {
+            let trace_id = self.ids.new_trace_id();
+            (trace_id, ratio_samples(self.sampling, trace_id))
+        };
+        let flags = parent.trace_flags().with_sampled(sampled);
+        let context = SpanContext::new(
+            trace_id,
+            self.ids.new_span_id(),
+            flags,
+            false,
+            parent.trace_state().clone(),
+        );
+        let recording = match &self.spans {
+            Some(queue) if sampled => Some(Recording {
+                span: Box::new(OtlpSpan {
+                    trace_id: trace_id.to_bytes().to_vec(),
+                    span_id: context.span_id().to_bytes().to_vec(),
+                    trace_state: parent.trace_state().header(),
+                    parent_span_id: if parent.is_valid() {
+                        parent.span_id().to_bytes().to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    flags: span_flags(flags.to_u8(), parent.is_remote()),
+                    name: name.into_owned(),
+                    kind: match kind {
+                        SpanKind::Client => span::SpanKind::Client,
+                        _ => span::SpanKind::Server,
+                    } as i32,
+                    start_time_unix_nano: unix_nanos(SystemTime::now()),
+                    attributes: attributes().into_iter().map(otlp_key_value).collect(),
+                    ..OtlpSpan::default()
+                }),
+                queue: queue.clone(),
+                counters: self.counters.clone(),
+            }),
+            _ => None,
+        };
+        Span { context, recording }
+    }
+
+    /// Writes `cx`'s `traceparent`/`tracestate` into outgoing headers
+    /// (W3C Trace Context), replacing what the caller sent.
+    pub fn inject(&self, cx: &SpanContext, headers: &mut HeaderMap) {
+        if !cx.is_valid() {
+            return;
+        }
+        let traceparent = format!(
+            "00-{}-{}-{:02x}",
+            cx.trace_id(),
+            cx.span_id(),
+            cx.trace_flags().to_u8() & 1
+        );
+        if let Ok(value) = HeaderValue::try_from(traceparent) {
+            headers.insert(TRACEPARENT, value);
+        }
+        let state = cx.trace_state().header();
+        match HeaderValue::try_from(state) {
+            Ok(value) if !value.is_empty() => {
+                headers.insert(TRACESTATE, value);
+            }
+            _ => {
+                headers.remove(TRACESTATE);
+            }
+        }
+    }
+
+    /// One access-log record for a finished request, tied to its span:
+    /// `record` gives its body and attributes, and is called only when
+    /// access logs are exported.
+    pub fn access_log(
+        &self,
+        cx: &SpanContext,
+        status: u16,
+        record: impl FnOnce() -> (String, Vec<KeyValue>),
+    ) {
+        let Some(queue) = &self.logs else {
+            return;
+        };
+        let (body, attributes) = record();
+        let now = unix_nanos(SystemTime::now());
+        let (severity, text) = if status >= 500 {
+            (SeverityNumber::Error, "ERROR")
+        } else if status >= 400 {
+            (SeverityNumber::Warn, "WARN")
+        } else {
+            (SeverityNumber::Info, "INFO")
+        };
+        let mut log = LogRecord {
+            time_unix_nano: now,
+            observed_time_unix_nano: now,
+            severity_number: severity as i32,
+            severity_text: text.to_string(),
+            event_name: "http.access".to_string(),
+            body: Some(otlp_any_value(Value::from(body))),
+            attributes: attributes.into_iter().map(otlp_key_value).collect(),
+            ..LogRecord::default()
+        };
+        if cx.is_valid() {
+            log.trace_id = cx.trace_id().to_bytes().to_vec();
+            log.span_id = cx.span_id().to_bytes().to_vec();
+            log.flags = u32::from(cx.trace_flags().to_u8());
+        }
+        if queue.try_send(log).is_err() {
+            self.counters.logs_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether access-log records are exported (so worth preparing).
+    pub fn logs_access(&self) -> bool {
+        self.logs.is_some()
+    }
+
+    /// What was exported and dropped so far.
+    pub fn counters(&self) -> &Arc<TelemetryCounters> {
+        &self.counters
+    }
+
+    /// Sends what is queued (within `deadline`) and stops the exporters.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        let exporters = std::mem::take(&mut *self.exporters.lock());
+        for exporter in exporters {
+            let abort = exporter.abort_handle();
+            if tokio::time::timeout(deadline, exporter).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// A request's span: its context, which goes on in `traceparent`, and for a
+/// recorded span the OTLP message it becomes. A recorded span that is
+/// dropped without [`end`](Span::end) (its request was cancelled) is still
+/// exported, without a status.
+pub struct Span {
+    context: SpanContext,
+    recording: Option<Recording>,
+}
+
+struct Recording {
+    span: Box<OtlpSpan>,
+    queue: mpsc::Sender<OtlpSpan>,
+    counters: Arc<TelemetryCounters>,
+}
+
+impl Span {
+    /// The ids and sampling decision children and callees continue.
+    pub fn context(&self) -> &SpanContext {
+        &self.context
+    }
+
+    /// Whether the span is exported (so worth naming and describing).
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_some()
+    }
+
+    pub fn set_name(&mut self, name: impl Into<String>) {
+        if let Some(recording) = &mut self.recording {
+            recording.span.name = name.into();
+        }
+    }
+
+    pub fn set_attributes(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
+        if let Some(recording) = &mut self.recording {
+            recording
+                .span
+                .attributes
+                .extend(attributes.into_iter().map(otlp_key_value));
+        }
+    }
+
+    /// Ends the span with the status semantic conventions give its kind: a
+    /// server span fails on 5xx, a client span on 4xx too; `error` (the
+    /// `error.type`) fails either.
+    pub fn end(mut self, status: Option<u16>, error: Option<String>) {
+        let Some(mut recording) = self.recording.take() else {
+            return;
+        };
+        let span = &mut recording.span;
+        let client = span.kind == span::SpanKind::Client as i32;
+        if let Some(status) = status {
+            span.attributes.push(otlp_key_value(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            )));
+            if status >= 500 || (client && status >= 400) {
+                span.status = Some(error_status(String::new()));
+            }
+        }
+        if let Some(error) = error {
+            span.attributes
+                .push(otlp_key_value(KeyValue::new("error.type", error.clone())));
+            span.status = Some(error_status(error));
+        }
+        recording.send();
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some(recording) = self.recording.take() {
+            recording.send();
+        }
+    }
+}
+
+impl Recording {
+    fn send(self) {
+        let mut span = *self.span;
+        span.end_time_unix_nano = unix_nanos(SystemTime::now());
+        if self.queue.try_send(span).is_err() {
+            self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn error_status(message: String) -> Status {
+    Status {
+        message,
+        code: status::StatusCode::Error as i32,
+    }
+}
+
+/// The SDK's `TraceIdRatioBased` decision: the trace id's low 63 bits
+/// against the ratio, so every hop of a trace decides alike.
+fn ratio_samples(ratio: f64, trace_id: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bytes = trace_id.to_bytes();
+    let mut low = [0; 8];
+    low.copy_from_slice(&bytes[8..]);
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    (u64::from_be_bytes(low) >> 1) < bound
+}
+
+/// OTLP span flags: the W3C trace flags, and whether the parent is remote
+/// (known, so both bits are set accordingly).
+fn span_flags(trace_flags: u8, parent_is_remote: bool) -> u32 {
+    let mut flags = u32::from(trace_flags) | SpanFlags::ContextHasIsRemoteMask as u32;
+    if parent_is_remote {
+        flags |= SpanFlags::ContextIsRemoteMask as u32;
+    }
+    flags
+}
+
+fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn otlp_key_value(attribute: KeyValue) -> otlp_common::KeyValue {
+    let KeyValue { key, value, .. } = attribute;
+    otlp_common::KeyValue {
+        key: key.as_str().to_owned(),
+        value: Some(otlp_any_value(value)),
+        ..otlp_common::KeyValue::default()
+    }
+}
+
+fn otlp_any_value(value: Value) -> otlp_common::AnyValue {
+    use otlp_common::any_value::Value as V;
+    fn array<T>(values: Vec<T>, one: impl Fn(T) -> V) -> V {
+        V::ArrayValue(otlp_common::ArrayValue {
+            values: values
+                .into_iter()
+                .map(|v| otlp_common::AnyValue {
+                    value: Some(one(v)),
+                })
+                .collect(),
+        })
+    }
+    let value = match value {
+        Value::Bool(b) => V::BoolValue(b),
+        Value::I64(i) => V::IntValue(i),
+        Value::F64(f) => V::DoubleValue(f),
+        Value::String(s) => V::StringValue(s.into()),
+        Value::Array(Array::Bool(values)) => array(values, V::BoolValue),
+        Value::Array(Array::I64(values)) => array(values, V::IntValue),
+        Value::Array(Array::F64(values)) => array(values, V::DoubleValue),
+        Value::Array(Array::String(values)) => array(values, |s| V::StringValue(s.into())),
+        other => V::StringValue(other.to_string()),
+    };
+    otlp_common::AnyValue { value: Some(value) }
+}
+
+/// A request method as a span name or attribute value, without an
+/// allocation for the standard ones.
+pub fn method_name(method: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return Cow::Owned(method.as_str().to_string()),
+    };
+    Cow::Borrowed(name)
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Reports [`TelemetryCounters`] at scrape time as
+/// `<prefix>_telemetry_exported_total` and `<prefix>_telemetry_dropped_total`,
+/// labelled by `signal` (`spans`, `logs`).
+#[derive(Debug)]
+pub struct TelemetryCollector {
+    prefix: &'static str,
+    counters: Arc<TelemetryCounters>,
+}
+
+impl TelemetryCollector {
+    pub fn new(prefix: &'static str, counters: Arc<TelemetryCounters>) -> Self {
+        Self { prefix, counters }
+    }
+}
+
+impl Collector for TelemetryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.counters;
+        for (what, help, readings) in [
+            (
+                "exported",
+                "Spans and log records the collector accepted",
+                [("spans", &t.spans_exported), ("logs", &t.logs_exported)],
+            ),
+            (
+                "dropped",
+                "Spans and log records dropped because the export queue was full or the export failed",
+                [("spans", &t.spans_dropped), ("logs", &t.logs_dropped)],
+            ),
+        ] {
+            let name = format!("{}_telemetry_{what}", self.prefix);
+            let mut family = encoder.encode_descriptor(&name, help, None, MetricType::Counter)?;
+            for (signal, reading) in readings {
+                ConstCounter::new(reading.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&[("signal", signal)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a request forwarded through a proxy without an exporter carries on.
+    fn forwarded(sampling: f64, incoming: Option<&str>) -> String {
+        let config = TelemetryConfig {
+            sampling,
+            ..TelemetryConfig::default()
+        };
+        let telemetry = Telemetry::start(&config, "test-proxy").unwrap();
+        let mut headers = HeaderMap::new();
+        if let Some(traceparent) = incoming {
+            headers.insert("traceparent", traceparent.parse().unwrap());
+        }
+        let server = telemetry.server_span(&headers, "GET", || panic!("nothing records"));
+        let client = telemetry.client_span(server.context(), "GET", || panic!("nothing records"));
+        let mut outgoing = HeaderMap::new();
+        telemetry.inject(client.context(), &mut outgoing);
+        outgoing["traceparent"].to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn without_an_exporter_the_callers_trace_goes_on_with_a_new_span_id() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sent = forwarded(1.0, Some(caller));
+        let parts: Vec<&str> = sent.split('-').collect();
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(parts[2], "00f067aa0ba902b7");
+        assert_eq!(parts[3], "01");
+
+        // A caller that did not sample keeps its decision, whatever the ratio.
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(forwarded(1.0, Some(unsampled)).ends_with("-00"));
+    }
+
+    #[test]
+    fn without_an_exporter_a_new_trace_is_started_and_sampled_by_the_ratio() {
+        let all = forwarded(1.0, None);
+        let parts: Vec<&str> = all.split('-').collect();
+        assert_eq!(parts[1].len(), 32);
+        assert_ne!(parts[1], "0".repeat(32));
+        assert_eq!(parts[3], "01");
+        assert_ne!(
+            forwarded(1.0, None),
+            all,
+            "every request starts its own trace"
+        );
+        assert!(forwarded(0.0, None).ends_with("-00"));
+    }
+}
