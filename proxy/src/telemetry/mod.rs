@@ -663,4 +663,31 @@ mod tests {
         );
         assert!(forwarded(0.0, None).ends_with("-00"));
     }
+
+    #[test]
+    fn the_ratio_decides_as_the_sdks_sampler_does() {
+        use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
+        let ids = RandomIdGenerator::default();
+        for ratio in [0.0, 0.01, 0.3, 0.5, 0.999, 1.0] {
+            let sdk = Sampler::TraceIdRatioBased(ratio);
+            let mut sampled = 0;
+            for _ in 0..2_000 {
+                let trace_id = ids.new_trace_id();
+                let expected = sdk
+                    .should_sample(None, trace_id, "GET", &SpanKind::Server, &[], &[])
+                    .decision
+                    == SamplingDecision::RecordAndSample;
+                assert_eq!(
+                    ratio_samples(ratio, trace_id),
+                    expected,
+                    "{ratio} {trace_id}"
+                );
+                sampled += usize::from(expected);
+            }
+            assert!(
+                (sampled as f64 / 2_000.0 - ratio).abs() < 0.05,
+                "{ratio}: {sampled}"
+            );
+        }
+    }
 }
