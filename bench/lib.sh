@@ -32,6 +32,30 @@ measure() {
   echo "$rps|$p50|$p99|${errors:-none}"
 }
 
+# CPU time (user + system) of one process so far, in clock ticks.
+cpu_ticks() {
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+# measure, followed by the CPU time each of the given processes spent per
+# request over the run, in µs: "rps|p50|p99|errors|cpu1 cpu2 …". On a machine
+# whose cores the load tool, the upstream and the collector share, this is
+# steadier than requests/s for comparing two builds.
+measure_with_cpu() {
+  local port=$1 pid before=() result requests hz cpu="" i=0
+  shift
+  for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
+  result=$(measure "$port")
+  requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+  hz=$(getconf CLK_TCK)
+  for pid in "$@"; do
+    cpu+=$(awk -v a="${before[$i]}" -v b="$(cpu_ticks "$pid")" -v n="$requests" -v hz="$hz" \
+      'BEGIN { printf "%.1f ", (b - a) * 1e6 / hz / n }')
+    i=$((i + 1))
+  done
+  echo "$result|${cpu% }"
+}
+
 # wrk prints 1.23ms, 850.00us or 1.20s; this prints milliseconds.
 to_ms() {
   awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else printf "%.3f", v*1000 }'

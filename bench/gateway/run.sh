@@ -46,10 +46,13 @@ services:
 CONF
 $WEFT serve --data-dir "$WORK/weft-data" --otlp-grpc-addr 127.0.0.1:14317 --otlp-http-addr 127.0.0.1:14318 \
   --http-addr 127.0.0.1:16687 2>"$WORK/weft.log" &
+SERVE_PID=$!
 $WEFT gateway --config "$WORK/gateway.yaml" --proxy-addr 127.0.0.1:$GATEWAY --admin-addr 127.0.0.1:18101 \
   2>"$WORK/gateway.log" &
+GATEWAY_PID=$!
 $WEFT gateway --config "$WORK/gateway.yaml" --proxy-addr 127.0.0.1:$GATEWAY_TRACED --admin-addr 127.0.0.1:18201 \
   --otlp-endpoint http://127.0.0.1:14317 2>"$WORK/gateway-traced.log" &
+TRACED_PID=$!
 wait_for http://127.0.0.1:16687/api/v1/services
 for port in $NGINX $GATEWAY $GATEWAY_TRACED; do wait_for "http://127.0.0.1:$port/"; done
 
@@ -57,8 +60,8 @@ wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$NGINX/" >/dev/null   # warm-up
 wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$GATEWAY/" >/dev/null
 wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$GATEWAY_TRACED/" >/dev/null
 IFS='|' read -r n_rps n_p50 n_p99 n_err <<<"$(measure $NGINX)"
-IFS='|' read -r g_rps g_p50 g_p99 g_err <<<"$(measure $GATEWAY)"
-IFS='|' read -r t_rps t_p50 t_p99 t_err <<<"$(measure $GATEWAY_TRACED)"
+IFS='|' read -r g_rps g_p50 g_p99 g_err g_cpu <<<"$(measure_with_cpu $GATEWAY $GATEWAY_PID)"
+IFS='|' read -r t_rps t_p50 t_p99 t_err t_cpu <<<"$(measure_with_cpu $GATEWAY_TRACED $TRACED_PID $SERVE_PID)"
 sleep 2
 exported=$(curl -s http://127.0.0.1:18201/status)
 
@@ -71,5 +74,6 @@ for r in "nginx (proxy_pass, upstream keepalive)|$n_rps|$n_p50|$n_p99|$n_err" \
 done
 echo
 echo "p99 added by tracing (traced − untraced gateway): $(awk -v a="$(to_ms "$t_p99")" -v b="$(to_ms "$g_p99")" 'BEGIN{printf "%.3f", a-b}') ms"
+echo "CPU per request (user + system, µs): gateway, telemetry off $g_cpu; traced gateway ${t_cpu% *} + weft serve storing its telemetry ${t_cpu#* }"
 echo "traced gateway telemetry: $exported"
 echo "wrk -t2 -c$CONNECTIONS -d$DURATION; $(nproc) cores; $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1)"

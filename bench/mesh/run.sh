@@ -74,22 +74,25 @@ policies:
 CONF
 $WEFT serve --data-dir "$WORK/weft-data" --otlp-grpc-addr 127.0.0.1:14317 --otlp-http-addr 127.0.0.1:14318 \
   --http-addr 127.0.0.1:16687 2>"$WORK/weft.log" &
+SERVE_PID=$!
 $WEFT mesh control-plane --config "$WORK/mesh.yaml" --addr 127.0.0.1:$CP 2>"$WORK/cp.log" &
 # Tokens before the control plane starts: the state dir holds them.
 $WEFT mesh token create --service bench-server --state-dir "$WORK/mesh-state" > "$WORK/server.token"
 $WEFT mesh token create --service bench-client --state-dir "$WORK/mesh-state" > "$WORK/client.token"
 $WEFT mesh sidecar --service bench-server --inbound 127.0.0.1:$SIDECAR_IN --app 127.0.0.1:$APP \
   --token-file "$WORK/server.token" --control-plane http://127.0.0.1:$CP --admin-addr 127.0.0.1:19102 2>"$WORK/server.log" &
+SERVER_SIDECAR_PID=$!
 $WEFT mesh sidecar --service bench-client --inbound 127.0.0.1:19103 --app 127.0.0.1:$APP \
   --outbound bench-server=127.0.0.1:$SIDECAR_OUT --token-file "$WORK/client.token" --control-plane http://127.0.0.1:$CP \
   --admin-addr 127.0.0.1:19104 2>"$WORK/client.log" &
+CLIENT_SIDECAR_PID=$!
 wait_for http://127.0.0.1:16687/api/v1/services
 for port in $NGINX_OUT $SIDECAR_OUT; do wait_for "http://127.0.0.1:$port/"; done
 
 wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$NGINX_OUT/" >/dev/null   # warm-up
 wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$SIDECAR_OUT/" >/dev/null
 IFS='|' read -r n_rps n_p50 n_p99 n_err <<<"$(measure $NGINX_OUT)"
-IFS='|' read -r w_rps w_p50 w_p99 w_err <<<"$(measure $SIDECAR_OUT)"
+IFS='|' read -r w_rps w_p50 w_p99 w_err w_cpu <<<"$(measure_with_cpu $SIDECAR_OUT $CLIENT_SIDECAR_PID $SERVER_SIDECAR_PID $SERVE_PID)"
 sleep 2
 
 echo "| hop | requests/s | × nginx pair | p50 ms | p99 ms | errors |"
@@ -99,6 +102,8 @@ for r in "nginx → TLS (client cert) → nginx|$n_rps|$n_p50|$n_p99|$n_err" \
   row "$r" "$n_rps"
 done
 echo
+read -r cpu_client cpu_server cpu_serve <<<"$w_cpu"
+echo "CPU per request (user + system, µs): client sidecar $cpu_client, server sidecar $cpu_server, weft serve storing their telemetry $cpu_serve"
 echo "telemetry (client sidecar): $(curl -s http://127.0.0.1:19104/metrics | grep '^weft_mesh_sidecar_telemetry' | tr '\n' ' ')"
 echo "telemetry (server sidecar): $(curl -s http://127.0.0.1:19102/metrics | grep '^weft_mesh_sidecar_telemetry' | tr '\n' ' ')"
 echo "wrk -t2 -c$CONNECTIONS -d$DURATION; $(nproc) cores; $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1)"
