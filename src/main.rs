@@ -31,7 +31,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// grow their Arrow builders by reallocation into memory purged since the last
 /// batch, and faulted every page back in zeroed: a sixth of the collector's
 /// CPU went to page faults and `clear_page`. Ten seconds keeps the memory of a
-/// busy process and still returns it after a burst (same RSS at peak; +13 %
+/// busy process and still returns it after a burst (same RSS at peak; +6–12 %
 /// records/s in `weft-bench-ingest`, BENCHMARKS.md). `MIMALLOC_PURGE_DELAY`
 /// still decides when set.
 fn keep_freed_memory_longer() {
