@@ -28,7 +28,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use super::{otlp_key_value, TelemetryConfig, TelemetryCounters};
 
 /// Exports of one signal running at once.
-pub(super) const EXPORTS_IN_FLIGHT: usize = 4;
+const EXPORTS_IN_FLIGHT: usize = 4;
 
 /// A connection to the collector at `endpoint` (`http://` or `https://`),
 /// opened on first use and reopened when it fails.

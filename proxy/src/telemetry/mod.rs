@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, TraceId};
-use opentelemetry::{Array, KeyValue, Value};
+use opentelemetry::{Array, Context, KeyValue, Value};
 use opentelemetry_proto::tonic::common::v1 as otlp_common;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span as OtlpSpan, SpanFlags, Status};
@@ -295,27 +295,9 @@ impl Telemetry {
     /// Writes `cx`'s `traceparent`/`tracestate` into outgoing headers
     /// (W3C Trace Context), replacing what the caller sent.
     pub fn inject(&self, cx: &SpanContext, headers: &mut HeaderMap) {
-        if !cx.is_valid() {
-            return;
-        }
-        let traceparent = format!(
-            "00-{}-{}-{:02x}",
-            cx.trace_id(),
-            cx.span_id(),
-            cx.trace_flags().to_u8() & 1
-        );
-        if let Ok(value) = HeaderValue::try_from(traceparent) {
-            headers.insert(TRACEPARENT, value);
-        }
-        let state = cx.trace_state().header();
-        match HeaderValue::try_from(state) {
-            Ok(value) if !value.is_empty() => {
-                headers.insert(TRACESTATE, value);
-            }
-            _ => {
-                headers.remove(TRACESTATE);
-            }
-        }
+        let cx = Context::new().with_remote_span_context(cx.clone());
+        self.propagator
+            .inject_context(&cx, &mut HeaderInjector(headers));
     }
 
     /// One access-log record for a finished request, tied to its span:
@@ -381,9 +363,6 @@ impl Telemetry {
         }
     }
 }
-
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
 
 /// A request's span: its context, which goes on in `traceparent`, and for a
 /// recorded span the OTLP message it becomes. A recorded span that is
@@ -558,6 +537,19 @@ pub fn method_name(method: &http::Method) -> Cow<'static, str> {
         _ => return Cow::Owned(method.as_str().to_string()),
     };
     Cow::Borrowed(name)
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::try_from(value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
