@@ -55,7 +55,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::RowSelection;
 use tantivy::collector::{Collector, SegmentCollector};
-use tantivy::columnar::Column as FastColumn;
 use tantivy::{DocId, Index, IndexReader, ReloadPolicy, Score, SegmentOrdinal, SegmentReader};
 use weft_store::catalog::SegmentEntry;
 use weft_store::object_storage::SegmentPart;
@@ -95,8 +94,7 @@ pub(crate) struct SegmentCache {
 #[derive(Clone)]
 struct SegmentIndex {
     reader: IndexReader,
-    /// See [`index::documents_are_values`].
-    documents_are_values: bool,
+    rows: index::DocumentRows,
 }
 
 /// More entries than this and a cache starts over; an index reader holds a
@@ -124,17 +122,13 @@ impl SegmentCache {
     fn index(&self, dir: &Path) -> Result<SegmentIndex, String> {
         cached(&self.indexes, dir, || {
             let index = Index::open_in_dir(dir).map_err(|e| e.to_string())?;
-            let documents_are_values =
-                index::documents_are_values(&index).map_err(|e| e.to_string())?;
+            let rows = index::DocumentRows::open(&index, dir).map_err(|e| e.to_string())?;
             let reader = index
                 .reader_builder()
                 .reload_policy(ReloadPolicy::Manual)
                 .try_into()
                 .map_err(|e: tantivy::TantivyError| e.to_string())?;
-            Ok(SegmentIndex {
-                reader,
-                documents_are_values,
-            })
+            Ok(SegmentIndex { reader, rows })
         })
     }
 
@@ -362,7 +356,7 @@ impl StoreTable {
             let Some(positions) = index::indexed_with_positions(self.signal, &filter.column) else {
                 continue;
             };
-            if !index.documents_are_values && !positions && filter.query.negates() {
+            if !index.rows.documents_are_values() && !positions && filter.query.negates() {
                 // An older index joined each row's attribute values into one
                 // document; a negation there is not a superset of the answer.
                 continue;
@@ -371,7 +365,10 @@ impl StoreTable {
                 continue;
             };
             let mut rows = searcher
-                .search(&*filter.query.to_tantivy(field, positions), &RowCollector)
+                .search(
+                    &*filter.query.to_tantivy(field, positions),
+                    &RowCollector(&index.rows),
+                )
                 .map_err(|e| e.to_string())?;
             rows.sort_unstable();
             rows.dedup();
@@ -713,14 +710,14 @@ impl PruningStatistics for SegmentStatistics<'_> {
 
 /// Collects the rows of every matching document (one per document in indexes
 /// written before values were deduplicated, all the rows of its value since).
-struct RowCollector;
+struct RowCollector<'a>(&'a index::DocumentRows);
 
 struct SegmentRows {
-    rows: FastColumn<u64>,
+    rows: index::SegmentRows,
     hits: Vec<u64>,
 }
 
-impl Collector for RowCollector {
+impl Collector for RowCollector<'_> {
     type Fruit = Vec<u64>;
     type Child = SegmentRows;
 
@@ -730,7 +727,7 @@ impl Collector for RowCollector {
         reader: &SegmentReader,
     ) -> tantivy::Result<SegmentRows> {
         Ok(SegmentRows {
-            rows: reader.fast_fields().u64(index::ROW_FIELD)?,
+            rows: self.0.for_segment(reader)?,
             hits: Vec::new(),
         })
     }
@@ -748,7 +745,7 @@ impl SegmentCollector for SegmentRows {
     type Fruit = Vec<u64>;
 
     fn collect(&mut self, doc: DocId, _score: Score) {
-        self.hits.extend(self.rows.values_for_doc(doc));
+        self.rows.append_rows(doc, &mut self.hits);
     }
 
     fn harvest(self) -> Vec<u64> {

@@ -119,14 +119,20 @@ impl Catalog {
     }
 }
 
+/// Creates (or truncates) the file at `path` with `bytes` and fsyncs it; for
+/// a file whose directory is made visible by a rename of its own.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = fs::File::create(path).at(path)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .at(path)
+}
+
 /// Replaces the file at `path` with `bytes` atomically and durably: written
 /// to a temporary file, fsync'd, renamed over the old one, directory fsync'd.
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).at(&tmp)?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .at(&tmp)?;
+    write_synced(&tmp, bytes)?;
     fs::rename(&tmp, path).at(path)?;
     let dir = path
         .parent()

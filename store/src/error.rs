@@ -15,6 +15,8 @@ pub enum StoreError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("full-text index error: {0}")]
     Index(#[from] tantivy::TantivyError),
+    #[error("full-text index file {path} is corrupt: {reason}")]
+    CorruptIndex { path: PathBuf, reason: String },
     #[error("catalog {path} is corrupt: {reason}")]
     CorruptCatalog { path: PathBuf, reason: String },
     /// Too much data is waiting to be flushed; the caller should retry later.

@@ -11,7 +11,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use arrow::array::{AsArray, RecordBatch};
@@ -52,10 +51,7 @@ impl TraceFilter {
         let path = dir.join(FILE_NAME);
         let mut bytes = Vec::new();
         self.0.write_bitset(&mut bytes)?;
-        let mut file = fs::File::create(&path).at(&path)?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .at(&path)
+        crate::catalog::write_synced(&path, &bytes)
     }
 
     /// Reads the filter of the segment whose index is `index_dir`; `None`
