@@ -1024,11 +1024,8 @@ struct Group {
 
 impl Group {
     fn add(&mut self, batch: RecordBatch, done: oneshot::Sender<Result<()>>) {
-        match wal::encode_batch(&batch) {
-            Ok(payload) => {
-                wal::frame_record(&payload, &mut self.framed);
-                self.batches.push((batch, done));
-            }
+        match wal::append_record(&batch, &mut self.framed) {
+            Ok(()) => self.batches.push((batch, done)),
             Err(e) => {
                 let _ = done.send(Err(e));
             }

@@ -27,27 +27,33 @@ const HEADER_LEN: usize = 8;
 /// corrupt header, not a real record.
 const MAX_RECORD_LEN: u32 = 1 << 30;
 
-/// Encodes a batch as a WAL payload.
-pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 2);
-    let mut writer = StreamWriter::try_new(&mut out, batch.schema_ref())?;
-    writer.write(batch)?;
-    writer.finish()?;
-    drop(writer);
-    Ok(out)
+/// Appends `batch` to `out` as one WAL record, encoded in place (no payload
+/// copied into the record afterwards); on error `out` is left as it was.
+pub fn append_record(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    out.reserve(HEADER_LEN + batch.get_array_memory_size() / 2);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let encoded = (|| {
+        let mut writer = StreamWriter::try_new(&mut *out, batch.schema_ref())?;
+        writer.write(batch)?;
+        writer.finish()
+    })();
+    if let Err(e) = encoded {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    let payload = start + HEADER_LEN;
+    let len = (out.len() - payload) as u32;
+    let crc = crc32fast::hash(&out[payload..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..payload].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// Decodes a WAL payload back into the batches it holds.
 pub fn decode_batches(payload: &[u8]) -> Result<Vec<RecordBatch>> {
     let reader = StreamReader::try_new(payload, None)?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
-}
-
-/// Frames `payload` as one record, appended to `out`.
-pub fn frame_record(payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
 }
 
 /// The file name of WAL file `seq`.
@@ -164,7 +170,7 @@ impl WalWriter {
         self.seq
     }
 
-    /// Writes framed records (see [`frame_record`]) and makes them durable
+    /// Writes records (see [`append_record`]) and makes them durable
     /// with one `fdatasync`, however many records `framed` holds: this is
     /// the group commit.
     pub fn write_durable(&mut self, framed: &[u8]) -> io::Result<()> {
@@ -188,6 +194,13 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Frames `payload` as one record, appended to `out`.
+    fn frame_record(payload: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        out.extend_from_slice(payload);
+    }
 
     fn write_records(dir: &Path, payloads: &[&[u8]]) -> PathBuf {
         let mut wal = WalWriter::create(dir, 1).unwrap();

@@ -59,8 +59,11 @@ fn time_stages(payloads: &[Payload], spans: u64) -> anyhow::Result<(Stages, usiz
 
     let started = Instant::now();
     let mut wal_bytes = 0;
+    let mut record = Vec::new();
     for batch in &batches {
-        wal_bytes += wal::encode_batch(batch)?.len();
+        record.clear();
+        wal::append_record(batch, &mut record)?;
+        wal_bytes += record.len();
     }
     stages.push(("WAL record encoding (Arrow IPC)", per_span(started)));
 
