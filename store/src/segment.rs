@@ -122,7 +122,7 @@ fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> Write
     // resource's few attributes on every span of its service, events' names
     // and attributes — which zstd compresses as well as a dictionary does
     // without its hash and comparison per value (BENCHMARKS.md: Parquet write
-    // −9 %, files 1 % smaller). Log records sorted by time do not keep a
+    // −8 %, files 1 % smaller). Log records sorted by time do not keep a
     // trace together, so their trace ids keep the dictionary.
     let mut plain: Vec<Vec<&str>> = vec![
         vec!["span_id"],
