@@ -43,7 +43,15 @@ pub fn append_record(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
         return Err(e.into());
     }
     let payload = start + HEADER_LEN;
-    let len = (out.len() - payload) as u32;
+    let len = out.len() - payload;
+    if len > MAX_RECORD_LEN as usize {
+        out.truncate(start);
+        return Err(arrow::error::ArrowError::InvalidArgumentError(format!(
+            "a batch of {len} bytes is larger than a WAL record may be ({MAX_RECORD_LEN})"
+        ))
+        .into());
+    }
+    let len = len as u32;
     let crc = crc32fast::hash(&out[payload..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..payload].copy_from_slice(&crc.to_le_bytes());
@@ -200,6 +208,38 @@ mod tests {
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         out.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn appended_records_read_back_as_their_batches() {
+        use arrow::array::{Int64Array, StringArray};
+        let batch = |n: i64| {
+            RecordBatch::try_from_iter([
+                (
+                    "n",
+                    std::sync::Arc::new(Int64Array::from(vec![n, n + 1])) as _,
+                ),
+                (
+                    "s",
+                    std::sync::Arc::new(StringArray::from(vec!["a", "b"])) as _,
+                ),
+            ])
+            .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = WalWriter::create(dir.path(), 1).unwrap();
+        let mut records = Vec::new();
+        append_record(&batch(1), &mut records).unwrap();
+        append_record(&batch(7), &mut records).unwrap();
+        wal.write_durable(&records).unwrap();
+        let read = read_file(&dir.path().join(file_name(1))).unwrap();
+        assert_eq!(read.torn_at, None);
+        let batches: Vec<RecordBatch> = read
+            .payloads
+            .iter()
+            .flat_map(|p| decode_batches(p).unwrap())
+            .collect();
+        assert_eq!(batches, vec![batch(1), batch(7)]);
     }
 
     fn write_records(dir: &Path, payloads: &[&[u8]]) -> PathBuf {
