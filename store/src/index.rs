@@ -379,7 +379,10 @@ pub fn build_index(signal: Signal, batch: &RecordBatch, dir: &Path) -> Result<()
         let found = RowsByValue::of_column(column);
         let mut documents = Vec::with_capacity(DOCUMENTS_PER_BATCH);
         for (value, rows) in found.iter() {
-            let mut doc = TantivyDocument::default();
+            // A default document reserves 1 KiB; the text and one number
+            // need a few bytes more than the text (tantivy's type tags and
+            // lengths), and the allocation is made once per value.
+            let mut doc = TantivyDocument::with_capacity(value.len() + 32);
             doc.add_text(field, value);
             doc.add_u64(rows_at_field, rows_file.len() as u64);
             encode_rows(rows, &mut rows_file);
