@@ -310,6 +310,9 @@ impl Ingest {
     {
         let store = self.stores.get(tenant)?;
         self.quotas.admit(tenant, &store, request_bytes)?;
+        // Converting is most of a request's cost; one the store would refuse
+        // is refused before it.
+        store.table(signal).refuse_if_behind()?;
         let converted = tokio::task::spawn_blocking(convert)
             .await
             .map_err(|e| IngestError::Internal(format!("decoder task failed: {e}")))??;

@@ -394,16 +394,7 @@ impl Table {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let buffered = self.shared.state.read().buffered_bytes();
-        if buffered > self.shared.config.max_buffered_bytes {
-            self.shared.flush_wanted.notify_one();
-            return Err(StoreError::Overloaded(format!(
-                "{} bytes of {} wait to be flushed (limit {})",
-                buffered,
-                self.shared.signal.table_name(),
-                self.shared.config.max_buffered_bytes
-            )));
-        }
+        self.refuse_if_behind()?;
         let (done, acked) = oneshot::channel();
         match self.commits.try_send(Command::Append { batch, done }) {
             Ok(()) => {}
@@ -416,6 +407,25 @@ impl Table {
             Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
         }
         acked.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Fails with [`StoreError::Overloaded`] while more than
+    /// `max_buffered_bytes` wait to be flushed. [`Table::append`] checks this
+    /// itself; a caller that has work to do before appending (decoding a
+    /// request) checks first, so a request that would be refused costs no
+    /// more than reading it.
+    pub fn refuse_if_behind(&self) -> Result<()> {
+        let buffered = self.shared.state.read().buffered_bytes();
+        if buffered > self.shared.config.max_buffered_bytes {
+            self.shared.flush_wanted.notify_one();
+            return Err(StoreError::Overloaded(format!(
+                "{} bytes of {} wait to be flushed (limit {})",
+                buffered,
+                self.shared.signal.table_name(),
+                self.shared.config.max_buffered_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// The table as a reader sees it now: flushed segments plus unflushed batches.
@@ -1352,10 +1362,15 @@ mod tests {
         };
         let store = Store::open(config).unwrap();
         let spans = store.table(Signal::Spans);
+        spans.refuse_if_behind().unwrap();
         spans.append(test_spans(1, 1)).await.unwrap();
         let refused = spans.append(test_spans(2, 1)).await.unwrap_err();
         assert!(matches!(refused, StoreError::Overloaded(_)), "{refused}");
+        // What the collector asks before it decodes a request.
+        let behind = spans.refuse_if_behind().unwrap_err();
+        assert!(matches!(behind, StoreError::Overloaded(_)), "{behind}");
         spans.flush().await.unwrap();
+        spans.refuse_if_behind().unwrap();
         spans.append(test_spans(2, 1)).await.unwrap();
         store.shutdown().await.unwrap();
     }
