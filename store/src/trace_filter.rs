@@ -38,7 +38,9 @@ impl TraceFilter {
             .column_by_name("trace_id")
             .expect("trace_id is in both schemas")
             .as_string::<i32>();
-        let distinct: HashSet<&str> = ids.iter().flatten().collect();
+        // foldhash, randomly seeded as in the index's numbering of values,
+        // rather than SipHash: this runs over every row of every flush.
+        let distinct: HashSet<&str, foldhash::fast::RandomState> = ids.iter().flatten().collect();
         let mut filter = Sbbf::new_with_ndv_fpp(distinct.len().max(1) as u64, FALSE_POSITIVE_RATE)?;
         for id in distinct {
             filter.insert(id);
