@@ -445,6 +445,33 @@ mod tests {
         rows
     }
 
+    /// Builds the index of `records` (as one request's log records, each with
+    /// time 1) in a new directory; returns the directory and the index in it.
+    fn index_of_logs(
+        records: impl IntoIterator<Item = LogRecord>,
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: records
+                        .into_iter()
+                        .map(|record| LogRecord {
+                            time_unix_nano: 1,
+                            ..record
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let batch = logs_to_batch(&request).unwrap().batch;
+        let dir = tempfile::tempdir().unwrap();
+        let index_dir = dir.path().join("seg");
+        build_index(Signal::Logs, &batch, &index_dir).unwrap();
+        (dir, index_dir)
+    }
+
     #[test]
     fn attribute_values_are_searchable_each_on_its_own() {
         use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -466,26 +493,10 @@ mod tests {
             ],
             vec![attribute("customer.tier", "bronze")],
         ];
-        let request = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: records
-                        .into_iter()
-                        .map(|attributes| LogRecord {
-                            time_unix_nano: 1,
-                            attributes,
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        let batch = logs_to_batch(&request).unwrap().batch;
-        let dir = tempfile::tempdir().unwrap();
-        let index_dir = dir.path().join("seg");
-        build_index(Signal::Logs, &batch, &index_dir).unwrap();
+        let (_dir, index_dir) = index_of_logs(records.into_iter().map(|attributes| LogRecord {
+            attributes,
+            ..Default::default()
+        }));
         assert_eq!(search_rows(&index_dir, "attributes", "gold"), vec![0, 1]);
         assert_eq!(
             search_rows(&index_dir, "attributes", "gold AND coast"),
@@ -572,25 +583,10 @@ mod tests {
                 value: Some(Value::StringValue(text)),
             })
         };
-        let request = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: (0..rows)
-                        .map(|row| LogRecord {
-                            time_unix_nano: 1,
-                            body: body(row),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        let batch = logs_to_batch(&request).unwrap().batch;
-        let dir = tempfile::tempdir().unwrap();
-        let index_dir = dir.path().join("seg");
-        build_index(Signal::Logs, &batch, &index_dir).unwrap();
+        let (_dir, index_dir) = index_of_logs((0..rows).map(|row| LogRecord {
+            body: body(row),
+            ..Default::default()
+        }));
         assert_eq!(search_rows(&index_dir, "body", "needle"), needles);
         let hay: Vec<u64> = (0..rows)
             .filter(|row| needles.binary_search(row).is_err())
@@ -680,28 +676,12 @@ mod tests {
             "upstream timeout from conductor",
             "ok",
         ];
-        let request = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: bodies
-                        .iter()
-                        .map(|b| LogRecord {
-                            time_unix_nano: 1,
-                            body: Some(AnyValue {
-                                value: Some(Value::StringValue(b.to_string())),
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        let batch = logs_to_batch(&request).unwrap().batch;
-        let dir = tempfile::tempdir().unwrap();
-        let index_dir = dir.path().join("seg");
-        build_index(Signal::Logs, &batch, &index_dir).unwrap();
+        let (_dir, index_dir) = index_of_logs(bodies.iter().map(|b| LogRecord {
+            body: Some(AnyValue {
+                value: Some(Value::StringValue(b.to_string())),
+            }),
+            ..Default::default()
+        }));
         let index = Index::open_in_dir(&index_dir).unwrap();
         assert_eq!(index.searchable_segment_ids().unwrap().len(), 1);
         assert!(DocumentRows::open(&index, &index_dir)
