@@ -11,14 +11,28 @@ pub(crate) type ProxyResponse = http::Response<Body>;
 pub(crate) type ProxyService =
     tower::util::BoxCloneSyncService<ProxyRequest, ProxyResponse, Infallible>;
 
-/// The client's address, in every request's extensions.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientAddr(pub(crate) SocketAddr);
+/// The client's connection, in every request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientConnection {
+    /// How the client reached the gateway, `http` or `https`.
+    pub(crate) scheme: &'static str,
+    /// The client's IP as `X-Real-IP` carries it, written once per
+    /// connection rather than once per request.
+    pub(crate) ip: http::HeaderValue,
+}
 
-/// How the client reached the gateway, `http` or `https`, in every
-/// request's extensions.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientScheme(pub(crate) &'static str);
+impl ClientConnection {
+    pub(crate) fn new(addr: SocketAddr, scheme: &'static str) -> Self {
+        let ip = http::HeaderValue::try_from(addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { scheme, ip }
+    }
+
+    /// The client's IP as text.
+    pub(crate) fn ip_str(&self) -> &str {
+        self.ip.to_str().unwrap_or_default()
+    }
+}
 
 /// The target that answered, in the response's extensions (for the access log).
 #[derive(Debug, Clone)]

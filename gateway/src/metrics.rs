@@ -20,15 +20,15 @@ use weft_proxy::{TelemetryCollector, TelemetryCounters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    service: String,
-    route: String,
+    service: Arc<str>,
+    route: Arc<str>,
     code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    service: String,
-    route: String,
+    service: Arc<str>,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +43,8 @@ pub(crate) struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     reloads: Family<ReloadLabels, Counter>,
+    /// The service and route label of a request no route matched.
+    unmatched: Arc<str>,
 }
 
 impl Metrics {
@@ -75,23 +77,33 @@ impl Metrics {
             requests,
             latency,
             reloads,
+            unmatched: Arc::from(""),
         }
     }
 
-    pub(crate) fn observe(&self, service: &str, route: &str, code: u16, elapsed: Duration) {
+    /// Counts a request answered with `code`; `names` are its (service, route),
+    /// none when no route matched. Labels share the route's names.
+    pub(crate) fn observe(
+        &self,
+        names: Option<(&Arc<str>, &Arc<str>)>,
+        code: u16,
+        elapsed: Duration,
+    ) {
+        let (service, route) = names.unwrap_or((&self.unmatched, &self.unmatched));
+        let labels = RouteLabels {
+            service: service.clone(),
+            route: route.clone(),
+        };
+        self.latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
         self.requests
             .get_or_create(&RequestLabels {
-                service: service.to_string(),
-                route: route.to_string(),
+                service: labels.service,
+                route: labels.route,
                 code,
             })
             .inc();
-        self.latency
-            .get_or_create(&RouteLabels {
-                service: service.to_string(),
-                route: route.to_string(),
-            })
-            .observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn reloaded(&self, applied: bool) {

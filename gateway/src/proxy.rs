@@ -9,7 +9,8 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, StatusCode, Uri};
+use http::uri::{self, PathAndQuery, Scheme};
+use http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,12 +25,17 @@ use weft_proxy::upgrade;
 use weft_proxy::{method_name, Telemetry};
 
 use crate::http::{
-    gateway_response, AnsweredBy, Body, ClientAddr, ClientScheme, ProxyRequest, ProxyResponse,
+    gateway_response, AnsweredBy, Body, ClientConnection, ProxyRequest, ProxyResponse,
 };
 use crate::router::Matched;
 use crate::upstream::{Outcome, Upstream};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// The request's SERVER span, in its extensions.
@@ -44,7 +50,7 @@ pub(crate) struct Forwarder {
     pub(crate) upstream: Arc<Upstream>,
     client: UpstreamClient,
     /// `http` or `https`, to the targets.
-    scheme: &'static str,
+    scheme: Scheme,
     read_timeout: Duration,
     write_timeout: Duration,
     retries: u32,
@@ -77,34 +83,12 @@ impl Forwarder {
             base_path,
             upstream,
             client,
-            scheme: if https { "https" } else { "http" },
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             retries: config.retries,
             telemetry,
         }
-    }
-
-    /// The path and query sent upstream.
-    fn upstream_path(&self, request: &ProxyRequest, matched: Option<&Matched>) -> String {
-        let path = request.uri().path();
-        let rest = match matched {
-            Some(m) if m.route.strip_path && !m.matched_path.is_empty() => {
-                path.strip_prefix(m.matched_path.as_str()).unwrap_or(path)
-            }
-            _ => path,
-        };
-        let mut forwarded = format!("{}{}", self.base_path, rest);
-        if forwarded.is_empty() {
-            forwarded.push('/');
-        } else if !forwarded.starts_with('/') {
-            forwarded.insert(0, '/');
-        }
-        if let Some(query) = request.uri().query() {
-            forwarded.push('?');
-            forwarded.push_str(query);
-        }
-        forwarded
     }
 
     pub(crate) async fn forward(self: Arc<Self>, mut request: ProxyRequest) -> ProxyResponse {
@@ -113,52 +97,55 @@ impl Forwarder {
             .extensions()
             .get::<RequestSpan>()
             .map_or_else(SpanContext::empty_context, |s| s.0.clone());
-        let client_ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
-        let client_scheme = request
-            .extensions()
-            .get::<ClientScheme>()
-            .map_or("http", |s| s.0);
-        let path = self.upstream_path(&request, matched.as_deref());
+        let client = request.extensions().get::<ClientConnection>().cloned();
+        let client_scheme = client.as_ref().map_or("http", |c| c.scheme);
+        let stripped = matched
+            .as_deref()
+            .filter(|m| m.route.strip_path)
+            .map_or(0, |m| m.consumed);
+        let Some(path) = upstream_path(&self.base_path, request.uri(), stripped) else {
+            return gateway_response(
+                StatusCode::BAD_REQUEST,
+                "the request path cannot be forwarded",
+            );
+        };
         let preserve_host = matched.as_ref().is_some_and(|m| m.route.preserve_host);
         let upgrade = upgrade::requested_protocol(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
         let mut headers = std::mem::take(&mut parts.headers);
-        let forwarded_for = client_ip.map(|ip| {
-            match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(earlier) => format!("{earlier}, {ip}"),
-                None => ip.to_string(),
+        let forwarded_for = client.as_ref().map(|client| {
+            match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(earlier) => HeaderValue::try_from(format!("{earlier}, {}", client.ip_str()))
+                    .unwrap_or_else(|_| client.ip.clone()),
+                None => client.ip.clone(),
             }
         });
         let hash_key: Option<Vec<u8>> = self.upstream.hashes().then(|| {
             self.upstream
                 .hash_on_header()
                 .and_then(|h| headers.get(h))
+                .or(client.as_ref().map(|c| &c.ip))
                 .map(|v| v.as_bytes().to_vec())
-                .or_else(|| client_ip.map(|ip| ip.to_string().into_bytes()))
                 .unwrap_or_default()
         });
         remove_hop_by_hop(&mut headers);
         if let Some(protocol) = &upgrade {
             upgrade::ask_again(&mut headers, protocol);
         }
-        if let (Some(ip), Some(forwarded_for)) = (client_ip, forwarded_for) {
-            if let Ok(value) = HeaderValue::try_from(forwarded_for) {
-                headers.insert("x-forwarded-for", value);
-            }
-            if let Ok(value) = HeaderValue::try_from(ip.to_string()) {
-                headers.insert("x-real-ip", value);
-            }
+        if let (Some(client), Some(forwarded_for)) = (client, forwarded_for) {
+            headers.insert(&X_FORWARDED_FOR, forwarded_for);
+            headers.insert(&X_REAL_IP, client.ip);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(client_scheme));
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client_scheme));
         let host = if preserve_host {
             headers.get(header::HOST).cloned()
         } else {
             headers.remove(header::HOST)
         };
         if let Some(host) = host {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(&X_FORWARDED_HOST, host);
         }
 
         let has_body = !body.is_end_stream();
@@ -183,8 +170,11 @@ impl Forwarder {
                 break;
             };
             tried.push(index);
-            let Ok(uri) = format!("{}://{}{}", self.scheme, target.address, path).parse::<Uri>()
-            else {
+            let mut uri = uri::Parts::default();
+            uri.scheme = Some(self.scheme.clone());
+            uri.authority = target.authority.clone();
+            uri.path_and_query = Some(path.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
                 return gateway_response(
                     StatusCode::BAD_REQUEST,
                     "the request path cannot be forwarded",
@@ -324,6 +314,46 @@ impl Forwarder {
     }
 }
 
+/// The path and query sent upstream: the service URL's path (`base_path`,
+/// without a trailing `/`), then the request's path without its first
+/// `stripped` bytes (the part a stripping route matched), then the query. None when that is not a valid
+/// path.
+fn upstream_path(base_path: &str, uri: &Uri, stripped: usize) -> Option<PathAndQuery> {
+    let path = uri.path();
+    let rest = path.get(stripped..).unwrap_or(path);
+    if base_path.is_empty() && rest.len() == path.len() && path.starts_with('/') {
+        // Forwarded as it came (the common case): no copy, no re-parse.
+        return Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+    }
+    let query = uri.query();
+    let mut forwarded =
+        String::with_capacity(1 + base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    let starts_with_slash = if base_path.is_empty() {
+        rest.starts_with('/')
+    } else {
+        base_path.starts_with('/')
+    };
+    if !starts_with_slash {
+        forwarded.push('/');
+    }
+    forwarded.push_str(base_path);
+    // Kong's default path handling: `/v1` and `accounts` (a route `/api/`
+    // stripped from `/api/accounts`) join as `/v1/accounts`.
+    if !base_path.is_empty() && !rest.is_empty() && !rest.starts_with('/') {
+        forwarded.push('/');
+    }
+    forwarded.push_str(rest);
+    if let Some(query) = query {
+        forwarded.push('?');
+        forwarded.push_str(query);
+    }
+    PathAndQuery::try_from(forwarded).ok()
+}
+
 fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
@@ -456,5 +486,37 @@ impl<B: HttpBody + Unpin> HttpBody for HeldBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_path_joins_the_service_path_and_what_the_route_left() {
+        let cases = [
+            // (service path, request, bytes stripped, sent upstream)
+            ("", "/accounts/7?sort=name", 0, "/accounts/7?sort=name"),
+            ("", "/", 1, "/"),
+            ("", "/accounts", 1, "/accounts"),
+            ("", "/api/accounts?x=1", 4, "/accounts?x=1"),
+            ("", "/api", 4, "/"),
+            ("", "/api/", 5, "/"),
+            ("/v1", "/api/accounts", 4, "/v1/accounts"),
+            ("/v1", "/api", 4, "/v1"),
+            ("/v1", "/api/accounts?q", 0, "/v1/api/accounts?q"),
+            ("/v1", "/api/accounts", 5, "/v1/accounts"),
+            ("/v1", "/v2x/y", 3, "/v1/x/y"),
+        ];
+        for (base, request, stripped, expected) in cases {
+            let uri: Uri = request.parse().unwrap();
+            let sent = upstream_path(base, &uri, stripped).unwrap();
+            assert_eq!(
+                sent.as_str(),
+                expected,
+                "{base:?} + {request:?} - {stripped}"
+            );
+        }
     }
 }

@@ -6,13 +6,14 @@
 //! over a wildcard over none, more header conditions, a method condition,
 //! then regex paths by `regex_priority`, then the longest prefix.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderName, Method};
 use regex::Regex;
 
 use crate::config::RouteConfig;
-use crate::http::{ClientScheme, ProxyRequest, ProxyService};
+use crate::http::{ClientConnection, ProxyRequest, ProxyService};
 
 enum HostMatch {
     Exact(String),
@@ -21,18 +22,18 @@ enum HostMatch {
 }
 
 enum PathMatch {
-    Prefix(String),
+    Prefix(Arc<str>),
     Regex {
         regex: Regex,
-        source: String,
+        source: Arc<str>,
         priority: i32,
     },
 }
 
 /// A route ready to match, with the stack its requests go through.
 pub(crate) struct Route {
-    pub(crate) name: String,
-    pub(crate) service: String,
+    pub(crate) name: Arc<str>,
+    pub(crate) service: Arc<str>,
     hosts: Vec<HostMatch>,
     paths: Vec<PathMatch>,
     methods: Vec<Method>,
@@ -44,16 +45,19 @@ pub(crate) struct Route {
     https: bool,
     /// What plain HTTP gets when only HTTPS is allowed.
     pub(crate) https_redirect_status_code: u16,
+    /// `http.route` of a route without path conditions.
+    any_path: Arc<str>,
     pub(crate) stack: ProxyService,
 }
 
-/// What matched: the route, and the part of the path its path condition
+/// What matched: the route, and how much of the path its path condition
 /// consumed (removed upstream when the route strips its path).
 pub(crate) struct Matched {
     pub(crate) route: Arc<Route>,
-    pub(crate) matched_path: String,
+    /// Length of the path's prefix that matched.
+    pub(crate) consumed: usize,
     /// `http.route`: the path condition that matched, or `/` for none.
-    pub(crate) template: String,
+    pub(crate) template: Arc<str>,
 }
 
 /// Specificity of a match; the greatest wins.
@@ -83,11 +87,11 @@ impl Route {
                 Some(pattern) => Regex::new(&format!("^(?:{pattern})"))
                     .map(|regex| PathMatch::Regex {
                         regex,
-                        source: p.clone(),
+                        source: Arc::from(p.as_str()),
                         priority: config.regex_priority,
                     })
                     .map_err(|e| e.to_string()),
-                None => Ok(PathMatch::Prefix(p.clone())),
+                None => Ok(PathMatch::Prefix(Arc::from(p.as_str()))),
             })
             .collect::<Result<_, _>>()?;
         let methods = config
@@ -109,8 +113,8 @@ impl Route {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            name: config.name.clone(),
-            service: service.to_string(),
+            name: Arc::from(config.name.as_str()),
+            service: Arc::from(service),
             hosts,
             paths,
             methods,
@@ -120,13 +124,14 @@ impl Route {
             http: config.protocols.iter().any(|p| p == "http"),
             https: config.protocols.iter().any(|p| p == "https"),
             https_redirect_status_code: config.https_redirect_status_code,
+            any_path: Arc::from("/"),
             stack,
         })
     }
 
-    /// How specifically this route matches `request`, with the consumed path
-    /// and the path condition; `None` when it does not match.
-    fn rank(&self, request: &ProxyRequest, host: &str) -> Option<(Rank, String, String)> {
+    /// How specifically this route matches `request`, with the length of the
+    /// path it consumed and the path condition; `None` when it does not match.
+    fn rank(&self, request: &ProxyRequest, host: &str) -> Option<(Rank, usize, &Arc<str>)> {
         if !self.methods.is_empty() && !self.methods.contains(request.method()) {
             return None;
         }
@@ -158,29 +163,25 @@ impl Route {
         }
         let path = request.uri().path();
         let (path_rank, consumed, template) = if self.paths.is_empty() {
-            ((0, 0, 0), String::new(), "/".to_string())
+            ((0, 0, 0), 0, &self.any_path)
         } else {
             self.paths
                 .iter()
                 .filter_map(|p| match p {
                     PathMatch::Prefix(prefix) => {
-                        let matches = path == prefix
-                            || (path.starts_with(prefix.as_str())
+                        let matches = path == &**prefix
+                            || (path.starts_with(&**prefix)
                                 && (prefix.ends_with('/')
                                     || path.as_bytes().get(prefix.len()) == Some(&b'/')));
-                        matches.then(|| ((1, 0, prefix.len()), prefix.clone(), prefix.clone()))
+                        matches.then(|| ((1, 0, prefix.len()), prefix.len(), prefix))
                     }
                     PathMatch::Regex {
                         regex,
                         source,
                         priority,
-                    } => regex.find(path).map(|m| {
-                        (
-                            (2, *priority, m.len()),
-                            m.as_str().to_string(),
-                            source.clone(),
-                        )
-                    }),
+                    } => regex
+                        .find(path)
+                        .map(|m| ((2, *priority, m.len()), m.end(), source)),
                 })
                 .max_by_key(|(rank, _, _)| *rank)?
         };
@@ -219,8 +220,8 @@ pub(crate) fn without_port(host: &str) -> &str {
 fn is_https(request: &ProxyRequest) -> bool {
     request
         .extensions()
-        .get::<ClientScheme>()
-        .is_some_and(|s| s.0 == "https")
+        .get::<ClientConnection>()
+        .is_some_and(|c| c.scheme == "https")
 }
 
 /// All routes of a configuration.
@@ -244,7 +245,12 @@ impl RouteTable {
             .and_then(|h| h.to_str().ok())
             .or_else(|| request.uri().host())
             .unwrap_or_default();
-        let host = without_port(host).to_ascii_lowercase();
+        let host = without_port(host);
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
         self.routes
             .iter()
             .filter_map(|route| {
@@ -253,10 +259,10 @@ impl RouteTable {
                     .map(|(rank, consumed, template)| (rank, route, consumed, template))
             })
             .max_by_key(|(rank, ..)| *rank)
-            .map(|(_, route, matched_path, template)| Matched {
+            .map(|(_, route, consumed, template)| Matched {
                 route: route.clone(),
-                matched_path,
-                template,
+                consumed,
+                template: template.clone(),
             })
     }
 }
@@ -297,9 +303,10 @@ mod tests {
     }
 
     fn matched(request: ProxyRequest) -> Option<(String, String)> {
+        let path = request.uri().path();
         table()
             .find(&request)
-            .map(|m| (m.route.name.clone(), m.matched_path))
+            .map(|m| (m.route.name.to_string(), path[..m.consumed].to_string()))
     }
 
     #[test]

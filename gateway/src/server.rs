@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +25,7 @@ use weft_proxy::{method_name, Telemetry};
 use crate::config::{ConfigError, GatewayConfig, TelemetryConfig, UpstreamProtocol};
 use crate::health::HealthCheckers;
 use crate::http::{
-    gateway_response, AnsweredBy, Body, ClientAddr, ClientScheme, ProxyRequest, ProxyResponse,
-    ProxyService,
+    gateway_response, AnsweredBy, Body, ClientConnection, ProxyRequest, ProxyResponse, ProxyService,
 };
 use crate::metrics::Metrics;
 use crate::plugins::{self, AuthenticatedConsumer, Consumers};
@@ -264,8 +262,7 @@ impl Shared {
 /// Answers one request: route it, run its stack, trace and count it.
 async fn handle(
     shared: Arc<Shared>,
-    client: SocketAddr,
-    scheme: &'static str,
+    client: ClientConnection,
     request: http::Request<Incoming>,
 ) -> Result<ProxyResponse, Infallible> {
     let started = Instant::now();
@@ -279,8 +276,8 @@ async fn handle(
             let mut attributes = vec![
                 KeyValue::new("http.request.method", method_name(&method)),
                 KeyValue::new("url.path", request.uri().path().to_string()),
-                KeyValue::new("url.scheme", scheme),
-                KeyValue::new("client.address", client.ip().to_string()),
+                KeyValue::new("url.scheme", client.scheme),
+                KeyValue::new("client.address", client.ip_str().to_string()),
                 KeyValue::new(
                     "network.protocol.version",
                     protocol_version(request.version()),
@@ -299,8 +296,8 @@ async fn handle(
         .telemetry
         .logs_access()
         .then(|| request.uri().path().to_string());
-    request.extensions_mut().insert(ClientAddr(client));
-    request.extensions_mut().insert(ClientScheme(scheme));
+    let client_ip = client.ip.clone();
+    request.extensions_mut().insert(client);
     let (response, route) = match runtime.routes.find(&request) {
         None => (
             gateway_response(StatusCode::NOT_FOUND, "no Route matched with those values"),
@@ -331,24 +328,23 @@ async fn handle(
     };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    let (service, route) = route
-        .as_deref()
-        .map_or(("", ""), |r| (r.service.as_str(), r.name.as_str()));
-    shared.metrics.observe(service, route, status, elapsed);
+    let names = route.as_deref().map(|r| (&r.service, &r.name));
+    shared.metrics.observe(names, status, elapsed);
+    let (service, route) = names.map_or(("", ""), |(s, r)| (&**s, &**r));
     shared.telemetry.access_log(span.context(), status, || {
         let path = path.unwrap_or_default();
         let target = response.extensions().get::<AnsweredBy>().map(|a| &a.0);
         let millis = elapsed.as_secs_f64() * 1000.0;
+        let client_ip = client_ip.to_str().unwrap_or_default();
         let line = format!(
-            "{} \"{method} {path}\" {status} {millis:.1}ms upstream={}",
-            client.ip(),
+            "{client_ip} \"{method} {path}\" {status} {millis:.1}ms upstream={}",
             target.map_or("-", |t| t.as_str())
         );
         let mut log = vec![
             KeyValue::new("http.request.method", method_name(&method)),
             KeyValue::new("url.path", path),
             KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("client.address", client.ip().to_string()),
+            KeyValue::new("client.address", client_ip.to_string()),
             KeyValue::new("duration_ms", millis),
             KeyValue::new("weft.gateway.route", route.to_string()),
             KeyValue::new("weft.gateway.service", service.to_string()),
@@ -450,8 +446,9 @@ pub(crate) async fn serve_proxy(
             // never holds up the accept loop.
             tokio::spawn(async move {
                 let scheme = if acceptor.is_some() { "https" } else { "http" };
+                let connection = ClientConnection::new(client, scheme);
                 let service = hyper::service::service_fn(move |request| {
-                    handle(shared.clone(), client, scheme, request)
+                    handle(shared.clone(), connection.clone(), request)
                 });
                 let served = match acceptor {
                     None => {

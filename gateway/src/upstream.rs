@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::uri::Authority;
 use http::HeaderName;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -21,6 +22,9 @@ use crate::config::{ActiveHealthcheck, Algorithm, PassiveHealthcheck, UpstreamCo
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) address: String,
+    /// `address` as a URI authority, parsed once (none if it is not one,
+    /// which configuration checks rule out).
+    pub(crate) authority: Option<Authority>,
     pub(crate) weight: u32,
     healthy: AtomicBool,
     in_flight: AtomicU64,
@@ -33,6 +37,7 @@ pub(crate) struct Target {
 impl Target {
     fn new(address: String, weight: u32, healthy: bool) -> Self {
         Self {
+            authority: address.parse().ok(),
             address,
             weight,
             healthy: AtomicBool::new(healthy),

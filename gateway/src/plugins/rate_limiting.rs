@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 use super::{forward, header_name, AuthenticatedConsumer, Middleware};
-use crate::http::{gateway_response, ClientAddr, ProxyRequest, ProxyResponse, ProxyService};
+use crate::http::{gateway_response, ClientConnection, ProxyRequest, ProxyResponse, ProxyService};
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -114,8 +114,8 @@ impl RateLimiting {
         let ip = || {
             request
                 .extensions()
-                .get::<ClientAddr>()
-                .map(|a| a.0.ip().to_string())
+                .get::<ClientConnection>()
+                .map(|c| c.ip_str().to_string())
                 .unwrap_or_default()
         };
         match self.limit_by {

@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, TraceId};
-use opentelemetry::{Array, Context, KeyValue, Value};
+use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_proto::tonic::common::v1 as otlp_common;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span as OtlpSpan, SpanFlags, Status};
@@ -294,10 +294,22 @@ impl Telemetry {
 
     /// Writes `cx`'s `traceparent`/`tracestate` into outgoing headers
     /// (W3C Trace Context), replacing what the caller sent.
+    /// An invalid context (no trace) leaves the headers as they are; an
+    /// empty trace state removes the caller's `tracestate`.
     pub fn inject(&self, cx: &SpanContext, headers: &mut HeaderMap) {
-        let cx = Context::new().with_remote_span_context(cx.clone());
-        self.propagator
-            .inject_context(&cx, &mut HeaderInjector(headers));
+        if !cx.is_valid() {
+            return;
+        }
+        headers.insert(&TRACEPARENT, traceparent(cx));
+        let state = cx.trace_state().header();
+        match HeaderValue::try_from(state) {
+            Ok(state) if !state.is_empty() => {
+                headers.insert(&TRACESTATE, state);
+            }
+            _ => {
+                headers.remove(&TRACESTATE);
+            }
+        }
     }
 
     /// One access-log record for a finished request, tied to its span:
@@ -539,17 +551,20 @@ pub fn method_name(method: &http::Method) -> Cow<'static, str> {
     Cow::Borrowed(name)
 }
 
-struct HeaderInjector<'a>(&'a mut HeaderMap);
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::try_from(value),
-        ) {
-            self.0.insert(name, value);
-        }
+/// `traceparent` for `cx` (version 00), as the SDK's propagator writes it,
+/// without its `format!` and `Context`: this runs on every proxied request.
+fn traceparent(cx: &SpanContext) -> HeaderValue {
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let (trace_id, rest) = value[3..].split_at_mut(32);
+    hex::encode_to_slice(cx.trace_id().to_bytes(), trace_id).expect("32 hex digits");
+    hex::encode_to_slice(cx.span_id().to_bytes(), &mut rest[1..17]).expect("16 hex digits");
+    if cx.is_sampled() {
+        value[54] = b'1';
     }
+    HeaderValue::from_bytes(&value).expect("hex digits and dashes")
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -654,6 +669,44 @@ mod tests {
             "every request starts its own trace"
         );
         assert!(forwarded(0.0, None).ends_with("-00"));
+    }
+
+    #[test]
+    fn trace_context_is_written_as_the_sdks_propagator_writes_it() {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceState};
+        use std::collections::HashMap;
+        let telemetry = Telemetry::start(&TelemetryConfig::default(), "test-proxy").unwrap();
+        let ids = RandomIdGenerator::default();
+        let state = TraceState::from_key_value([("vendor", "opaque1"), ("other", "x")]).unwrap();
+        for (flags, state) in [
+            (TraceFlags::SAMPLED, TraceState::default()),
+            (TraceFlags::default(), state.clone()),
+            (TraceFlags::SAMPLED, state),
+        ] {
+            let cx = SpanContext::new(ids.new_trace_id(), ids.new_span_id(), flags, true, state);
+            let mut sdk = HashMap::new();
+            telemetry.propagator.inject_context(
+                &opentelemetry::Context::new().with_remote_span_context(cx.clone()),
+                &mut sdk,
+            );
+            let mut ours = HeaderMap::new();
+            ours.insert("tracestate", HeaderValue::from_static("caller=1"));
+            telemetry.inject(&cx, &mut ours);
+            assert_eq!(ours["traceparent"].to_str().unwrap(), sdk["traceparent"]);
+            let state = ours.get("tracestate").map(|v| v.to_str().unwrap());
+            assert_eq!(state.unwrap_or_default(), sdk["tracestate"]);
+        }
+        // No trace, nothing written.
+        let mut headers = HeaderMap::new();
+        let none = SpanContext::new(
+            TraceId::INVALID,
+            SpanId::INVALID,
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        );
+        telemetry.inject(&none, &mut headers);
+        assert!(headers.is_empty());
     }
 
     #[test]
