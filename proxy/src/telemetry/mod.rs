@@ -1,12 +1,13 @@
 //! A proxy's own traces and access logs, as OTLP.
 //!
 //! A request's spans and its access-log record are built directly as the
-//! OTLP protobuf messages they are sent as (opentelemetry-proto's types) and
-//! handed to bounded queues that the request path never waits on; an
-//! exporter per signal batches them into OTLP/gRPC exports, a few in flight
-//! at once (see [`export`]). A full queue, or an export that fails, drops
-//! records and counts them (the proxy's `…_telemetry_dropped_total` metric),
-//! so a collector that is down or slow never slows the proxy.
+//! OTLP protobuf messages they are sent as (opentelemetry-proto's types),
+//! encoded when they end and handed to bounded queues that the request path
+//! never waits on; an exporter per signal splices them into OTLP/gRPC
+//! exports, a few in flight at once (see [`export`]). A full queue, or an
+//! export that fails, drops records and counts them (the proxy's
+//! `…_telemetry_dropped_total` metric), so a collector that is down or slow
+//! never slows the proxy.
 //!
 //! Not the OpenTelemetry SDK's span pipeline: at 100 % sampling it cost the
 //! gateway more CPU per request than proxying did (a span object, its
@@ -36,6 +37,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -125,9 +127,9 @@ pub struct Telemetry {
     /// Where ended spans go. None without an exporter: spans are then not
     /// recorded at all, and a request only gets the ids and the sampling
     /// decision it passes on in `traceparent`.
-    spans: Option<mpsc::Sender<OtlpSpan>>,
+    spans: Option<mpsc::Sender<Vec<u8>>>,
     /// Where access-log records go; none when they are not exported.
-    logs: Option<mpsc::Sender<LogRecord>>,
+    logs: Option<mpsc::Sender<Vec<u8>>>,
     /// Fraction of new traces recorded.
     sampling: f64,
     ids: RandomIdGenerator,
@@ -348,7 +350,7 @@ impl Telemetry {
             log.span_id = cx.span_id().to_bytes().to_vec();
             log.flags = u32::from(cx.trace_flags().to_u8());
         }
-        if queue.try_send(log).is_err() {
+        if queue.try_send(log.encode_to_vec()).is_err() {
             self.counters.logs_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -387,7 +389,7 @@ pub struct Span {
 
 struct Recording {
     span: Box<OtlpSpan>,
-    queue: mpsc::Sender<OtlpSpan>,
+    queue: mpsc::Sender<Vec<u8>>,
     counters: Arc<TelemetryCounters>,
 }
 
@@ -454,9 +456,10 @@ impl Drop for Span {
 
 impl Recording {
     fn send(self) {
-        let mut span = *self.span;
+        let mut span = self.span;
         span.end_time_unix_nano = unix_nanos(SystemTime::now());
-        if self.queue.try_send(span).is_err() {
+        // Encoded here, once, and freed where it was made (see export::Batch).
+        if self.queue.try_send(span.encode_to_vec()).is_err() {
             self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
