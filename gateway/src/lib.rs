@@ -13,10 +13,10 @@
 //!
 //! With `certificates` in the configuration a second listener speaks HTTPS,
 //! picking the certificate by SNI; `https://` services reach their targets
-//! over verified TLS ([tls]).
+//! over verified TLS ([tls]), with a client certificate when they require one.
 //!
 //! Not here: a database-backed configuration (the YAML file, or `POST
-//! /config`, is the source of truth), client certificates to upstreams.
+//! /config`, is the source of truth).
 
 mod admin;
 pub mod config;

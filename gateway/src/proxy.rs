@@ -31,12 +31,12 @@ use crate::router::Matched;
 use crate::upstream::{Outcome, Upstream};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// The request's SERVER span, in its extensions.
 #[derive(Clone)]

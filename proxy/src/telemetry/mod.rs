@@ -1,10 +1,10 @@
 //! A proxy's own traces and access logs, as OTLP.
 //!
-//! A request's spans and its access-log record are built directly as the
-//! OTLP protobuf messages they are sent as (opentelemetry-proto's types),
-//! encoded when they end and handed to bounded queues that the request path
-//! never waits on; an exporter per signal splices them into OTLP/gRPC
-//! exports, a few in flight at once (see [`export`]). A full queue, or an
+//! A request's spans and its access-log record are written as the OTLP
+//! protobuf they are sent as, field by field while the request runs (see
+//! [`wire`]), and handed to bounded queues that the request path never waits
+//! on; an exporter per signal splices them into OTLP/gRPC exports, a few in
+//! flight at once (see [`export`]). A full queue, or an
 //! export that fails, drops records and counts them (the proxy's
 //! `…_telemetry_dropped_total` metric), so a collector that is down or slow
 //! never slows the proxy.
@@ -400,11 +400,9 @@ pub struct Span {
     recording: Option<Recording>,
 }
 
-/// Room for a span's fields without growing: the gateway's spans take
-/// 250–400 bytes.
+/// Room for a span's fields without growing: the proxies' spans and
+/// access-log records take a few hundred bytes.
 const SPAN_CAPACITY: usize = 512;
-
-/// The same for an access-log record (300–450 bytes at the gateway).
 const LOG_CAPACITY: usize = 512;
 
 /// A recorded span: its `Span` message written so far (see [`wire`]); the
