@@ -24,6 +24,8 @@ use crate::tls::peer_identity;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+const X_FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
+
 pub(super) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -76,22 +78,48 @@ async fn serve_connection(
         tunnel(shared, peer, remote, stream).await;
         return;
     }
+    let caller = Arc::new(Caller::new(&shared, peer, remote));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let service = hyper::service::service_fn(move |request| {
-        handle(shared.clone(), peer.clone(), remote, request)
-    });
+    let service =
+        hyper::service::service_fn(move |request| handle(shared.clone(), caller.clone(), request));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(error = %e, %remote, "inbound connection ended with an error");
     }
 }
 
+/// Who calls over one inbound connection, written out once for all of its
+/// requests (each used to format the caller's SPIFFE id up to four times).
+struct Caller {
+    id: SpiffeId,
+    /// `id` as text, for spans and access logs.
+    id_text: Arc<str>,
+    service: Arc<str>,
+    /// `network.peer.address`.
+    address: Arc<str>,
+    /// `X-Forwarded-Client-Cert` for the app: this sidecar's id and the caller's.
+    forwarded_cert: Option<HeaderValue>,
+}
+
+impl Caller {
+    fn new(shared: &Shared, id: SpiffeId, remote: SocketAddr) -> Self {
+        let own = shared.tls.load().identity.to_string();
+        Self {
+            id_text: Arc::from(id.to_string()),
+            service: Arc::from(id.service()),
+            address: Arc::from(remote.ip().to_string()),
+            forwarded_cert: HeaderValue::try_from(format!("By={own};URI={id}")).ok(),
+            id,
+        }
+    }
+}
+
 async fn handle(
     shared: Arc<Shared>,
-    peer: SpiffeId,
-    remote: SocketAddr,
+    caller: Arc<Caller>,
     request: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Body>, Infallible> {
+    let peer = &caller.id;
     let started = Instant::now();
     let snapshot = shared.config.load_full();
     let telemetry = shared.telemetry.load_full();
@@ -105,9 +133,9 @@ async fn handle(
                 KeyValue::new("http.request.method", method_name(&method)),
                 KeyValue::new("url.path", path.clone()),
                 KeyValue::new("server.address", shared.service.clone()),
-                KeyValue::new("peer.service", peer.service().to_string()),
-                KeyValue::new("weft.mesh.peer_identity", peer.to_string()),
-                KeyValue::new("network.peer.address", remote.ip().to_string()),
+                KeyValue::new("peer.service", caller.service.clone()),
+                KeyValue::new("weft.mesh.peer_identity", caller.id_text.clone()),
+                KeyValue::new("network.peer.address", caller.address.clone()),
             ]
         },
     );
@@ -123,7 +151,6 @@ async fn handle(
                 .iter()
                 .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
                 .collect();
-            let peer_id = peer.to_string();
             snapshot.policies.authorize(&AuthorizationInput {
                 request: RequestInput {
                     method: method.as_str(),
@@ -132,7 +159,7 @@ async fn handle(
                 },
                 source: SourceInput {
                     service: peer.service(),
-                    spiffe_id: &peer_id,
+                    spiffe_id: &caller.id_text,
                 },
                 destination: DestinationInput {
                     service: &shared.service,
@@ -141,7 +168,7 @@ async fn handle(
         });
     let (response, denial) = match decision {
         Ok(()) => (
-            forward_to_app(&shared, &telemetry, span.context(), &peer, request).await,
+            forward_to_app(&shared, &telemetry, span.context(), &caller, request).await,
             None,
         ),
         Err(denial) => {
@@ -164,7 +191,7 @@ async fn handle(
     access_log(
         &telemetry,
         span.context(),
-        &peer,
+        &caller,
         &method,
         &path,
         status,
@@ -179,7 +206,7 @@ async fn handle(
 fn access_log(
     telemetry: &Telemetry,
     cx: &SpanContext,
-    peer: &SpiffeId,
+    caller: &Caller,
     method: &http::Method,
     path: &str,
     status: u16,
@@ -192,11 +219,12 @@ fn access_log(
             KeyValue::new("http.request.method", method_name(method)),
             KeyValue::new("url.path", path.to_string()),
             KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("peer.service", peer.service().to_string()),
-            KeyValue::new("weft.mesh.peer_identity", peer.to_string()),
+            KeyValue::new("peer.service", caller.service.clone()),
+            KeyValue::new("weft.mesh.peer_identity", caller.id_text.clone()),
             KeyValue::new("weft.mesh.direction", "inbound"),
             KeyValue::new("duration_ms", millis),
         ];
+        let peer = &caller.id_text;
         let mut line = format!("inbound {peer} \"{method} {path}\" {status} {millis:.1}ms");
         if let Some(denial) = denial {
             line.push_str(&format!(" denied by {} rule {}", denial.kind, denial.rule));
@@ -211,7 +239,7 @@ async fn forward_to_app(
     shared: &Shared,
     telemetry: &Telemetry,
     cx: &SpanContext,
-    peer: &SpiffeId,
+    caller: &Caller,
     mut request: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
     // A protocol switch (a WebSocket) needs HTTP/1.1 to the app.
@@ -226,16 +254,21 @@ async fn forward_to_app(
     telemetry.inject(cx, &mut parts.headers);
     // Envoy's header: who called, as the mesh proved it. Whatever the caller
     // put there is replaced.
-    let own = shared.tls.load().identity.to_string();
-    if let Ok(value) = HeaderValue::try_from(format!("By={own};URI={peer}")) {
-        parts.headers.insert("x-forwarded-client-cert", value);
-    }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = match format!("http://{}{path}", shared.app).parse() {
+    match &caller.forwarded_cert {
+        Some(value) => parts.headers.insert(X_FORWARDED_CLIENT_CERT, value.clone()),
+        None => parts.headers.remove(X_FORWARDED_CLIENT_CERT),
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(shared.app_authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    parts.uri = match http::Uri::from_parts(uri) {
         Ok(uri) => uri,
         Err(_) => {
             return message_response::<Body>(StatusCode::BAD_REQUEST, "invalid request target")

@@ -101,6 +101,8 @@ pub struct Sidecar {
 pub(crate) struct Shared {
     pub(crate) service: String,
     pub(crate) app: SocketAddr,
+    /// `app` as the authority of the URIs sent to it.
+    pub(crate) app_authority: http::uri::Authority,
     pub(crate) app_protocol: AppProtocol,
     instance: String,
     advertise: SocketAddr,
@@ -216,6 +218,8 @@ impl Sidecar {
         let shared = Arc::new(Shared {
             service: options.service.clone(),
             app: options.app,
+            app_authority: http::uri::Authority::try_from(options.app.to_string())
+                .expect("a socket address is a URI authority"),
             app_protocol: options.app_protocol,
             instance,
             advertise,

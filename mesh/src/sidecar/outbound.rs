@@ -33,6 +33,11 @@ use crate::tls::Wire;
 /// Calls to one service.
 pub(crate) struct Destination {
     pub(crate) service: String,
+    /// `service` for span and access-log attributes.
+    service_name: Arc<str>,
+    /// `service` as the authority of the URIs sent to its sidecars (none if
+    /// it is not one, which service-name checks rule out).
+    authority: Option<http::uri::Authority>,
     next: AtomicUsize,
     connections: Mutex<HashMap<SocketAddr, SendRequest<Body>>>,
     /// Client configs by protocol, with the TLS generation they were built
@@ -74,8 +79,14 @@ pub(super) async fn serve(
                 tokio::spawn(tunnel(shared, destination, stream));
                 return;
             }
+            let client_ip: Arc<str> = Arc::from(client.ip().to_string());
             let service = hyper::service::service_fn(move |request| {
-                handle(shared.clone(), destination.clone(), client, request)
+                handle(
+                    shared.clone(),
+                    destination.clone(),
+                    client_ip.clone(),
+                    request,
+                )
             });
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -93,7 +104,7 @@ pub(super) async fn serve(
 async fn handle(
     shared: Arc<Shared>,
     destination: Arc<Destination>,
-    client: SocketAddr,
+    client_ip: Arc<str>,
     mut request: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Body>, Infallible> {
     let started = Instant::now();
@@ -110,8 +121,8 @@ async fn handle(
         vec![
             KeyValue::new("http.request.method", method_name(&method)),
             KeyValue::new("url.path", path.clone()),
-            KeyValue::new("server.address", to.to_string()),
-            KeyValue::new("peer.service", to.to_string()),
+            KeyValue::new("server.address", destination.service_name.clone()),
+            KeyValue::new("peer.service", destination.service_name.clone()),
             KeyValue::new("weft.mesh.peer_identity", expected.to_string()),
         ]
     });
@@ -126,8 +137,8 @@ async fn handle(
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let replayable = is_idempotent(&method) && hyper::body::Body::is_end_stream(&body);
     let attempts = if replayable {
         1 + snapshot.policies.retries(to)
@@ -163,7 +174,11 @@ async fn handle(
         } else {
             http::Version::HTTP_2
         };
-        *request.uri_mut() = match format!("http://{to}{path_and_query}").parse() {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = destination.authority.clone();
+        uri.path_and_query = Some(path_and_query.clone());
+        *request.uri_mut() = match http::Uri::from_parts(uri) {
             Ok(uri) => uri,
             Err(_) => {
                 answer = Some(message_response::<Body>(
@@ -241,9 +256,9 @@ async fn handle(
             KeyValue::new("http.request.method", method_name(&method)),
             KeyValue::new("url.path", path),
             KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("peer.service", to.to_string()),
+            KeyValue::new("peer.service", destination.service_name.clone()),
             KeyValue::new("weft.mesh.direction", "outbound"),
-            KeyValue::new("client.address", client.ip().to_string()),
+            KeyValue::new("client.address", client_ip),
             KeyValue::new("duration_ms", millis),
         ];
         if let Some(endpoint) = endpoint_used {
@@ -265,6 +280,8 @@ fn is_idempotent(method: &Method) -> bool {
 impl Destination {
     pub(crate) fn new(service: String) -> Self {
         Self {
+            service_name: Arc::from(service.as_str()),
+            authority: service.parse().ok(),
             service,
             next: AtomicUsize::new(0),
             connections: Mutex::new(HashMap::new()),
