@@ -20,13 +20,13 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
 
+use super::wire::{field_len, len_header};
 use super::{otlp_key_value, TelemetryConfig, TelemetryCounters};
 
 /// Exports of one signal running at once.
@@ -190,29 +190,19 @@ struct Batch {
     records: Vec<Vec<u8>>,
 }
 
-/// Bytes of a length-delimited field holding `len` bytes (field numbers below 16).
-fn field_len(len: usize) -> usize {
-    1 + encoded_len_varint(len as u64) + len
-}
-
-fn put_field_header(out: &mut impl BufMut, tag: u32, len: usize) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
-}
-
 impl Batch {
     fn encode(&self, out: &mut impl BufMut) {
         let records: usize = self.records.iter().map(|r| field_len(r.len())).sum();
         let scoped = field_len(self.scope.len()) + records;
         let resourced = field_len(self.resource.len()) + field_len(scoped);
-        put_field_header(out, 1, resourced);
-        put_field_header(out, 1, self.resource.len());
+        len_header(out, 1, resourced);
+        len_header(out, 1, self.resource.len());
         out.put_slice(&self.resource);
-        put_field_header(out, 2, scoped);
-        put_field_header(out, 1, self.scope.len());
+        len_header(out, 2, scoped);
+        len_header(out, 1, self.scope.len());
         out.put_slice(&self.scope);
         for record in &self.records {
-            put_field_header(out, 2, record.len());
+            len_header(out, 2, record.len());
             out.put_slice(record);
         }
     }

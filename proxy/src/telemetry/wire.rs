@@ -8,16 +8,28 @@
 //! order, so the name, end time and status go last. The tests decode what
 //! is written with prost and compare it with the messages it stands for.
 
+use bytes::BufMut;
 use opentelemetry::{KeyValue, Value};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
 use super::otlp_any_value;
 
+/// Bytes of a length-delimited field holding `len` bytes (field numbers
+/// below 16, which is all these messages use).
+pub(super) fn field_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// The key and length of a length-delimited field whose `len` bytes follow.
+pub(super) fn len_header(out: &mut impl BufMut, tag: u32, len: usize) {
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+}
+
 /// A length-delimited field, written even when empty.
 pub(super) fn len_delimited(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(bytes.len() as u64, out);
+    len_header(out, tag, bytes.len());
     out.extend_from_slice(bytes);
 }
 
@@ -54,97 +66,75 @@ pub(super) fn fixed32(out: &mut Vec<u8>, tag: u32, value: u32) {
 
 /// An `AnyValue` message field holding `value`.
 pub(super) fn any_value(out: &mut Vec<u8>, tag: u32, value: &Value) {
-    match scalar(value) {
-        Some(scalar) => {
-            encode_key(tag, WireType::LengthDelimited, out);
-            encode_varint(scalar.len() as u64, out);
-            scalar.write(out);
-        }
-        // Arrays (and whatever the API adds) are rare here: through the message.
-        None => len_delimited(out, tag, &otlp_any_value(value.clone()).encode_to_vec()),
-    }
+    let body = AnyValueBody::of(value);
+    len_header(out, tag, body.len());
+    body.write(out);
 }
 
 /// A `KeyValue` message field (an attribute).
 pub(super) fn attribute(out: &mut Vec<u8>, tag: u32, attribute: &KeyValue) {
     let key = attribute.key.as_str();
+    let value = AnyValueBody::of(&attribute.value);
     let key_len = if key.is_empty() {
         0
     } else {
-        1 + encoded_len_varint(key.len() as u64) + key.len()
+        field_len(key.len())
     };
-    match scalar(&attribute.value) {
-        Some(scalar) => {
-            let value_len = scalar.len();
-            encode_key(tag, WireType::LengthDelimited, out);
-            encode_varint(
-                (key_len + 1 + encoded_len_varint(value_len as u64) + value_len) as u64,
-                out,
-            );
-            bytes(out, 1, key.as_bytes());
-            encode_key(2, WireType::LengthDelimited, out);
-            encode_varint(value_len as u64, out);
-            scalar.write(out);
-        }
-        None => {
-            let value = otlp_any_value(attribute.value.clone()).encode_to_vec();
-            encode_key(tag, WireType::LengthDelimited, out);
-            encode_varint(
-                (key_len + 1 + encoded_len_varint(value.len() as u64) + value.len()) as u64,
-                out,
-            );
-            bytes(out, 1, key.as_bytes());
-            len_delimited(out, 2, &value);
-        }
-    }
+    len_header(out, tag, key_len + field_len(value.len()));
+    bytes(out, 1, key.as_bytes());
+    len_header(out, 2, value.len());
+    value.write(out);
 }
 
-/// The one-field `AnyValue`s the proxies' attributes hold. The field is
-/// written even when its value is the default: it is a `oneof`, whose
-/// presence is the value's type.
-enum Scalar<'a> {
+/// The fields of an `AnyValue` message. The scalars the proxies' attributes
+/// hold are written directly, and written even when they are the default:
+/// the field is a `oneof`, whose presence is the value's type. Arrays (and
+/// whatever the API adds) are rare here and go through the message.
+enum AnyValueBody<'a> {
     String(&'a str),
     Bool(bool),
     Int(i64),
     Double(f64),
+    Encoded(Vec<u8>),
 }
 
-fn scalar(value: &Value) -> Option<Scalar<'_>> {
-    Some(match value {
-        Value::String(s) => Scalar::String(s.as_str()),
-        Value::Bool(b) => Scalar::Bool(*b),
-        Value::I64(i) => Scalar::Int(*i),
-        Value::F64(f) => Scalar::Double(*f),
-        _ => return None,
-    })
-}
+impl<'a> AnyValueBody<'a> {
+    fn of(value: &'a Value) -> Self {
+        match value {
+            Value::String(s) => Self::String(s.as_str()),
+            Value::Bool(b) => Self::Bool(*b),
+            Value::I64(i) => Self::Int(*i),
+            Value::F64(f) => Self::Double(*f),
+            other => Self::Encoded(otlp_any_value(other.clone()).encode_to_vec()),
+        }
+    }
 
-impl Scalar<'_> {
-    /// Bytes of the `AnyValue` message.
     fn len(&self) -> usize {
-        1 + match self {
-            Scalar::String(s) => encoded_len_varint(s.len() as u64) + s.len(),
-            Scalar::Bool(_) => 1,
-            Scalar::Int(i) => encoded_len_varint(*i as u64),
-            Scalar::Double(_) => 8,
+        match self {
+            Self::String(s) => field_len(s.len()),
+            Self::Bool(_) => 2,
+            Self::Int(i) => 1 + encoded_len_varint(*i as u64),
+            Self::Double(_) => 9,
+            Self::Encoded(bytes) => bytes.len(),
         }
     }
 
     fn write(&self, out: &mut Vec<u8>) {
         match self {
-            Scalar::String(s) => len_delimited(out, 1, s.as_bytes()),
-            Scalar::Bool(b) => {
+            Self::String(s) => len_delimited(out, 1, s.as_bytes()),
+            Self::Bool(b) => {
                 encode_key(2, WireType::Varint, out);
                 encode_varint(u64::from(*b), out);
             }
-            Scalar::Int(i) => {
+            Self::Int(i) => {
                 encode_key(3, WireType::Varint, out);
                 encode_varint(*i as u64, out);
             }
-            Scalar::Double(f) => {
+            Self::Double(f) => {
                 encode_key(4, WireType::SixtyFourBit, out);
                 out.extend_from_slice(&f.to_le_bytes());
             }
+            Self::Encoded(bytes) => out.extend_from_slice(bytes),
         }
     }
 }
