@@ -9,7 +9,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{self, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
@@ -21,8 +21,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::ServiceConfig;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::upgrade;
 use weft_proxy::{method_name, Telemetry};
+use weft_proxy::{upgrade, uri};
 
 use crate::http::{
     gateway_response, AnsweredBy, Body, ClientConnection, ProxyRequest, ProxyResponse,
@@ -170,11 +170,9 @@ impl Forwarder {
                 break;
             };
             tried.push(index);
-            let mut uri = uri::Parts::default();
-            uri.scheme = Some(self.scheme.clone());
-            uri.authority = target.authority.clone();
-            uri.path_and_query = Some(path.clone());
-            let Ok(uri) = Uri::from_parts(uri) else {
+            let Some(uri) =
+                uri::absolute(self.scheme.clone(), target.authority.clone(), path.clone())
+            else {
                 return gateway_response(
                     StatusCode::BAD_REQUEST,
                     "the request path cannot be forwarded",
@@ -316,20 +314,16 @@ impl Forwarder {
 
 /// The path and query sent upstream: the service URL's path (`base_path`,
 /// without a trailing `/`), then the request's path without its first
-/// `stripped` bytes (the part a stripping route matched), then the query. None when that is not a valid
-/// path.
-fn upstream_path(base_path: &str, uri: &Uri, stripped: usize) -> Option<PathAndQuery> {
-    let path = uri.path();
+/// `stripped` bytes (the part a stripping route matched), then the query.
+/// None when that is not a valid path.
+fn upstream_path(base_path: &str, request: &Uri, stripped: usize) -> Option<PathAndQuery> {
+    let path = request.path();
     let rest = path.get(stripped..).unwrap_or(path);
     if base_path.is_empty() && rest.len() == path.len() && path.starts_with('/') {
         // Forwarded as it came (the common case): no copy, no re-parse.
-        return Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
+        return Some(uri::path_and_query(request));
     }
-    let query = uri.query();
+    let query = request.query();
     let mut forwarded =
         String::with_capacity(1 + base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
     let starts_with_slash = if base_path.is_empty() {

@@ -1,12 +1,14 @@
 //! What weft's proxies share: the API gateway (`weft-gateway`) and the mesh
 //! sidecar (`weft-mesh`) both forward HTTP and trace every request.
 //!
-//! [`Telemetry`] is a proxy's own tracing and access logging, built as OTLP
-//! messages and exported over OTLP/gRPC from bounded queues that the request
-//! path never waits on, with a [`TelemetryCollector`] for `/metrics`.
-//! [`headers`] holds the HTTP header rules every hop applies (hop-by-hop
-//! headers), [`upgrade`] carries WebSockets across a hop, [`accept_until`] the accept loop with graceful
-//! shutdown, and [`message_response`] the shape of a proxy's own answers.
+//! [`Telemetry`] is a proxy's own tracing and access logging, written as OTLP
+//! protobuf while a request runs and exported over OTLP/gRPC from bounded
+//! queues that the request path never waits on, with a [`TelemetryCollector`]
+//! for `/metrics`. [`headers`] holds the HTTP header rules every hop applies
+//! (hop-by-hop headers), [`uri`] builds the URIs requests go on to,
+//! [`upgrade`] carries WebSockets across a hop, [`accept_until`] the accept
+//! loop with graceful shutdown, and [`message_response`] the shape of a
+//! proxy's own answers.
 //!
 //! Not here: routing, balancing or anything else one proxy does and the other
 //! does not.
@@ -16,6 +18,7 @@ mod listener;
 mod response;
 mod telemetry;
 pub mod upgrade;
+pub mod uri;
 
 pub use crate::listener::accept_until;
 pub use crate::response::message_response;

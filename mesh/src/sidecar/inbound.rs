@@ -14,7 +14,7 @@ use opentelemetry::KeyValue;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, message_response, method_name, upgrade, Telemetry};
+use weft_proxy::{accept_until, message_response, method_name, upgrade, uri, Telemetry};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -258,21 +258,14 @@ async fn forward_to_app(
         Some(value) => parts.headers.insert(X_FORWARDED_CLIENT_CERT, value.clone()),
         None => parts.headers.remove(X_FORWARDED_CLIENT_CERT),
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(shared.app_authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    let target = uri::absolute(
+        http::uri::Scheme::HTTP,
+        Some(shared.app_authority.clone()),
+        uri::path_and_query(&parts.uri),
     );
-    parts.uri = match http::Uri::from_parts(uri) {
-        Ok(uri) => uri,
-        Err(_) => {
-            return message_response::<Body>(StatusCode::BAD_REQUEST, "invalid request target")
-        }
+    parts.uri = match target {
+        Some(uri) => uri,
+        None => return message_response::<Body>(StatusCode::BAD_REQUEST, "invalid request target"),
     };
     parts.version = if shared.app_protocol == AppProtocol::Http2 {
         http::Version::HTTP_2

@@ -23,7 +23,7 @@ use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, message_response, method_name, upgrade};
+use weft_proxy::{accept_until, message_response, method_name, upgrade, uri};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -134,11 +134,7 @@ async fn handle(
         upgrade::ask_again(&mut parts.headers, protocol);
     }
     telemetry.inject(span.context(), &mut parts.headers);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let path_and_query = uri::path_and_query(&parts.uri);
     let replayable = is_idempotent(&method) && hyper::body::Body::is_end_stream(&body);
     let attempts = if replayable {
         1 + snapshot.policies.retries(to)
@@ -174,13 +170,14 @@ async fn handle(
         } else {
             http::Version::HTTP_2
         };
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = destination.authority.clone();
-        uri.path_and_query = Some(path_and_query.clone());
-        *request.uri_mut() = match http::Uri::from_parts(uri) {
-            Ok(uri) => uri,
-            Err(_) => {
+        let target = uri::absolute(
+            http::uri::Scheme::HTTP,
+            destination.authority.clone(),
+            path_and_query.clone(),
+        );
+        *request.uri_mut() = match target {
+            Some(uri) => uri,
+            None => {
                 answer = Some(message_response::<Body>(
                     StatusCode::BAD_REQUEST,
                     "invalid request target",
