@@ -84,6 +84,83 @@ async fn a_full_buffer_answers_resource_exhausted_with_retry_info_then_recovers(
     assert_eq!(stored, acked);
 }
 
+/// More concurrent gRPC exports than weft reads at once, all on one HTTP/2
+/// connection: the extra ones are refused at once with retry info, and every
+/// request ends. (Held back instead, their bodies filled the connection's
+/// flow-control window until the ones being read could not finish: a hang.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_exports_past_the_limit_are_refused_not_queued_into_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    // Four requests of up to 1 MiB are read at once, and the memory budget
+    // has room for all four of the ~200 KB ones sent here.
+    let weft = Weft::start(
+        dir.path(),
+        &[
+            "--max-request-bytes",
+            "1048576",
+            "--max-inflight-bytes",
+            "4194304",
+        ],
+    );
+    let connections = [
+        TraceServiceClient::connect(weft.grpc_url()).await.unwrap(),
+        TraceServiceClient::connect(weft.grpc_url()).await.unwrap(),
+    ];
+    // 64 clients on two connections, each sending its next request when the
+    // last is answered.
+    let clients: Vec<_> = (0..64u64)
+        .map(|c| {
+            let mut client = connections[c as usize % 2].clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for r in 0..3 {
+                    let first = (c * 3 + r) * 2000;
+                    let request = spans_request("crm-mobile", first..first + 2000);
+                    assert!(request.encoded_len() > 131072, "{}", request.encoded_len());
+                    outcomes.push((first..first + 2000, client.export(request).await));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let outcomes = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures::future::join_all(clients),
+    )
+    .await
+    .expect("every request gets an answer");
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
+    for outcome in outcomes.into_iter().flat_map(|client| client.unwrap()) {
+        match outcome {
+            (ids, Ok(_)) => acked.extend(ids),
+            (ids, Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert!(status.get_details_retry_info().is_some(), "{status:?}");
+                refused.push(ids);
+            }
+        }
+    }
+    assert!(
+        !acked.is_empty() && !refused.is_empty(),
+        "{} refused",
+        refused.len()
+    );
+    // Sent again one at a time, the refused ones are stored.
+    let [mut client, _] = connections;
+    for ids in refused {
+        client
+            .export(spans_request("crm-mobile", ids.clone()))
+            .await
+            .unwrap();
+        acked.extend(ids);
+    }
+    assert!(weft.stop().success());
+    let mut stored = stored_span_ids(dir.path());
+    stored.sort_unstable();
+    acked.sort_unstable();
+    assert_eq!(stored, acked);
+}
+
 #[test]
 fn a_full_buffer_answers_503_with_retry_after_over_http() {
     let dir = tempfile::tempdir().unwrap();

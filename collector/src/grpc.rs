@@ -15,6 +15,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::sync::Semaphore;
+
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
@@ -215,15 +217,96 @@ fn tenant<T>(request: &Request<T>) -> Result<TenantId, Status> {
         .ok_or_else(|| Status::internal("the request was not authenticated to a tenant"))
 }
 
-/// How many gRPC exports may be read and processed at once.
+/// How many gRPC requests may be read and processed at once.
 ///
 /// tonic reads a whole message before the service sees it, so the in-flight
 /// byte budget cannot refuse a gRPC request before its memory is spent.
-/// Instead, requests past this many wait before they are read, their bodies
-/// held back by HTTP/2 flow control: `max_inflight_bytes` worth of
-/// largest-size requests, and at least a few.
-pub fn max_concurrent_requests(limits: &IngestLimits) -> usize {
+/// Instead, at most this many are read at a time: `max_inflight_bytes` worth
+/// of largest-size requests, and at least a few.
+fn max_concurrent_requests(limits: &IngestLimits) -> usize {
     (limits.max_inflight_bytes / limits.max_request_bytes.max(1)).max(4)
+}
+
+/// Refuses at once, with RESOURCE_EXHAUSTED and a retry delay, a gRPC request
+/// that arrives while [`max_concurrent_requests`] are being read and stored.
+///
+/// Queueing it instead (a concurrency limit that waits) deadlocks: HTTP/2
+/// keeps receiving a waiting request's body into the connection's shared
+/// flow-control window, and once waiting bodies fill it, the requests being
+/// served cannot receive the rest of theirs, so none finishes and no waiting
+/// one is let in. A refused request's body is dropped, which gives its part
+/// of the window back.
+#[derive(Clone)]
+pub struct ShedLayer {
+    receiver: Receiver,
+    permits: Arc<Semaphore>,
+}
+
+impl ShedLayer {
+    pub fn new(ingest: Arc<Ingest>) -> Self {
+        let permits = Arc::new(Semaphore::new(max_concurrent_requests(ingest.limits())));
+        Self {
+            receiver: Receiver { ingest },
+            permits,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`ShedLayer`].
+#[derive(Clone)]
+pub struct Shed<S> {
+    inner: S,
+    layer: ShedLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Shed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            let error = IngestError::Busy(format!(
+                "{} gRPC requests are being read and stored (the limit, max_inflight_bytes / max_request_bytes)",
+                max_concurrent_requests(self.layer.receiver.ingest.limits())
+            ));
+            let signal = match request.uri().path() {
+                Traces::PATH => Some(Traces::SIGNAL),
+                Logs::PATH => Some(Logs::SIGNAL),
+                _ => None,
+            };
+            let status = match signal {
+                Some(signal) => self.layer.receiver.refused(signal, error),
+                None => self.layer.receiver.status(error),
+            };
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(permit);
+            response
+        })
+    }
 }
 
 #[derive(Clone)]
