@@ -8,7 +8,6 @@
 
 use arrow::array::StringBuilder;
 use base64::Engine;
-use std::fmt::Write;
 
 use super::wire::{self, AnyValue, Result, WireError};
 
@@ -46,12 +45,8 @@ pub(crate) fn write_text(value: Option<AnyValue<'_>>, out: &mut String) -> Resul
         AnyValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         // A string-table index only has meaning inside a profile; elsewhere
         // the number is all there is to keep.
-        AnyValue::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
-        AnyValue::Strindex(i) => {
-            let _ = write!(out, "{i}");
-        }
+        AnyValue::Int(i) => out.push_str(itoa::Buffer::new().format(i)),
+        AnyValue::Strindex(i) => out.push_str(itoa::Buffer::new().format(i)),
         AnyValue::Double(d) => write_double(d, out),
         AnyValue::Bytes(b) => base64::engine::general_purpose::STANDARD.encode_string(b, out),
         AnyValue::Array(_) | AnyValue::Kvlist(_) => write_json(Some(value), out, 0)?,
@@ -82,12 +77,8 @@ fn write_json(value: Option<AnyValue<'_>>, out: &mut String, depth: usize) -> Re
         None => out.push_str("null"),
         Some(AnyValue::String(s)) => write_json_string(s, out),
         Some(AnyValue::Bool(b)) => out.push_str(if b { "true" } else { "false" }),
-        Some(AnyValue::Int(i)) => {
-            let _ = write!(out, "{i}");
-        }
-        Some(AnyValue::Strindex(i)) => {
-            let _ = write!(out, "{i}");
-        }
+        Some(AnyValue::Int(i)) => out.push_str(itoa::Buffer::new().format(i)),
+        Some(AnyValue::Strindex(i)) => out.push_str(itoa::Buffer::new().format(i)),
         Some(AnyValue::Double(d)) if d.is_finite() => write_double(d, out),
         Some(AnyValue::Double(d)) => {
             out.push('"');

@@ -275,6 +275,52 @@ pub(crate) fn any_value(bytes: &[u8]) -> Result<Option<AnyValue<'_>>> {
 /// Reads an encoded `KeyValue`: its key and its value, if it has one.
 #[inline]
 pub(crate) fn key_value(bytes: &[u8]) -> Result<(&str, Option<AnyValue<'_>>)> {
+    match plain_key_value(bytes) {
+        Some(kv) => Ok(kv),
+        None => any_key_value(bytes),
+    }
+}
+
+/// The shape nearly every SDK writes a `KeyValue` in — a key, then a value
+/// holding one string, integer, boolean or double, both shorter than 128
+/// bytes — read without walking the fields one by one. `None` for anything
+/// else, invalid UTF-8 included, which [`any_key_value`] then reads (or
+/// refuses) field by field: both give the same result for what this accepts.
+#[inline]
+fn plain_key_value(bytes: &[u8]) -> Option<(&str, Option<AnyValue<'_>>)> {
+    let [0x0a, key_len @ 0..=0x7f, rest @ ..] = bytes else {
+        return None;
+    };
+    let (key, rest) = rest.split_at_checked(usize::from(*key_len))?;
+    let [0x12, value_len @ 0..=0x7f, value @ ..] = rest else {
+        return None;
+    };
+    if value.len() != usize::from(*value_len) {
+        return None;
+    }
+    let value = match value {
+        [0x0a, len @ 0..=0x7f, text @ ..] if text.len() == usize::from(*len) => {
+            AnyValue::String(std::str::from_utf8(text).ok()?)
+        }
+        [0x18, varint @ ..] => {
+            let mut rest = varint;
+            let int = decode_varint(&mut rest).ok()?;
+            if !rest.is_empty() {
+                return None;
+            }
+            AnyValue::Int(int as i64)
+        }
+        [0x10, flag @ 0..=0x7f] => AnyValue::Bool(*flag != 0),
+        [0x21, bits @ ..] => {
+            AnyValue::Double(f64::from_bits(u64::from_le_bytes(bits.try_into().ok()?)))
+        }
+        _ => return None,
+    };
+    Some((std::str::from_utf8(key).ok()?, Some(value)))
+}
+
+/// [`key_value`] for any encoding, field by field.
+fn any_key_value(bytes: &[u8]) -> Result<(&str, Option<AnyValue<'_>>)> {
     let mut key = "";
     let mut value = None;
     for field in fields("KeyValue", bytes) {
@@ -315,6 +361,7 @@ pub(crate) fn count(message: &'static str, bytes: &[u8], tag: u32) -> Result<usi
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue as Proto, KeyValue};
+    use proptest::prelude::*;
     use prost::Message;
 
     #[test]
@@ -337,6 +384,65 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(key_value(&empty.encode_to_vec()).unwrap(), ("k", None));
+    }
+
+    fn any_proto_value() -> impl Strategy<Value = Option<any_value::Value>> {
+        prop_oneof![
+            Just(None),
+            ".{0,80}".prop_map(|s| Some(any_value::Value::StringValue(s))),
+            any::<i64>().prop_map(|i| Some(any_value::Value::IntValue(i))),
+            any::<bool>().prop_map(|b| Some(any_value::Value::BoolValue(b))),
+            any::<f64>().prop_map(|d| Some(any_value::Value::DoubleValue(d))),
+            prop::collection::vec(any::<u8>(), 0..4)
+                .prop_map(|b| Some(any_value::Value::BytesValue(b))),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the shortcut for the common shape accepts — key-values as
+        /// SDKs write them, or those bytes changed — reads as the field-by-field
+        /// path reads it.
+        #[test]
+        fn the_plain_shape_reads_as_the_general_path_does(
+            key in ".{0,130}",
+            value in any_proto_value(),
+            with_value in any::<bool>(),
+            edit in prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+        ) {
+            let kv = KeyValue {
+                key,
+                value: with_value.then_some(Proto { value }),
+                ..Default::default()
+            };
+            let mut bytes = kv.encode_to_vec();
+            if let Some((at, byte)) = edit {
+                if !bytes.is_empty() {
+                    let at = at.index(bytes.len());
+                    bytes[at] = byte;
+                }
+            }
+            if let Some(plain) = plain_key_value(&bytes) {
+                // Compared as text: NaN is not equal to itself.
+                prop_assert_eq!(format!("{:?}", Ok::<_, WireError>(plain)), format!("{:?}", any_key_value(&bytes)));
+            }
+        }
+    }
+
+    #[test]
+    fn the_plain_shape_is_taken_for_what_sdks_send() {
+        for value in [
+            any_value::Value::StringValue("GET".into()),
+            any_value::Value::IntValue(-7),
+            any_value::Value::BoolValue(true),
+            any_value::Value::DoubleValue(0.5),
+        ] {
+            let kv = KeyValue {
+                key: "http.request.method".into(),
+                value: Some(Proto { value: Some(value) }),
+                ..Default::default()
+            };
+            assert!(plain_key_value(&kv.encode_to_vec()).is_some(), "{kv:?}");
+        }
     }
 
     #[test]
