@@ -27,6 +27,7 @@ pub mod index;
 pub mod live;
 pub mod object_storage;
 mod orphans;
+mod parallel;
 mod reader;
 mod reorder;
 pub mod schema;

@@ -12,6 +12,7 @@ use std::path::Path;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::TimestampNanosecondType;
 use arrow::row::{RowConverter, SortField};
+use parquet::arrow::arrow_writer::compute_leaves;
 use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
@@ -159,12 +160,42 @@ fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> Write
 pub fn write_segment(signal: Signal, batch: &RecordBatch, path: &Path) -> Result<WrittenSegment> {
     let tmp = path.with_extension("parquet.tmp");
     let file = File::create(&tmp).at(&tmp)?;
-    let mut writer = ArrowWriter::try_new(
+    let writer = ArrowWriter::try_new(
         file,
         batch.schema(),
         Some(writer_properties(signal, batch.schema_ref())),
     )?;
-    writer.write(batch)?;
+    // The ArrowWriter writes the schema as Parquet and Arrow metadata; its
+    // lower-level parts let each row group's columns be encoded at once.
+    let (mut writer, row_groups) = writer.into_serialized_writer()?;
+    let schema = batch.schema();
+    let mut start = 0;
+    while start < batch.num_rows() {
+        let rows = batch.slice(start, ROW_GROUP_ROWS.min(batch.num_rows() - start));
+        let column_writers = row_groups.create_column_writers(writer.flushed_row_groups().len())?;
+        let mut leaves = Vec::with_capacity(column_writers.len());
+        for (field, column) in schema.fields().iter().zip(rows.columns()) {
+            for leaf in compute_leaves(field, column)? {
+                leaves.push((column.get_array_memory_size(), leaf));
+            }
+        }
+        debug_assert_eq!(leaves.len(), column_writers.len(), "one writer per leaf");
+        let jobs = column_writers
+            .into_iter()
+            .zip(leaves)
+            .map(|(writer, (bytes, leaf))| (bytes, (writer, leaf)))
+            .collect();
+        let chunks = crate::parallel::map_largest_first(jobs, |(mut writer, leaf)| {
+            writer.write(&leaf)?;
+            writer.close()
+        });
+        let mut row_group = writer.next_row_group()?;
+        for chunk in chunks {
+            chunk?.append_to_row_group(&mut row_group)?;
+        }
+        row_group.close()?;
+        start += rows.num_rows();
+    }
     writer.finish()?;
     writer.inner_mut().sync_all().at(&tmp)?;
     drop(writer);
