@@ -253,11 +253,11 @@ pub async fn run_until(
                 weft_access::grpc::Interceptor::new(auth.clone(), Access::Read),
             ));
         }
-        let shed = grpc::ShedLayer::new(ingest.clone());
+        let admit = grpc::AdmitLayer::new(ingest.clone());
         let shutdown = until_stopped();
         servers.spawn(async move {
             let server = tonic::transport::Server::builder()
-                .layer(shed)
+                .layer(admit)
                 .layer(tower::util::MapResponseLayer::new(
                     grpc::otlp_status_codes::<tonic::body::Body>,
                 ))

@@ -84,15 +84,16 @@ async fn a_full_buffer_answers_resource_exhausted_with_retry_info_then_recovers(
     assert_eq!(stored, acked);
 }
 
-/// More concurrent gRPC exports than weft reads at once, all on one HTTP/2
-/// connection: the extra ones are refused at once with retry info, and every
-/// request ends. (Held back instead, their bodies filled the connection's
-/// flow-control window until the ones being read could not finish: a hang.)
+/// More concurrent gRPC exports than the in-flight budget holds, on two
+/// HTTP/2 connections: the extra ones are refused at once with retry info,
+/// and every request ends. (Held back unread instead, their bodies filled the
+/// connections' flow-control windows until the ones being read could not
+/// finish: a hang.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_exports_past_the_limit_are_refused_not_queued_into_a_hang() {
     let dir = tempfile::tempdir().unwrap();
-    // Four requests of up to 1 MiB are read at once, and the memory budget
-    // has room for all four of the ~200 KB ones sent here.
+    // Room for five of the ~200 KB requests sent here (each reserves four
+    // times its size).
     let weft = Weft::start(
         dir.path(),
         &[
@@ -159,6 +160,32 @@ async fn concurrent_exports_past_the_limit_are_refused_not_queued_into_a_hang() 
     stored.sort_unstable();
     acked.sort_unstable();
     assert_eq!(stored, acked);
+}
+
+/// A gzip'd gRPC export is admitted for its wire size before it is read and
+/// for its inflated size after; one that inflates past `max_request_bytes` is
+/// refused for good (no retry info), like an uncompressed one that large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_grpc_exports_are_stored_and_limited_by_their_inflated_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let weft = Weft::start(dir.path(), &["--max-request-bytes", "1048576"]);
+    let mut client = TraceServiceClient::connect(weft.grpc_url())
+        .await
+        .unwrap()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    client
+        .export(spans_request("crm-mobile", 0..2000))
+        .await
+        .unwrap();
+    let large = spans_request("crm-mobile", 10_000..26_000);
+    assert!(large.encoded_len() > 1_100_000, "{}", large.encoded_len());
+    let status = client.export(large).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.get_details_retry_info().is_none(), "{status:?}");
+    assert!(weft.stop().success());
+    let mut stored = stored_span_ids(dir.path());
+    stored.sort_unstable();
+    assert_eq!(stored, (0..2000).collect::<Vec<_>>());
 }
 
 #[test]

@@ -15,9 +15,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::Semaphore;
-
 use bytes::{Buf, Bytes};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -39,8 +38,7 @@ use weft_store::convert;
 use weft_store::{Signal, TenantId};
 
 use crate::ingest::{
-    count_data_points, Admission, Ingest, IngestError, IngestLimits, Outcome, Transport,
-    METRICS_NOT_STORED,
+    count_data_points, Admission, Ingest, IngestError, Outcome, Transport, METRICS_NOT_STORED,
 };
 
 /// The OTLP gRPC services, ready to add to a tonic server, each request
@@ -217,63 +215,63 @@ fn tenant<T>(request: &Request<T>) -> Result<TenantId, Status> {
         .ok_or_else(|| Status::internal("the request was not authenticated to a tenant"))
 }
 
-/// How many gRPC requests may be read and processed at once.
+/// Admits each gRPC request against the in-flight byte budget before its
+/// message is read, or refuses it at once with RESOURCE_EXHAUSTED and a retry
+/// delay.
 ///
-/// tonic reads a whole message before the service sees it, so the in-flight
-/// byte budget cannot refuse a gRPC request before its memory is spent.
-/// Instead, at most this many are read at a time: `max_inflight_bytes` worth
-/// of largest-size requests, and at least a few.
-fn max_concurrent_requests(limits: &IngestLimits) -> usize {
-    (limits.max_inflight_bytes / limits.max_request_bytes.max(1)).max(4)
-}
-
-/// Refuses at once, with RESOURCE_EXHAUSTED and a retry delay, a gRPC request
-/// that arrives while [`max_concurrent_requests`] are being read and stored.
-///
-/// Queueing it instead (a concurrency limit that waits) deadlocks: HTTP/2
-/// keeps receiving a waiting request's body into the connection's shared
-/// flow-control window, and once waiting bodies fill it, the requests being
-/// served cannot receive the rest of theirs, so none finishes and no waiting
-/// one is let in. A refused request's body is dropped, which gives its part
-/// of the window back.
+/// tonic reads a whole message before a service sees it, so this reads the
+/// first five bytes of the body — the gRPC frame header, with the message's
+/// length — reserves memory for that many bytes (as the OTLP/HTTP receiver
+/// does for a declared `Content-Length`; a compressed message grows its
+/// reservation once inflated), and hands the rest of the body on untouched.
+/// A request is never held back unread: waiting bodies stay in the HTTP/2
+/// connection's shared flow-control window, and once they fill it the
+/// requests being read cannot receive the rest of theirs — a hang. A refused
+/// request's body is dropped, which gives its part of the window back.
 #[derive(Clone)]
-pub struct ShedLayer {
+pub struct AdmitLayer {
     receiver: Receiver,
-    permits: Arc<Semaphore>,
 }
 
-impl ShedLayer {
+impl AdmitLayer {
     pub fn new(ingest: Arc<Ingest>) -> Self {
-        let permits = Arc::new(Semaphore::new(max_concurrent_requests(ingest.limits())));
         Self {
             receiver: Receiver { ingest },
-            permits,
         }
     }
 }
 
-impl<S> tower::Layer<S> for ShedLayer {
-    type Service = Shed<S>;
+impl<S> tower::Layer<S> for AdmitLayer {
+    type Service = Admit<S>;
 
-    fn layer(&self, inner: S) -> Shed<S> {
-        Shed {
+    fn layer(&self, inner: S) -> Admit<S> {
+        Admit {
             inner,
-            layer: self.clone(),
+            receiver: self.receiver.clone(),
         }
     }
 }
 
-/// The service of [`ShedLayer`].
+/// The service of [`AdmitLayer`].
 #[derive(Clone)]
-pub struct Shed<S> {
+pub struct Admit<S> {
     inner: S,
-    layer: ShedLayer,
+    receiver: Receiver,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for Shed<S>
+/// The reservation [`Admit`] made for a request, for its export to take over.
+#[derive(Clone)]
+struct EarlyAdmission(Arc<parking_lot::Mutex<Option<Admission>>>);
+
+impl<S, B> tower::Service<http::Request<B>> for Admit<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower::Service<http::Request<Prefixed<B>>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<StdError>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -284,28 +282,90 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
-            let error = IngestError::Busy(format!(
-                "{} gRPC requests are being read and stored (the limit, max_inflight_bytes / max_request_bytes)",
-                max_concurrent_requests(self.layer.receiver.ingest.limits())
-            ));
-            let signal = match request.uri().path() {
-                Traces::PATH => Some(Traces::SIGNAL),
-                Logs::PATH => Some(Logs::SIGNAL),
-                _ => None,
-            };
-            let status = match signal {
-                Some(signal) => self.layer.receiver.refused(signal, error),
-                None => self.layer.receiver.status(error),
-            };
-            return Box::pin(async move { Ok(status.into_http()) });
+        // The clone is ready too (tonic's routes always are); this one, made
+        // ready by `poll_ready`, serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let receiver = self.receiver.clone();
+        let signal = match request.uri().path() {
+            Traces::PATH => Some(Traces::SIGNAL),
+            Logs::PATH => Some(Logs::SIGNAL),
+            _ => None,
         };
-        let response = self.inner.call(request);
+        let (mut parts, mut body) = request.into_parts();
         Box::pin(async move {
-            let response = response.await;
-            drop(permit);
-            response
+            let mut head = bytes::BytesMut::new();
+            while head.len() < 5 {
+                match body.frame().await {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => head.extend_from_slice(&data),
+                        Err(_) => break,
+                    },
+                    Some(Err(e)) => return Ok(Status::from_error(e.into()).into_http()),
+                    None => break,
+                }
+            }
+            let declared = match *head {
+                [_, a, b, c, d, ..] => u32::from_be_bytes([a, b, c, d]) as usize,
+                _ => 0,
+            };
+            let admission = match receiver.ingest.admit(declared) {
+                Ok(admission) => admission,
+                Err(error) => {
+                    let status = match signal {
+                        Some(signal) => receiver.refused(signal, error),
+                        None => receiver.status(error),
+                    };
+                    return Ok(status.into_http());
+                }
+            };
+            parts
+                .extensions
+                .insert(EarlyAdmission(Arc::new(parking_lot::Mutex::new(Some(
+                    admission,
+                )))));
+            let body = Prefixed {
+                head: Some(head.freeze()),
+                rest: body,
+            };
+            inner.call(http::Request::from_parts(parts, body)).await
         })
+    }
+}
+
+/// A request body with the bytes [`Admit`] read off its front put back.
+pub struct Prefixed<B> {
+    head: Option<Bytes>,
+    rest: B,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Prefixed<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Some(head) = self.head.take().filter(|head| !head.is_empty()) {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.as_ref().is_none_or(Bytes::is_empty) && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let head = self.head.as_ref().map_or(0, Bytes::len) as u64;
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + head);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + head);
+        }
+        hint
     }
 }
 
@@ -365,9 +425,22 @@ impl Receiver {
         request: Request<Bytes>,
     ) -> Result<Response<E::Response>, Status> {
         let tenant = tenant(&request)?;
+        let early = request
+            .extensions()
+            .get::<EarlyAdmission>()
+            .and_then(|early| early.0.lock().take());
         let message = request.into_inner();
         let len = message.len();
-        let admission = self.admit(E::SIGNAL, len)?;
+        let admission = match early {
+            // Read as declared, or inflated from a compressed message.
+            Some(mut admission) => {
+                self.ingest
+                    .grow(&mut admission, len)
+                    .map_err(|e| self.refused(E::SIGNAL, e))?;
+                admission
+            }
+            None => self.admit(E::SIGNAL, len)?,
+        };
         let repeated_bytes = convert::repeated_bytes(E::SIGNAL, &message)
             .map_err(|e| self.refused(E::SIGNAL, e.into()))?;
         let _expansion = self.admit_expansion(E::SIGNAL, repeated_bytes)?;
