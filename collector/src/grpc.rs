@@ -215,9 +215,9 @@ fn tenant<T>(request: &Request<T>) -> Result<TenantId, Status> {
         .ok_or_else(|| Status::internal("the request was not authenticated to a tenant"))
 }
 
-/// Admits each gRPC request against the in-flight byte budget before its
-/// message is read, or refuses it at once with RESOURCE_EXHAUSTED and a retry
-/// delay.
+/// Admits each OTLP export over gRPC against the in-flight byte budget before
+/// its message is read, or refuses it at once with RESOURCE_EXHAUSTED and a
+/// retry delay. Other gRPC services (Arrow Flight) pass untouched.
 ///
 /// tonic reads a whole message before a service sees it, so this reads the
 /// first five bytes of the body — the gRPC frame header, with the message's
@@ -290,7 +290,17 @@ where
         let signal = match request.uri().path() {
             Traces::PATH => Some(Traces::SIGNAL),
             Logs::PATH => Some(Logs::SIGNAL),
-            _ => None,
+            METRICS_EXPORT_PATH => None,
+            // Not an export (Arrow Flight reads of unflushed rows, which go
+            // on while the collector shuts down): nothing to admit.
+            _ => {
+                let (parts, body) = request.into_parts();
+                let body = Prefixed {
+                    head: None,
+                    rest: body,
+                };
+                return Box::pin(inner.call(http::Request::from_parts(parts, body)));
+            }
         };
         let (mut parts, mut body) = request.into_parts();
         Box::pin(async move {
@@ -305,10 +315,13 @@ where
                     None => break,
                 }
             }
+            // tonic refuses a message declared larger than the limit as soon
+            // as it reads this header: no need to reserve more than that.
             let declared = match *head {
                 [_, a, b, c, d, ..] => u32::from_be_bytes([a, b, c, d]) as usize,
                 _ => 0,
-            };
+            }
+            .min(receiver.ingest.limits().max_request_bytes);
             let admission = match receiver.ingest.admit(declared) {
                 Ok(admission) => admission,
                 Err(error) => {
@@ -332,6 +345,9 @@ where
         })
     }
 }
+
+/// The method of the OTLP MetricsService (answered, not stored).
+const METRICS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
 /// A request body with the bytes [`Admit`] read off its front put back.
 pub struct Prefixed<B> {
