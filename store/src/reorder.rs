@@ -168,51 +168,22 @@ fn take_string_runs(
     runs: &[Run],
     len: usize,
 ) -> Result<StringArray, ArrowError> {
-    let parts: Vec<(&[i32], &[u8])> = sources
-        .iter()
-        .map(|a| (a.value_offsets(), a.values().as_slice()))
-        .collect();
-    // Offsets and bytes in one pass over the runs: a sort's runs are mostly
-    // single rows scattered over the sources, each visited once. Rows taken
-    // once each (a sort) fill exactly what the sources cover.
-    let covered: usize = parts
-        .iter()
-        .map(|(offsets, _)| (offsets[offsets.len() - 1] - offsets[0]) as usize)
-        .sum();
-    let mut offsets = Vec::with_capacity(len + 1);
-    offsets.push(0i32);
-    let mut values: Vec<u8> = Vec::with_capacity(covered);
-    for (source, range) in runs {
-        let (source_offsets, bytes) = parts[*source];
-        let (start, end) = (source_offsets[range.start], source_offsets[range.end]);
-        // Rows taken more than once could outgrow 32-bit offsets.
-        let shift = i32::try_from(values.len() + (end - start) as usize)
-            .map_err(|_| ArrowError::OffsetOverflowError(values.len() + (end - start) as usize))?
-            - end;
-        if range.len() == 1 {
-            offsets.push(end + shift);
-        } else {
-            offsets.extend(
-                source_offsets[range.start + 1..=range.end]
-                    .iter()
-                    .map(|o| o + shift),
-            );
-        }
-        values.extend_from_slice(&bytes[start as usize..end as usize]);
+    let offsets: Vec<&[i32]> = sources.iter().map(|a| a.value_offsets()).collect();
+    let (offsets, bytes) = take_offsets(&offsets, runs, len)?;
+    let mut values = Vec::with_capacity(bytes.iter().map(|(_, r)| r.len()).sum());
+    for (source, range) in bytes {
+        values.extend_from_slice(&sources[source].values().as_slice()[range]);
     }
-    // SAFETY: offsets start at 0 and ascend (each run's are its source's,
-    // ascending, shifted to continue where the last run ended) to
-    // `values.len()`.
-    let offsets = unsafe { OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)) };
     let nulls: Vec<_> = sources.iter().map(|a| a.nulls()).collect();
     let (values, nulls) = (Buffer::from_vec(values), take_nulls(&nulls, runs, len));
     if cfg!(debug_assertions) {
         return StringArray::try_new(offsets, values, nulls);
     }
     // SAFETY: each value is a whole value of a source `StringArray`, copied
-    // byte for byte, and the new offsets give each exactly its length: valid
-    // offsets over valid UTF-8, which is what validation would check again at
-    // some cost per value (debug builds and the property test below do check).
+    // byte for byte, and `take_offsets` gave the new offsets exactly those
+    // lengths, ascending from 0 to the length of `values`: valid offsets over
+    // valid UTF-8, which is what validation would check again at some cost
+    // per value (debug builds and the property test below do check).
     Ok(unsafe { StringArray::new_unchecked(offsets, values, nulls) })
 }
 
