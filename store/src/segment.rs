@@ -175,8 +175,9 @@ pub fn write_segment(signal: Signal, batch: &RecordBatch, path: &Path) -> Result
         let column_writers = row_groups.create_column_writers(writer.flushed_row_groups().len())?;
         let mut leaves = Vec::with_capacity(column_writers.len());
         for (field, column) in schema.fields().iter().zip(rows.columns()) {
+            let bytes = column.get_array_memory_size();
             for leaf in compute_leaves(field, column)? {
-                leaves.push((column.get_array_memory_size(), leaf));
+                leaves.push((bytes, leaf));
             }
         }
         debug_assert_eq!(leaves.len(), column_writers.len(), "one writer per leaf");
