@@ -23,6 +23,14 @@ fn post_spans(
         .unwrap()
 }
 
+/// The spans stored in `data_dir` are `acked`, each once, in any order.
+fn assert_stored_exactly(data_dir: &std::path::Path, mut acked: Vec<u64>) {
+    let mut stored = stored_span_ids(data_dir);
+    stored.sort_unstable();
+    acked.sort_unstable();
+    assert_eq!(stored, acked);
+}
+
 /// Buffers one flush's worth and no more: while a flush runs, appends are refused.
 const TIGHT: &[&str] = &[
     "--flush-bytes",
@@ -78,10 +86,7 @@ async fn a_full_buffer_answers_resource_exhausted_with_retry_info_then_recovers(
     }
     acked.extend(retried);
     assert!(weft.stop().success());
-    let mut stored = stored_span_ids(dir.path());
-    stored.sort_unstable();
-    acked.sort_unstable();
-    assert_eq!(stored, acked);
+    assert_stored_exactly(dir.path(), acked);
 }
 
 /// More concurrent gRPC exports than the in-flight budget holds, on two
@@ -156,10 +161,7 @@ async fn concurrent_exports_past_the_limit_are_refused_not_queued_into_a_hang() 
         acked.extend(ids);
     }
     assert!(weft.stop().success());
-    let mut stored = stored_span_ids(dir.path());
-    stored.sort_unstable();
-    acked.sort_unstable();
-    assert_eq!(stored, acked);
+    assert_stored_exactly(dir.path(), acked);
 }
 
 /// A gzip'd gRPC export is admitted for its wire size before it is read and
@@ -183,9 +185,7 @@ async fn compressed_grpc_exports_are_stored_and_limited_by_their_inflated_size()
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.get_details_retry_info().is_none(), "{status:?}");
     assert!(weft.stop().success());
-    let mut stored = stored_span_ids(dir.path());
-    stored.sort_unstable();
-    assert_eq!(stored, (0..2000).collect::<Vec<_>>());
+    assert_stored_exactly(dir.path(), (0..2000).collect());
 }
 
 #[test]
