@@ -50,6 +50,10 @@ pub struct GatewayArgs {
     /// `telemetry.otlp_endpoint` in the file), e.g. http://127.0.0.1:4317.
     #[arg(long, env = "WEFT_GATEWAY_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Threads serving proxy connections, each with its own event loop (like
+    /// nginx's worker processes) [default: one per core]
+    #[arg(long, env = "WEFT_GATEWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -65,7 +69,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         config.telemetry.otlp_endpoint = Some(endpoint);
     }
     let exporting = config.telemetry.otlp_endpoint.clone();
-    let gateway = Gateway::new(config, Some(args.config.clone()))?;
+    let workers = args
+        .workers
+        .map_or_else(weft_proxy::default_worker_count, usize::from);
+    let gateway = Gateway::new(config, Some(args.config.clone()), workers)?;
     let proxy = bind(args.proxy_addr, "the gateway proxy").await?;
     let proxy_tls_addr = match (args.proxy_tls_addr, gateway.serves_https()) {
         (addr, true) => Some(addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8443)))),
@@ -99,6 +106,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         proxy_tls = %proxy_tls_shown,
         admin = %admin.local_addr()?,
         admin_tls = admin_tls.is_some(),
+        workers,
         otlp = exporting.as_deref().unwrap_or("-"),
         config = %args.config.display(),
         "weft gateway listening"
@@ -120,7 +128,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     };
     gateway
         .serve(proxy, proxy_tls, admin, shutdown, args.shutdown_grace)
-        .await;
+        .await?;
     tracing::info!("gateway stopped");
     Ok(())
 }

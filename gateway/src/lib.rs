@@ -52,6 +52,8 @@ pub enum GatewayError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
+    #[error("cannot start the proxy's worker threads: {0}")]
+    Workers(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -62,12 +64,18 @@ pub enum GatewayError {
 impl Gateway {
     /// Sets up telemetry and applies `config`; `config_path` is what reloads re-read.
     /// Call inside the tokio runtime.
-    pub fn new(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<Self, GatewayError> {
+    /// The proxy listeners are served on `workers` threads (see `weft_proxy::Workers`).
+    pub fn new(
+        config: GatewayConfig,
+        config_path: Option<PathBuf>,
+        workers: usize,
+    ) -> Result<Self, GatewayError> {
         let telemetry = weft_proxy::Telemetry::start(&config.telemetry, "weft-gateway")?;
         let shared = Arc::new(Shared::new(
             telemetry,
             config.telemetry.clone(),
             config_path,
+            workers.max(1),
         ));
         shared.apply(config)?;
         Ok(Self { shared })
@@ -83,8 +91,9 @@ impl Gateway {
         self.shared.reload()
     }
 
-    /// Serves the proxy and the Admin API until `shutdown` resolves, then
-    /// drains connections for up to `grace` and flushes telemetry.
+    /// Serves the proxy (on the gateway's worker threads) and the Admin API
+    /// until `shutdown` resolves, then drains connections for up to `grace`
+    /// and flushes telemetry.
     pub async fn serve(
         self,
         proxy: tokio::net::TcpListener,
@@ -92,7 +101,11 @@ impl Gateway {
         admin: weft_access::tls::Incoming,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
         grace: Duration,
-    ) {
+    ) -> Result<(), GatewayError> {
+        let workers = Arc::new(
+            weft_proxy::Workers::start(self.shared.workers, "gateway")
+                .map_err(GatewayError::Workers)?,
+        );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let admin_router = admin::router(self.shared.clone());
         let mut admin_stop = stop_rx.clone();
@@ -115,6 +128,7 @@ impl Gateway {
             let mut stop = stop_rx.clone();
             proxies.push(tokio::spawn(server::serve_proxy(
                 self.shared.clone(),
+                workers.clone(),
                 listener,
                 tls,
                 async move {
@@ -129,10 +143,14 @@ impl Gateway {
             let _ = proxy.await;
         }
         let _ = admin_task.await;
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            workers.stop().await;
+        }
         // Swap in an empty runtime so health checkers stop, then flush telemetry.
         self.shared
             .runtime
             .store(Arc::new(server::Runtime::empty()));
         self.shared.telemetry.shutdown(Duration::from_secs(5)).await;
+        Ok(())
     }
 }

@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::ServiceConfig;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{method_name, Telemetry};
+use weft_proxy::{method_name, PerWorker, Telemetry};
 use weft_proxy::{upgrade, uri};
 
 use crate::http::{
@@ -48,7 +48,8 @@ pub(crate) struct Forwarder {
     /// The service URL's path, prepended to what is forwarded.
     base_path: String,
     pub(crate) upstream: Arc<Upstream>,
-    client: UpstreamClient,
+    /// Each worker's connection pool to the targets.
+    clients: Arc<PerWorker<UpstreamClient>>,
     /// `http` or `https`, to the targets.
     scheme: Scheme,
     read_timeout: Duration,
@@ -69,7 +70,7 @@ impl Forwarder {
     pub(crate) fn new(
         config: &ServiceConfig,
         upstream: Arc<Upstream>,
-        client: UpstreamClient,
+        clients: Arc<PerWorker<UpstreamClient>>,
         https: bool,
         telemetry: Arc<Telemetry>,
     ) -> Self {
@@ -82,7 +83,7 @@ impl Forwarder {
             name: config.name.clone(),
             base_path,
             upstream,
-            client,
+            clients,
             scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
@@ -223,16 +224,14 @@ impl Forwarder {
             *outgoing.uri_mut() = uri;
             *outgoing.headers_mut() = outgoing_headers;
 
-            let result = match tokio::time::timeout(
-                self.read_timeout,
-                self.client.request(outgoing),
-            )
-            .await
-            {
-                Err(_) => Err(Failure::Timeout),
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(e)) => Err(classify(&e)),
-            };
+            let result =
+                match tokio::time::timeout(self.read_timeout, self.clients.get().request(outgoing))
+                    .await
+                {
+                    Err(_) => Err(Failure::Timeout),
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(e)) => Err(classify(&e)),
+                };
             match result {
                 Ok(mut response) => {
                     let status = response.status();

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use tower::Layer;
-use weft_proxy::{method_name, Telemetry};
+use weft_proxy::{method_name, PerWorker, Telemetry, Workers};
 
 use crate::config::{ConfigError, GatewayConfig, TelemetryConfig, UpstreamProtocol};
 use crate::health::HealthCheckers;
@@ -110,13 +110,13 @@ impl Runtime {
             } else {
                 (service.protocol, None)
             };
-            let client = shared
+            let clients = shared
                 .client(service.connect_timeout, protocol, tls)
                 .map_err(|e| invalid(format!("services[{i}]"), e.to_string()))?;
             let forwarder = Arc::new(Forwarder::new(
                 service,
                 upstream,
-                client,
+                clients,
                 https,
                 shared.telemetry.clone(),
             ));
@@ -159,8 +159,10 @@ pub(crate) struct Shared {
     /// The settings `telemetry` was started with; a reload cannot change them.
     started_telemetry: TelemetryConfig,
     pub(crate) metrics: Metrics,
-    /// Connection pools, kept across reloads.
-    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    /// How many workers serve the proxy listeners (`weft_proxy::Workers`).
+    pub(crate) workers: usize,
+    /// Connection pools, one per worker, kept across reloads.
+    clients: Mutex<HashMap<ClientKey, Arc<PerWorker<UpstreamClient>>>>,
     /// One reload at a time.
     reloading: Mutex<()>,
     /// Set once the HTTPS listener is open: from then on a configuration
@@ -174,6 +176,7 @@ impl Shared {
         telemetry: Telemetry,
         started_telemetry: TelemetryConfig,
         config_path: Option<std::path::PathBuf>,
+        workers: usize,
     ) -> Self {
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
         let telemetry = Arc::new(telemetry);
@@ -182,6 +185,7 @@ impl Shared {
             runtime,
             telemetry,
             started_telemetry,
+            workers,
             clients: Mutex::new(HashMap::new()),
             reloading: Mutex::new(()),
             serving_https: std::sync::atomic::AtomicBool::new(false),
@@ -194,17 +198,21 @@ impl Shared {
         connect_timeout: Duration,
         protocol: UpstreamProtocol,
         tls: Option<UpstreamTls>,
-    ) -> Result<UpstreamClient, weft_access::tls::TlsError> {
+    ) -> Result<Arc<PerWorker<UpstreamClient>>, weft_access::tls::TlsError> {
         let key = (connect_timeout, protocol, tls);
-        if let Some(client) = self.clients.lock().get(&key) {
-            return Ok(client.clone());
+        if let Some(clients) = self.clients.lock().get(&key) {
+            return Ok(clients.clone());
         }
         let connector = crate::tls::connector(key.2.as_ref(), connect_timeout)?;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .http2_only(protocol == UpstreamProtocol::H2c)
-            .build(connector);
-        Ok(self.clients.lock().entry(key).or_insert(client).clone())
+        // A pool per worker: a pooled connection's task runs where it was
+        // opened, so sharing one pool would send requests across threads.
+        let clients = Arc::new(PerWorker::new(self.workers, |_| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .http2_only(protocol == UpstreamProtocol::H2c)
+                .build(connector.clone())
+        }));
+        Ok(self.clients.lock().entry(key).or_insert(clients).clone())
     }
 
     /// Compiles and swaps in `config`; on error the running one stays.
@@ -417,10 +425,12 @@ fn protocol_version(version: http::Version) -> &'static str {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts proxy connections (HTTP/1.1, and HTTP/2 with prior knowledge;
-/// with `tls`, a TLS handshake first and HTTP/2 or HTTP/1.1 by ALPN) until
-/// `shutdown`, then lets open connections finish for up to `grace`.
+/// with `tls`, a TLS handshake first and HTTP/2 or HTTP/1.1 by ALPN) and
+/// serves each on one of `workers`, until `shutdown`; then lets open
+/// connections finish for up to `grace`.
 pub(crate) async fn serve_proxy(
     shared: Arc<Shared>,
+    workers: Arc<Workers>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -444,7 +454,7 @@ pub(crate) async fn serve_proxy(
             let acceptor = acceptor.clone();
             // The handshake runs in the connection's task, so a slow client
             // never holds up the accept loop.
-            tokio::spawn(async move {
+            workers.serve(stream, move |stream| async move {
                 let scheme = if acceptor.is_some() { "https" } else { "http" };
                 let connection = ClientConnection::new(client, scheme);
                 let service = hyper::service::service_fn(move |request| {

@@ -7,7 +7,8 @@
 //! for `/metrics`. [`headers`] holds the HTTP header rules every hop applies
 //! (hop-by-hop headers), [`uri`] builds the URIs requests go on to,
 //! [`upgrade`] carries WebSockets across a hop, [`accept_until`] the accept
-//! loop with graceful shutdown, and [`message_response`] the shape of a
+//! loop with graceful shutdown, [`Workers`] the thread-per-core runtimes
+//! connections are served on, and [`message_response`] the shape of a
 //! proxy's own answers.
 //!
 //! Not here: routing, balancing or anything else one proxy does and the other
@@ -19,6 +20,7 @@ mod response;
 mod telemetry;
 pub mod upgrade;
 pub mod uri;
+mod workers;
 
 pub use crate::listener::accept_until;
 pub use crate::response::message_response;
@@ -26,3 +28,4 @@ pub use crate::telemetry::{
     method_name, Span, Telemetry, TelemetryCollector, TelemetryConfig, TelemetryCounters,
     TelemetryError,
 };
+pub use crate::workers::{current_worker, default_worker_count, PerWorker, Workers};
