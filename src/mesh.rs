@@ -179,6 +179,10 @@ struct SidecarArgs {
     /// Admin API and /metrics (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:0", env = "WEFT_SIDECAR_ADMIN_ADDR")]
     admin_addr: SocketAddr,
+    /// Threads serving the inbound and outbound connections, each with its
+    /// own event loop [default: one per core]
+    #[arg(long, env = "WEFT_SIDECAR_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -318,6 +322,9 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
         app_protocol: args.app_protocol,
         outbound: args.outbound,
         admin: args.admin_addr,
+        workers: args
+            .workers
+            .map_or_else(weft_proxy::default_worker_count, usize::from),
     };
     let sidecar = tokio::select! {
         started = Sidecar::start(options) => started?,

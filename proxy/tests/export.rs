@@ -255,3 +255,40 @@ async fn a_sampling_ratio_of_zero_records_no_new_trace_but_follows_a_sampled_cal
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+async fn a_full_batch_is_exported_without_waiting_for_the_batch_timeout() {
+    let received = Received::default();
+    let telemetry = Telemetry::start(
+        &TelemetryConfig {
+            max_batch: 50,
+            batch_timeout: Duration::from_secs(3600),
+            access_log: false,
+            ..config(collector(received.clone()).await)
+        },
+        "test-proxy",
+    )
+    .unwrap();
+    for _ in 0..120 {
+        let span = telemetry.server_span(&HeaderMap::new(), "GET", Vec::new);
+        span.end(Some(200), None);
+    }
+    let exported = |received: &Received| -> Vec<usize> {
+        let traces = received.traces.lock();
+        traces
+            .iter()
+            .map(|t| t.resource_spans[0].scope_spans[0].spans.len())
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    while exported(&received).len() < 2 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        exported(&received),
+        [50, 50],
+        "two full batches, before the hour is up"
+    );
+    telemetry.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(exported(&received), [50, 50, 20], "the rest at shutdown");
+}

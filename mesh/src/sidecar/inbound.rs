@@ -14,7 +14,7 @@ use opentelemetry::KeyValue;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, message_response, method_name, upgrade, uri, Telemetry};
+use weft_proxy::{accept_until, message_response, method_name, upgrade, uri, Telemetry, Workers};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -28,6 +28,7 @@ const X_FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
+    workers: Arc<Workers>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
@@ -38,7 +39,10 @@ pub(super) async fn serve(
         grace,
         "inbound",
         |stream, remote, watcher| {
-            tokio::spawn(serve_connection(shared.clone(), stream, remote, watcher));
+            let shared = shared.clone();
+            workers.serve(stream, move |stream| {
+                serve_connection(shared, stream, remote, watcher)
+            });
         },
     )
     .await;
@@ -279,7 +283,7 @@ async fn forward_to_app(
         }
     }
     let request = http::Request::from_parts(parts, Body::new(body));
-    match shared.app_client.request(request).await {
+    match shared.app_client.get().request(request).await {
         Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             if let Some(caller_upgrade) = caller_upgrade {
                 let app_upgrade = hyper::upgrade::on(&mut response);

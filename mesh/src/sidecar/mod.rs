@@ -28,7 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use rcgen::{CertificateParams, KeyPair};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weft_proxy::{Telemetry, TelemetryCounters};
+use weft_proxy::{PerWorker, Telemetry, TelemetryCounters, Workers};
 
 use crate::api::{unix_seconds, AppProtocol, Registration, ServiceEndpoints, SidecarConfig};
 use crate::config::{is_service_name, TracingPolicy};
@@ -75,6 +75,9 @@ pub struct SidecarOptions {
     pub outbound: Vec<(String, SocketAddr)>,
     /// `/metrics` and the sidecar's state.
     pub admin: SocketAddr,
+    /// Threads serving the inbound and outbound listeners' connections, each
+    /// with its own event loop (`weft_proxy::Workers`).
+    pub workers: usize,
 }
 
 /// Why a sidecar could not start.
@@ -82,6 +85,8 @@ pub struct SidecarOptions {
 pub enum SidecarError {
     #[error("{0}")]
     Invalid(String),
+    #[error("cannot start the sidecar's worker threads: {0}")]
+    Workers(std::io::Error),
     #[error("cannot listen on {addr} for {what}: {source}")]
     Listen {
         what: String,
@@ -96,6 +101,7 @@ pub struct Sidecar {
     inbound: TcpListener,
     outbound: Vec<(Arc<Destination>, TcpListener)>,
     admin: TcpListener,
+    workers: Workers,
 }
 
 pub(crate) struct Shared {
@@ -113,7 +119,8 @@ pub(crate) struct Shared {
     pub(crate) telemetry: ArcSwap<Telemetry>,
     telemetry_counters: Arc<TelemetryCounters>,
     pub(crate) metrics: SidecarMetrics,
-    pub(crate) app_client: Client<HttpConnector, Body>,
+    /// Each worker's connection pool to the app.
+    pub(crate) app_client: PerWorker<Client<HttpConnector, Body>>,
     pub(crate) outbound: BTreeMap<String, SocketAddr>,
 }
 
@@ -204,10 +211,15 @@ impl Sidecar {
         // for the head's delayed ACK: 40 ms on Linux.
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let app_client = Client::builder(TokioExecutor::new())
-            .http2_only(options.app_protocol == AppProtocol::Http2)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let workers = options.workers.max(1);
+        // A pool per worker: a pooled connection's task runs where it was
+        // opened, so sharing one pool would send requests across threads.
+        let app_client = PerWorker::new(workers, |_| {
+            Client::builder(TokioExecutor::new())
+                .http2_only(options.app_protocol == AppProtocol::Http2)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector.clone())
+        });
         let metrics = SidecarMetrics::new(telemetry_counters.clone());
         metrics.certificate_issued(tls.not_after);
         let instance = format!(
@@ -237,15 +249,22 @@ impl Sidecar {
                 .collect(),
         });
         shared.register().await.ok();
+        let workers = Workers::start(workers, "sidecar").map_err(SidecarError::Workers)?;
         let outbound = outbound_listeners
             .into_iter()
-            .map(|(service, listener)| (Arc::new(Destination::new(service)), listener))
+            .map(|(service, listener)| {
+                (
+                    Arc::new(Destination::new(service, workers.count())),
+                    listener,
+                )
+            })
             .collect();
         Ok(Self {
             shared,
             inbound,
             outbound,
             admin,
+            workers,
         })
     }
 
@@ -274,6 +293,7 @@ impl Sidecar {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, grace: Duration) {
         let (stop, stopped) = watch::channel(false);
         let shared = self.shared;
+        let workers = Arc::new(self.workers);
         let background = [
             tokio::spawn(rotate_identity(shared.clone())),
             tokio::spawn(follow_config(shared.clone())),
@@ -281,6 +301,7 @@ impl Sidecar {
         ];
         let mut servers = vec![tokio::spawn(inbound::serve(
             shared.clone(),
+            workers.clone(),
             self.inbound,
             until_stopped(stopped.clone()),
             grace,
@@ -288,6 +309,7 @@ impl Sidecar {
         for (destination, listener) in self.outbound {
             servers.push(tokio::spawn(outbound::serve(
                 shared.clone(),
+                workers.clone(),
                 destination,
                 listener,
                 until_stopped(stopped.clone()),
@@ -306,6 +328,9 @@ impl Sidecar {
         }
         for task in background {
             task.abort();
+        }
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            workers.stop().await;
         }
         shared
             .telemetry

@@ -23,7 +23,7 @@ use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, message_response, method_name, upgrade, uri};
+use weft_proxy::{accept_until, message_response, method_name, upgrade, uri, PerWorker, Workers};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -39,7 +39,9 @@ pub(crate) struct Destination {
     /// it is not one, which service-name checks rule out).
     authority: Option<http::uri::Authority>,
     next: AtomicUsize,
-    connections: Mutex<HashMap<SocketAddr, SendRequest<Body>>>,
+    /// Each worker's HTTP/2 connections, by endpoint: a connection's task
+    /// runs on the worker that opened it.
+    connections: PerWorker<Mutex<HashMap<SocketAddr, SendRequest<Body>>>>,
     /// Client configs by protocol, with the TLS generation they were built
     /// from (a renewed certificate means new ones).
     client_configs: Mutex<HashMap<Wire, (u64, Arc<ClientConfig>)>>,
@@ -56,6 +58,7 @@ enum AttemptError {
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
+    workers: Arc<Workers>,
     destination: Arc<Destination>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
@@ -76,7 +79,7 @@ pub(super) async fn serve(
                 .get(&destination.service)
                 .is_some_and(|s| s.protocol == AppProtocol::Tcp);
             if tcp {
-                tokio::spawn(tunnel(shared, destination, stream));
+                workers.serve(stream, move |stream| tunnel(shared, destination, stream));
                 return;
             }
             let client_ip: Arc<str> = Arc::from(client.ip().to_string());
@@ -88,10 +91,11 @@ pub(super) async fn serve(
                     request,
                 )
             });
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            tokio::spawn(async move {
+            let builder = builder.clone();
+            workers.serve(stream, move |stream| async move {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
                 if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(error = %e, %client, "outbound connection ended with an error");
                 }
@@ -275,13 +279,14 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 impl Destination {
-    pub(crate) fn new(service: String) -> Self {
+    /// `workers`: how many workers send to it.
+    pub(crate) fn new(service: String, workers: usize) -> Self {
         Self {
             service_name: Arc::from(service.as_str()),
             authority: service.parse().ok(),
             service,
             next: AtomicUsize::new(0),
-            connections: Mutex::new(HashMap::new()),
+            connections: PerWorker::new(workers, |_| Mutex::new(HashMap::new())),
             client_configs: Mutex::new(HashMap::new()),
         }
     }
@@ -343,7 +348,7 @@ impl Destination {
         endpoint: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<SendRequest<Body>, String> {
-        if let Some(sender) = self.connections.lock().get(&endpoint) {
+        if let Some(sender) = self.connections.get().lock().get(&endpoint) {
             if !sender.is_closed() {
                 return Ok(sender.clone());
             }
@@ -362,7 +367,10 @@ impl Destination {
                 tracing::debug!(%endpoint, error = %e, "mesh connection closed");
             }
         });
-        self.connections.lock().insert(endpoint, sender.clone());
+        self.connections
+            .get()
+            .lock()
+            .insert(endpoint, sender.clone());
         Ok(sender)
     }
 
@@ -379,7 +387,7 @@ impl Destination {
             .await
             .map_err(AttemptError::Connect)?;
         if sender.ready().await.is_err() {
-            self.connections.lock().remove(&endpoint);
+            self.connections.get().lock().remove(&endpoint);
             return Err(AttemptError::Connect("the connection closed".to_string()));
         }
         let response = sender

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::{BufMut, Bytes};
 use http::uri::PathAndQuery;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
@@ -31,6 +33,10 @@ use super::{otlp_key_value, TelemetryConfig, TelemetryCounters};
 
 /// Exports of one signal running at once.
 const EXPORTS_IN_FLIGHT: usize = 4;
+
+/// How often a batch being gathered looks whether the queue holds enough
+/// records to fill it.
+const GATHER_TICK: Duration = Duration::from_millis(5);
 
 /// A connection to the collector at `endpoint` (`http://` or `https://`),
 /// opened on first use and reopened when it fails.
@@ -270,23 +276,26 @@ pub(super) async fn run<E: Export>(
                 n = queue.recv_many(&mut batch, config.max_batch) => if n == 0 { break },
                 _ = stop.wait_for(|stop| *stop) => stopping = true,
             }
-            let deadline = tokio::time::sleep(config.batch_timeout);
-            tokio::pin!(deadline);
-            while batch.len() < config.max_batch && !stopping {
-                let room = config.max_batch - batch.len();
+            // The rest of the batch is gathered by looking at the queue now
+            // and then, not by waking up for every record: the request path
+            // runs on other threads (`Workers`), and a wake-up per record
+            // would cost it a cross-thread hand-off each time.
+            let deadline = Instant::now() + config.batch_timeout;
+            while !stopping && batch.len() + queue.len() < config.max_batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
                 tokio::select! {
-                    n = queue.recv_many(&mut batch, room) => if n == 0 { break },
-                    () = &mut deadline => break,
+                    () = tokio::time::sleep(GATHER_TICK.min(left)) => {}
                     _ = stop.wait_for(|stop| *stop) => stopping = true,
                 }
             }
         }
-        if stopping {
-            while batch.len() < config.max_batch {
-                match queue.try_recv() {
-                    Ok(record) => batch.push(record),
-                    Err(_) => break,
-                }
+        while batch.len() < config.max_batch {
+            match queue.try_recv() {
+                Ok(record) => batch.push(record),
+                Err(_) => break,
             }
         }
         if batch.is_empty() {
