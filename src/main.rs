@@ -41,6 +41,24 @@ fn keep_freed_memory_longer() {
     }
 }
 
+/// mimalloc asks for transparent huge pages on the memory it maps. The
+/// collector frees and reuses its flush buffers continually, and every fault
+/// on that memory zeroed a whole 2 MiB page: under the proxies' telemetry,
+/// a fifth of `weft serve`'s CPU was `clear_page_erms` below
+/// `do_huge_pmd_anonymous_page`. With 4 KiB pages the collector spent 20–23 %
+/// less CPU per record there, and ingest and query benchmarks did not move
+/// (BENCHMARKS.md). `MIMALLOC_ALLOW_THP` still decides when set.
+fn no_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
+        // of ours; it fails harmlessly where the kernel lacks it.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
+}
+
 /// weft: traces and logs in over OTLP, stored as Parquet with full-text indexes.
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about, propagate_version = true)]
@@ -75,6 +93,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     keep_freed_memory_longer();
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     let instrumented_by_sdk = matches!(&cli.command, Command::Demo(demo) if demo.runs_a_service());
     if !instrumented_by_sdk {
