@@ -21,6 +21,11 @@ wait_for() {
   echo "not answering: $1" >&2; exit 1
 }
 
+# Three seconds of the same load on a port, not measured.
+warm_up() {
+  wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$1/" >/dev/null
+}
+
 # Requests/s, p50 and p99 (as wrk prints them) and errors of one wrk run on a port.
 measure() {
   wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" > "$WORK/wrk.out"

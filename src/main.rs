@@ -47,7 +47,8 @@ fn keep_freed_memory_longer() {
 /// a fifth of `weft serve`'s CPU was `clear_page_erms` below
 /// `do_huge_pmd_anonymous_page`. With 4 KiB pages the collector spent 20–23 %
 /// less CPU per record there, and ingest and query benchmarks did not move
-/// (BENCHMARKS.md). `MIMALLOC_ALLOW_THP` still decides when set.
+/// (BENCHMARKS.md). Only for the roles that ingest: the proxies keep their
+/// memory and gain from huge pages. `MIMALLOC_ALLOW_THP` still decides when set.
 fn no_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
@@ -93,8 +94,10 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     keep_freed_memory_longer();
-    no_transparent_huge_pages();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_) | Command::Collector(_)) {
+        no_transparent_huge_pages();
+    }
     let instrumented_by_sdk = matches!(&cli.command, Command::Demo(demo) if demo.runs_a_service());
     if !instrumented_by_sdk {
         // The demo talks through its banner and progress line; its parts'

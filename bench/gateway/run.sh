@@ -56,11 +56,13 @@ TRACED_PID=$!
 wait_for http://127.0.0.1:16687/api/v1/services
 for port in $NGINX $GATEWAY $GATEWAY_TRACED; do wait_for "http://127.0.0.1:$port/"; done
 
-wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$NGINX/" >/dev/null   # warm-up
-wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$GATEWAY/" >/dev/null
-wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$GATEWAY_TRACED/" >/dev/null
+# Each row warms up right before it is measured, so the telemetry of the traced
+# row's warm-up is not still being stored while another row runs.
+warm_up $NGINX
 IFS='|' read -r n_rps n_p50 n_p99 n_err <<<"$(measure $NGINX)"
+warm_up $GATEWAY
 IFS='|' read -r g_rps g_p50 g_p99 g_err g_cpu <<<"$(measure_with_cpu $GATEWAY $GATEWAY_PID)"
+warm_up $GATEWAY_TRACED
 IFS='|' read -r t_rps t_p50 t_p99 t_err t_cpu <<<"$(measure_with_cpu $GATEWAY_TRACED $TRACED_PID $SERVE_PID)"
 sleep 2
 exported=$(curl -s http://127.0.0.1:18201/status)

@@ -89,9 +89,10 @@ CLIENT_SIDECAR_PID=$!
 wait_for http://127.0.0.1:16687/api/v1/services
 for port in $NGINX_OUT $SIDECAR_OUT; do wait_for "http://127.0.0.1:$port/"; done
 
-wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$NGINX_OUT/" >/dev/null   # warm-up
-wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$SIDECAR_OUT/" >/dev/null
+# Each row warms up right before it is measured (see bench/gateway/run.sh).
+warm_up $NGINX_OUT
 IFS='|' read -r n_rps n_p50 n_p99 n_err <<<"$(measure $NGINX_OUT)"
+warm_up $SIDECAR_OUT
 IFS='|' read -r w_rps w_p50 w_p99 w_err w_cpu <<<"$(measure_with_cpu $SIDECAR_OUT $CLIENT_SIDECAR_PID $SERVER_SIDECAR_PID $SERVE_PID)"
 sleep 2
 
