@@ -920,6 +920,25 @@ fn a_busy_port_or_a_bad_flag_stops_the_sidecar_with_the_reason() {
         stderr.contains(r#"--zone "eu west" is not a zone name"#),
         "{stderr}"
     );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "mesh",
+            "sidecar",
+            "--service",
+            "crm-database",
+            "--workers",
+            "0",
+        ])
+        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--workers") && stderr.contains("0 is not in 1..=65535"),
+        "{stderr}"
+    );
 }
 
 /// A new key and the control plane's answer to its CSR for `service`,
