@@ -1034,3 +1034,52 @@ async fn grpc_over_http2_cleartext_passes_through_with_its_trailers() {
     .await
     .unwrap();
 }
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_cleanly() {
+    let upstream = backend("crm-mobile");
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(
+        dir.path(),
+        &format!(
+            "
+services:
+  - name: crm-mobile
+    url: http://{}
+    routes: [{{name: all, paths: [/]}}]
+",
+            upstream.addr
+        ),
+        None,
+    );
+    let slow = {
+        let url = gateway.url("/slow");
+        std::thread::spawn(move || {
+            let response = reqwest::blocking::Client::new()
+                .get(url)
+                .timeout(Duration::from_secs(30))
+                .send()?;
+            Ok::<_, reqwest::Error>((response.status(), response.text()?))
+        })
+    };
+    // The request has reached the target (the upstream answers it after 2 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = gateway.admin_json("/upstreams/crm-mobile/health");
+        if health["data"][0]["in_flight"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never in flight: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exit = gateway.process.stop();
+    assert!(exit.success(), "the gateway exited with {exit}");
+    let (status, body) = slow
+        .join()
+        .unwrap()
+        .expect("the request in flight was cut off");
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"));
+}
