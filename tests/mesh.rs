@@ -877,64 +877,53 @@ fn calls_stay_in_their_zone_and_cross_to_another_only_when_it_has_no_sidecar_lef
     }
 }
 
-#[test]
-fn a_busy_port_or_a_bad_flag_stops_the_sidecar_with_the_reason() {
-    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// `weft mesh sidecar` with `args` (an app on port 9): it must fail at
+/// start; what it said on stderr.
+fn sidecar_refuses(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["mesh", "sidecar", "--service", "crm-database"])
-        .args(["--inbound", &busy.local_addr().unwrap().to_string()])
+        .args(["mesh", "sidecar"])
+        .args(args)
         .args(["--app", "127.0.0.1:9"])
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started with {args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_busy_port_or_a_bad_flag_stops_the_sidecar_with_the_reason() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    let stderr = sidecar_refuses(&["--service", "crm-database", "--inbound", &busy]);
     assert!(
         stderr.contains("cannot listen on") && stderr.contains("the inbound listener"),
         "{stderr}"
     );
 
-    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["mesh", "sidecar", "--service", "crm database"])
-        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = sidecar_refuses(&["--service", "crm database", "--inbound", "127.0.0.1:0"]);
     assert!(stderr.contains("is not a service name"), "{stderr}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "mesh",
-            "sidecar",
-            "--service",
-            "crm-database",
-            "--zone",
-            "eu west",
-        ])
-        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = sidecar_refuses(&[
+        "--service",
+        "crm-database",
+        "--zone",
+        "eu west",
+        "--inbound",
+        "127.0.0.1:0",
+    ]);
     assert!(
         stderr.contains(r#"--zone "eu west" is not a zone name"#),
         "{stderr}"
     );
 
-    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "mesh",
-            "sidecar",
-            "--service",
-            "crm-database",
-            "--workers",
-            "0",
-        ])
-        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = sidecar_refuses(&[
+        "--service",
+        "crm-database",
+        "--workers",
+        "0",
+        "--inbound",
+        "127.0.0.1:0",
+    ]);
     assert!(
         stderr.contains("--workers") && stderr.contains("0 is not in 1..=65535"),
         "{stderr}"
