@@ -468,7 +468,10 @@ impl Receiver {
                 admission,
                 Transport::Grpc,
                 len,
-                move || Ok(convert::from_protobuf(E::SIGNAL, &message)?),
+                move || {
+                    let converted = convert::from_protobuf(E::SIGNAL, &message)?;
+                    Ok((message, converted))
+                },
             )
             .await
             .map_err(|e| self.status(e))?;

@@ -192,7 +192,8 @@ async fn export<E: Endpoint>(
                 };
                 let _expansion =
                     ingest.admit_expansion(convert::repeated_bytes(E::SIGNAL, &protobuf)?)?;
-                Ok(convert::from_protobuf(E::SIGNAL, &protobuf)?)
+                let converted = convert::from_protobuf(E::SIGNAL, &protobuf)?;
+                Ok((protobuf, converted))
             }
         })
         .await;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
@@ -273,8 +274,8 @@ impl Ingest {
     }
 
     /// Stores one export request of `signal` from `tenant`. `convert`
-    /// decodes it (if it is not decoded yet) and converts it to Arrow; it
-    /// runs on a blocking thread. `request_bytes` is the payload size, for
+    /// converts it to Arrow and returns the request as protobuf (which the
+    /// WAL keeps) with the rows; it runs on a blocking thread. `request_bytes` is the payload size, for
     /// the tenant's quota and metrics; `admission` holds its memory until the
     /// data is stored.
     pub async fn store<C>(
@@ -287,7 +288,7 @@ impl Ingest {
         convert: C,
     ) -> Result<Outcome, IngestError>
     where
-        C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
+        C: FnOnce() -> Result<(Bytes, Converted), IngestError> + Send + 'static,
     {
         let result = self
             .convert_and_store(tenant, signal, request_bytes, convert)
@@ -306,14 +307,14 @@ impl Ingest {
         convert: C,
     ) -> Result<Outcome, IngestError>
     where
-        C: FnOnce() -> Result<Converted, IngestError> + Send + 'static,
+        C: FnOnce() -> Result<(Bytes, Converted), IngestError> + Send + 'static,
     {
         let store = self.stores.get(tenant)?;
         self.quotas.admit(tenant, &store, request_bytes)?;
         // Converting is most of a request's cost; one the store would refuse
         // is refused before it.
         store.table(signal).refuse_if_behind()?;
-        let converted = tokio::task::spawn_blocking(convert)
+        let (request, converted) = tokio::task::spawn_blocking(convert)
             .await
             .map_err(|e| IngestError::Internal(format!("decoder task failed: {e}")))??;
         let Converted {
@@ -322,7 +323,7 @@ impl Ingest {
             error_message,
         } = converted;
         let accepted = batch.num_rows() as u64;
-        store.table(signal).append(batch).await?;
+        store.table(signal).append_request(request, batch).await?;
         Ok(Outcome {
             accepted,
             rejected,

@@ -342,7 +342,7 @@ impl TableReader {
             let file = tail.entry(seq).or_default();
             let contents = wal::read_file_from(&path, file.read_up_to)?;
             for payload in &contents.payloads {
-                for batch in wal::decode_batches(payload)? {
+                for batch in wal::decode_batches(self.signal, payload, &path)? {
                     if batch.schema() == self.signal.schema() {
                         file.batches.push(batch);
                     }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, Notify, Semaphore};
 
@@ -311,6 +312,9 @@ struct Frozen {
 enum Command {
     Append {
         batch: RecordBatch,
+        /// The export request `batch` was converted from, which the WAL
+        /// keeps instead of the batch when there is one.
+        request: Option<Bytes>,
         done: oneshot::Sender<Result<()>>,
     },
     Freeze {
@@ -391,12 +395,30 @@ impl Table {
     /// Fails fast with [`StoreError::Overloaded`] when too much data waits to
     /// be flushed or the commit queue is full, so callers can push back.
     pub async fn append(&self, batch: RecordBatch) -> Result<()> {
+        self.append_logged(batch, None).await
+    }
+
+    /// Makes `batch`, converted from the export request `request`, durable as
+    /// [`Table::append`] does, with the WAL keeping the request rather than
+    /// the rows: it is already encoded and smaller, and replay converts it
+    /// again. `batch` must be what [`convert::from_protobuf`](crate::convert::from_protobuf)
+    /// made of `request` for this table's signal.
+    pub async fn append_request(&self, request: Bytes, batch: RecordBatch) -> Result<()> {
+        self.append_logged(batch, Some(request)).await
+    }
+
+    async fn append_logged(&self, batch: RecordBatch, request: Option<Bytes>) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         self.refuse_if_behind()?;
         let (done, acked) = oneshot::channel();
-        match self.commits.try_send(Command::Append { batch, done }) {
+        let append = Command::Append {
+            batch,
+            request,
+            done,
+        };
+        match self.commits.try_send(append) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(StoreError::Overloaded(format!(
@@ -1007,7 +1029,11 @@ fn run_wal_writer(shared: &Shared, mut wal: wal::WalWriter, queue: Receiver<Comm
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
-                Command::Append { batch, done } => group.add(batch, done),
+                Command::Append {
+                    batch,
+                    request,
+                    done,
+                } => group.add(batch, request.as_deref(), done),
                 Command::Freeze { done } => {
                     group.commit(shared, &mut wal);
                     freeze(shared, &mut wal);
@@ -1033,8 +1059,17 @@ struct Group {
 }
 
 impl Group {
-    fn add(&mut self, batch: RecordBatch, done: oneshot::Sender<Result<()>>) {
-        match wal::append_record(&batch, &mut self.framed) {
+    fn add(
+        &mut self,
+        batch: RecordBatch,
+        request: Option<&[u8]>,
+        done: oneshot::Sender<Result<()>>,
+    ) {
+        let framed = match request {
+            Some(request) => wal::append_request_record(request, &mut self.framed),
+            None => wal::append_record(&batch, &mut self.framed),
+        };
+        match framed {
             Ok(()) => self.batches.push((batch, done)),
             Err(e) => {
                 let _ = done.send(Err(e));
@@ -1135,7 +1170,7 @@ fn replay_wal(signal: Signal, dir: &Path, flushed_seq: u64) -> Result<(Vec<Recor
         }
         let contents = wal::read_file(path)?;
         for payload in &contents.payloads {
-            for batch in wal::decode_batches(payload)? {
+            for batch in wal::decode_batches(signal, payload, path)? {
                 if batch.schema() != signal.schema() {
                     return Err(StoreError::Io {
                         path: path.clone(),
@@ -1253,6 +1288,31 @@ mod tests {
         let snapshot = store.table(Signal::Spans).snapshot();
         assert_eq!(rows(&snapshot), (5, 0));
         assert_eq!(snapshot.segments.len(), 2);
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn rows_logged_as_their_request_are_replayed_after_a_crash() {
+        use crate::convert::test_spans_request;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let spans = store.table(Signal::Spans);
+        let request = Bytes::from(test_spans_request(1, 3));
+        let converted = crate::convert::from_protobuf(Signal::Spans, &request).unwrap();
+        spans
+            .append_request(request, converted.batch)
+            .await
+            .unwrap();
+        spans.append(test_spans(10, 2)).await.unwrap();
+        // No shutdown: nothing is flushed, the WAL is all there is.
+        drop(store);
+
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let snapshot = store.table(Signal::Spans).snapshot();
+        assert_eq!(
+            snapshot.unflushed,
+            vec![test_spans(1, 3), test_spans(10, 2)]
+        );
         store.shutdown().await.unwrap();
     }
 

@@ -2,8 +2,12 @@
 //! segment holds them.
 //!
 //! A table's WAL is a directory of numbered files, `{seq:020}.wal`. A file is a
-//! sequence of records, each `[payload length: u32 LE][crc32 of payload: u32 LE][payload]`,
-//! and a payload is one `RecordBatch` as an Arrow IPC stream. Appends go to the
+//! sequence of records, each `[payload length: u32 LE][crc32 of payload: u32 LE][payload]`.
+//! A payload is either the OTLP export request the rows were converted from
+//! (the byte [`REQUEST`] and the request's protobuf), converted again when it
+//! is read back, or one `RecordBatch` as an Arrow IPC stream (which starts
+//! with the byte `0xff`). The request is already encoded and about two thirds
+//! the size of the rows, so the ingest path logs that. Appends go to the
 //! newest file only; a flush rotates to a new file so that the files before it
 //! hold exactly the data the flush writes out, and deletes them once the
 //! catalog names the new segment.
@@ -20,12 +24,15 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, StoreError};
+use crate::{convert, Signal};
 
 const HEADER_LEN: usize = 8;
 /// No single record may claim more than this; a larger length is a torn or
 /// corrupt header, not a real record.
 const MAX_RECORD_LEN: u32 = 1 << 30;
+/// The first byte of a payload that holds an export request.
+const REQUEST: u8 = 0x01;
 
 /// Appends `batch` to `out` as one WAL record, encoded in place (no payload
 /// copied into the record afterwards); on error `out` is left as it was.
@@ -42,6 +49,24 @@ pub fn append_record(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
         out.truncate(start);
         return Err(e.into());
     }
+    seal_record(out, start)
+}
+
+/// Appends the export request `request` to `out` as one WAL record; on
+/// error `out` is left as it was. Reading it back converts it again (see
+/// [`decode_batches`]), so it must be a request that converts.
+pub fn append_request_record(request: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    out.reserve(HEADER_LEN + 1 + request.len());
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    out.push(REQUEST);
+    out.extend_from_slice(request);
+    seal_record(out, start)
+}
+
+/// Fills in the header of the record that starts at `start` and runs to the
+/// end of `out`, or takes the record out again if it is too long.
+fn seal_record(out: &mut Vec<u8>, start: usize) -> Result<()> {
     let payload = start + HEADER_LEN;
     let len = out.len() - payload;
     if len > MAX_RECORD_LEN as usize {
@@ -58,8 +83,21 @@ pub fn append_record(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// Decodes a WAL payload back into the batches it holds.
-pub fn decode_batches(payload: &[u8]) -> Result<Vec<RecordBatch>> {
+/// Decodes a WAL payload of `signal`'s table back into the batches it
+/// holds; `path` is the file it was read from, for errors.
+pub fn decode_batches(signal: Signal, payload: &[u8], path: &Path) -> Result<Vec<RecordBatch>> {
+    if let Some(request) = payload.strip_prefix(&[REQUEST]) {
+        // The checksum held, so a request that no longer converts was written
+        // by a build that accepted something this one does not.
+        let converted = convert::from_protobuf(signal, request).map_err(|e| StoreError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a logged export request does not convert: {e}"),
+            ),
+        })?;
+        return Ok(vec![converted.batch]);
+    }
     let reader = StreamReader::try_new(payload, None)?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
@@ -237,9 +275,44 @@ mod tests {
         let batches: Vec<RecordBatch> = read
             .payloads
             .iter()
-            .flat_map(|p| decode_batches(p).unwrap())
+            .flat_map(|p| decode_batches(Signal::Spans, p, dir.path()).unwrap())
             .collect();
         assert_eq!(batches, vec![batch(1), batch(7)]);
+    }
+
+    #[test]
+    fn logged_requests_read_back_converted_between_batches() {
+        use crate::convert::{test_spans, test_spans_request};
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = WalWriter::create(dir.path(), 1).unwrap();
+        let mut records = Vec::new();
+        append_request_record(&test_spans_request(1, 3), &mut records).unwrap();
+        append_record(&test_spans(10, 2), &mut records).unwrap();
+        append_request_record(&test_spans_request(20, 1), &mut records).unwrap();
+        wal.write_durable(&records).unwrap();
+        let read = read_file(&dir.path().join(file_name(1))).unwrap();
+        let batches: Vec<RecordBatch> = read
+            .payloads
+            .iter()
+            .flat_map(|p| decode_batches(Signal::Spans, p, dir.path()).unwrap())
+            .collect();
+        assert_eq!(
+            batches,
+            vec![test_spans(1, 3), test_spans(10, 2), test_spans(20, 1)]
+        );
+    }
+
+    #[test]
+    fn a_logged_request_that_does_not_convert_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut payload = vec![REQUEST];
+        // Field 1 (resource_spans), length-delimited, claiming more bytes than follow.
+        payload.extend_from_slice(&[0x0a, 0x7f, 0x00]);
+        let error = decode_batches(Signal::Spans, &payload, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("does not convert"), "{error}");
+        assert!(error.contains(&dir.path().display().to_string()), "{error}");
     }
 
     fn write_records(dir: &Path, payloads: &[&[u8]]) -> PathBuf {

@@ -62,12 +62,15 @@ fn time_stages(payloads: &[Payload], spans: u64) -> anyhow::Result<(Stages, usiz
     let started = Instant::now();
     let mut wal_bytes = 0;
     let mut record = Vec::new();
-    for batch in &batches {
+    for payload in payloads {
         record.clear();
-        wal::append_record(batch, &mut record)?;
+        wal::append_request_record(&payload.bytes, &mut record)?;
         wal_bytes += record.len();
     }
-    stages.push(("WAL record encoding (Arrow IPC)", per_span(started)));
+    stages.push((
+        "WAL record (the request's protobuf, checksummed)",
+        per_span(started),
+    ));
 
     let started = Instant::now();
     let sorted = segment::sort_for_locality(Signal::Spans, &batches)?;

@@ -283,9 +283,18 @@ pub(crate) fn check_id(
 /// `first_id`, `first_id + 1`, …: distinct rows for the store's own tests.
 #[cfg(test)]
 pub(crate) fn test_spans(first_id: u8, spans: u8) -> arrow::record_batch::RecordBatch {
+    spans_from_protobuf(&test_spans_request(first_id, spans))
+        .expect("a request prost encoded is valid protobuf")
+        .batch
+}
+
+/// The export request [`test_spans`] converts, encoded.
+#[cfg(test)]
+pub(crate) fn test_spans_request(first_id: u8, spans: u8) -> Vec<u8> {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-    let request = ExportTraceServiceRequest {
+    use prost::Message;
+    ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             scope_spans: vec![ScopeSpans {
                 spans: (first_id..first_id + spans)
@@ -299,8 +308,6 @@ pub(crate) fn test_spans(first_id: u8, spans: u8) -> arrow::record_batch::Record
             }],
             ..Default::default()
         }],
-    };
-    spans_to_batch(&request)
-        .expect("a request prost encoded is valid protobuf")
-        .batch
+    }
+    .encode_to_vec()
 }
