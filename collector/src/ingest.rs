@@ -275,9 +275,9 @@ impl Ingest {
 
     /// Stores one export request of `signal` from `tenant`. `convert`
     /// converts it to Arrow and returns the request as protobuf (which the
-    /// WAL keeps) with the rows; it runs on a blocking thread. `request_bytes` is the payload size, for
-    /// the tenant's quota and metrics; `admission` holds its memory until the
-    /// data is stored.
+    /// WAL keeps) with the rows; it runs on a blocking thread.
+    /// `request_bytes` is the payload size, for the tenant's quota and
+    /// metrics; `admission` holds its memory until the data is stored.
     pub async fn store<C>(
         &self,
         tenant: &TenantId,

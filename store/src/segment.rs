@@ -139,8 +139,8 @@ fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> Write
     }
     // Nanosecond times and durations are all but unique: a dictionary only
     // hashes every value until it gives up. Stored as differences from the
-    // value before, bit-packed in blocks, they take about half their plain
-    // size after zstd and encode faster (BENCHMARKS.md).
+    // value before, bit-packed in blocks, they are smaller after zstd than
+    // either plain or dictionary-encoded, and faster to encode (BENCHMARKS.md).
     let times: &[&[&str]] = match signal {
         Signal::Spans => &[
             &["start_time"],

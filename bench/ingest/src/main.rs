@@ -139,9 +139,9 @@ fn main() -> anyhow::Result<()> {
     let logs = Arc::new(logs);
 
     // A receiver decodes a request right after reading it off its socket,
-    // while it is in cache; cycling through all 256 payloads measures the
-    // memory too (~10 % slower here: 611–624k against 674–684k spans/s), so
-    // the ceiling cycles through the first 64, as it did before there were more.
+    // while it is in cache; cycling through all of the payloads measures the
+    // memory too (~10 % slower here), so the ceiling cycles through the first
+    // 64, as it did before there were more.
     let cached = |payloads: &Arc<Vec<Payload>>| {
         Arc::new(payloads[..payloads.len().min(CACHED_PAYLOADS)].to_vec())
     };
