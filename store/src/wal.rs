@@ -72,7 +72,7 @@ fn seal_record(out: &mut Vec<u8>, start: usize) -> Result<()> {
     if len > MAX_RECORD_LEN as usize {
         out.truncate(start);
         return Err(arrow::error::ArrowError::InvalidArgumentError(format!(
-            "a batch of {len} bytes is larger than a WAL record may be ({MAX_RECORD_LEN})"
+            "a WAL record of {len} bytes is larger than one may be ({MAX_RECORD_LEN})"
         ))
         .into());
     }
