@@ -15,10 +15,11 @@ CONNECTIONS=${2:-8}
 WORK=$(mktemp -d)
 source bench/lib.sh
 prepare
+# OTLP2PARQUET=path/to/otlp2parquet, one on the PATH, or one installed into target/ once (~6 min).
 O2P=${OTLP2PARQUET:-$(command -v otlp2parquet || true)}
 if [ -z "$O2P" ]; then
-  cargo install -q --root "$WORK/o2p" otlp2parquet
-  O2P=$WORK/o2p/bin/otlp2parquet
+  O2P=target/otlp2parquet/bin/otlp2parquet
+  [ -x "$O2P" ] || cargo install -q --root target/otlp2parquet otlp2parquet
 fi
 python3 -c 'import opentelemetry.proto' 2>/dev/null || python3 -m pip install -q opentelemetry-proto
 python3 bench/otlp2parquet/payload.py "$WORK/traces.pb"
