@@ -21,7 +21,11 @@ if [ -z "$O2P" ]; then
   O2P=target/otlp2parquet/bin/otlp2parquet
   [ -x "$O2P" ] || cargo install -q --root target/otlp2parquet otlp2parquet
 fi
-python3 -c 'import opentelemetry.proto' 2>/dev/null || python3 -m pip install -q opentelemetry-proto
+# Debian's own python3 refuses system-wide pip installs (PEP 668): then into the user's site-packages.
+if ! python3 -c 'import opentelemetry.proto' 2>/dev/null; then
+  python3 -m pip install -q opentelemetry-proto 2>/dev/null ||
+    python3 -m pip install -q --user --break-system-packages opentelemetry-proto
+fi
 python3 bench/otlp2parquet/payload.py "$WORK/traces.pb"
 export BODY=$WORK/traces.pb
 URL=http://127.0.0.1:19318/v1/traces
