@@ -735,8 +735,10 @@ fn tcp_streams_are_tunnelled_and_permissions_apply_per_connection() {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        stream.write_all(payload).unwrap();
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        // A connection the sidecar refuses may be closed before the write or
+        // the shutdown: what comes back is what tells.
+        let _ = stream.write_all(payload);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
         answer
