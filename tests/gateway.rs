@@ -1063,18 +1063,11 @@ services:
         })
     };
     // The request has reached the target (the upstream answers it after 2 s).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let health = gateway.admin_json("/upstreams/crm-mobile/health");
-        if health["data"][0]["in_flight"] == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never in flight: {health}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_within(
+        "the request in flight at the target",
+        Duration::from_secs(10),
+        || gateway.admin_json("/upstreams/crm-mobile/health")["data"][0]["in_flight"] == 1,
+    );
     let exit = gateway.process.stop();
     assert!(exit.success(), "the gateway exited with {exit}");
     let (status, body) = slow
