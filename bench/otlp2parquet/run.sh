@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # weft against otlp2parquet (DESIGN.md: ingest ≥ 1.0× otlp2parquet), side by side with the same load:
-# wrk posting one CRM-shaped OTLP/HTTP trace export (500 spans, protobuf) over and over to `weft serve`
+# wrk posting one CRM-shaped OTLP/HTTP trace export (bench/ingest's first, 500 spans) over and over to `weft serve`
 # and to `otlp2parquet` (`cargo install otlp2parquet`), each alone on the machine. Reports requests and
 # spans a second that got a 2xx, the server's CPU, and its bytes on disk against the OTLP bytes it took.
 # Not like for like, and both in weft's favour: weft answers after fsync, otlp2parquet before writing;
 # and every request is the same payload (wrk cannot vary it), which flatters weft's dictionaries and
 # index more than otlp2parquet's file per request — bench/ingest is the measure of weft itself.
 #
-#   bench/otlp2parquet/run.sh [duration=15s] [connections=8]
+#   bench/otlp2parquet/run.sh [duration=15s] [connections=8]   # OTLP2PARQUET=path, WEFT=path to pick builds
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-15s}
@@ -21,12 +21,9 @@ if [ -z "$O2P" ]; then
   O2P=target/otlp2parquet/bin/otlp2parquet
   [ -x "$O2P" ] || cargo install -q --root target/otlp2parquet otlp2parquet
 fi
-# Debian's own python3 refuses system-wide pip installs (PEP 668): then into the user's site-packages.
-if ! python3 -c 'import opentelemetry.proto' 2>/dev/null; then
-  python3 -m pip install -q opentelemetry-proto 2>/dev/null ||
-    python3 -m pip install -q --user --break-system-packages opentelemetry-proto
-fi
-python3 bench/otlp2parquet/payload.py "$WORK/traces.pb"
+# The first CRM trace export bench/ingest sends (500 spans, protobuf).
+cargo build --release -q -p weft-bench-ingest
+target/release/weft-bench-ingest --payloads 1 --write-payload "$WORK/traces.pb" 2>/dev/null
 export BODY=$WORK/traces.pb
 URL=http://127.0.0.1:19318/v1/traces
 OTLP_BYTES=$(stat -c %s "$BODY")

@@ -64,6 +64,10 @@ struct Args {
     /// thread (decode, convert, WAL encode, sort, Parquet, index).
     #[arg(long)]
     breakdown: bool,
+    /// Instead of the load test, write the first trace export request (500
+    /// CRM spans, protobuf) to this file: the payload bench/otlp2parquet posts.
+    #[arg(long)]
+    write_payload: Option<PathBuf>,
     /// Run the load twice, against a plain weft and against one with TLS
     /// and token authentication, and compare the two.
     #[arg(long)]
@@ -134,6 +138,10 @@ fn main() -> anyhow::Result<()> {
     let (traces, logs) = workload::generate(args.payloads, args.spans_per_request, 42);
     if args.breakdown {
         return breakdown::run(&traces);
+    }
+    if let Some(path) = &args.write_payload {
+        std::fs::write(path, &traces[0].bytes)?;
+        return Ok(());
     }
     let traces = Arc::new(traces);
     let logs = Arc::new(logs);
