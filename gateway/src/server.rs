@@ -342,7 +342,7 @@ async fn handle(
     shared.telemetry.access_log(span.context(), status, || {
         let path = path.unwrap_or_default();
         let target = response.extensions().get::<AnsweredBy>().map(|a| &a.0);
-        let millis = elapsed.as_secs_f64() * 1000.0;
+        let millis = Telemetry::access_log_millis(elapsed);
         let client_ip = client_ip.to_str().unwrap_or_default();
         let line = format!(
             "{client_ip} \"{method} {path}\" {status} {millis:.1}ms upstream={}",

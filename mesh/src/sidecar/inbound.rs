@@ -218,7 +218,7 @@ fn access_log(
     denial: Option<Denial>,
 ) {
     telemetry.access_log(cx, status, || {
-        let millis = elapsed.as_secs_f64() * 1000.0;
+        let millis = Telemetry::access_log_millis(elapsed);
         let mut attributes = vec![
             KeyValue::new("http.request.method", method_name(method)),
             KeyValue::new("url.path", path.to_string()),

@@ -23,7 +23,9 @@ use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use weft_proxy::headers::remove_hop_by_hop;
-use weft_proxy::{accept_until, message_response, method_name, upgrade, uri, PerWorker, Workers};
+use weft_proxy::{
+    accept_until, message_response, method_name, upgrade, uri, PerWorker, Telemetry, Workers,
+};
 
 use super::{Body, Shared};
 use crate::api::AppProtocol;
@@ -251,7 +253,7 @@ async fn handle(
     let elapsed = started.elapsed();
     shared.metrics.observe("outbound", to, status, elapsed);
     telemetry.access_log(span.context(), status, || {
-        let millis = elapsed.as_secs_f64() * 1000.0;
+        let millis = Telemetry::access_log_millis(elapsed);
         let line = format!("outbound {to} \"{method} {path}\" {status} {millis:.1}ms");
         let mut attributes = vec![
             KeyValue::new("http.request.method", method_name(&method)),
