@@ -6,6 +6,7 @@
 //! page-level statistics and bloom filters on the id columns, so trace-by-id
 //! and time-range reads skip almost everything.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::Path;
 
@@ -65,6 +66,134 @@ pub fn time_column(signal: Signal) -> &'static str {
 /// The sort key columns are encoded with Arrow's row format, which compares
 /// as plain bytes; the rows are then moved as runs (see [`crate::reorder`]).
 pub fn sort_for_locality(signal: Signal, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let order = match fixed_width_order(signal, batches) {
+        Some(order) => order,
+        None => row_order(signal, batches)?,
+    };
+    Ok(crate::reorder::take_rows(signal.schema(), batches, &order)?)
+}
+
+/// The rows of `batches` (numbered across them) in segment order, sorted by
+/// a fixed-width key per row: the service's rank among the segment's
+/// services, the trace id as the number its 32 hex digits spell (lowercase
+/// hex orders as its value), the time. Sorting these with integer
+/// comparisons takes a fraction of what [`row_order`]'s byte strings and a
+/// `memcmp` per comparison take. `None` if a key column holds something
+/// conversion does not write (a null, a trace id that is not 32 lowercase hex
+/// digits); [`row_order`] sorts those.
+fn fixed_width_order(signal: Signal, batches: &[RecordBatch]) -> Option<Vec<u32>> {
+    let services = ServiceRanks::of(batches)?;
+    let times = |batch: &RecordBatch| {
+        let column = batch.column_by_name(time_column(signal))?;
+        let times = column.as_primitive_opt::<TimestampNanosecondType>()?;
+        (times.null_count() == 0).then(|| times.values().clone())
+    };
+    let mut row = 0u32;
+    match signal {
+        Signal::Spans => {
+            let mut keys: Vec<(u32, u128, i64, u32)> = Vec::with_capacity(services.ranks.len());
+            for batch in batches {
+                let trace_ids = batch.column_by_name("trace_id")?.as_string_opt::<i32>()?;
+                if trace_ids.null_count() > 0 {
+                    return None;
+                }
+                let times = times(batch)?;
+                for (trace_id, time) in trace_ids.iter().zip(times.iter()) {
+                    let trace = hex_u128(trace_id?)?;
+                    keys.push((services.ranks[row as usize], trace, *time, row));
+                    row += 1;
+                }
+            }
+            keys.sort_unstable();
+            Some(keys.into_iter().map(|key| key.3).collect())
+        }
+        Signal::Logs => {
+            let mut keys: Vec<(u32, i64, u32)> = Vec::with_capacity(services.ranks.len());
+            for batch in batches {
+                for time in times(batch)?.iter() {
+                    keys.push((services.ranks[row as usize], *time, row));
+                    row += 1;
+                }
+            }
+            keys.sort_unstable();
+            Some(keys.into_iter().map(|key| key.2).collect())
+        }
+    }
+}
+
+/// Each row's service as its rank among the distinct service names of the
+/// batches, in byte order (as [`row_order`] compares them).
+struct ServiceRanks {
+    ranks: Vec<u32>,
+}
+
+impl ServiceRanks {
+    fn of(batches: &[RecordBatch]) -> Option<Self> {
+        // Rows of one resource come together and share their service: the
+        // previous row's name is checked before the map.
+        let mut ids: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
+        let mut names: Vec<&str> = Vec::new();
+        let mut ranks: Vec<u32> = Vec::new();
+        for batch in batches {
+            let column = batch
+                .column_by_name("service_name")?
+                .as_string_opt::<i32>()?;
+            if column.null_count() > 0 {
+                return None;
+            }
+            let mut last: Option<(&str, u32)> = None;
+            for name in column.iter() {
+                let name = name?;
+                let id = match last {
+                    Some((previous, id)) if previous == name => id,
+                    _ => {
+                        let next = names.len() as u32;
+                        let id = *ids.entry(name).or_insert(next);
+                        if id == next {
+                            names.push(name);
+                        }
+                        last = Some((name, id));
+                        id
+                    }
+                };
+                ranks.push(id);
+            }
+        }
+        let mut by_name: Vec<u32> = (0..names.len() as u32).collect();
+        by_name.sort_unstable_by_key(|&id| names[id as usize]);
+        let mut rank_of = vec![0u32; names.len()];
+        for (rank, id) in by_name.into_iter().enumerate() {
+            rank_of[id as usize] = rank as u32;
+        }
+        for id in &mut ranks {
+            *id = rank_of[*id as usize];
+        }
+        Some(ServiceRanks { ranks })
+    }
+}
+
+/// The value of 32 lowercase hex digits; `None` for anything else.
+fn hex_u128(text: &str) -> Option<u128> {
+    let digits = text.as_bytes();
+    if digits.len() != 32 {
+        return None;
+    }
+    let mut value = 0u128;
+    for &digit in digits {
+        let nibble = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => return None,
+        };
+        value = value << 4 | u128::from(nibble);
+    }
+    Some(value)
+}
+
+/// The rows of `batches` in segment order, by comparing each row's key
+/// columns encoded as byte strings (arrow's row format): any values, nulls
+/// last.
+fn row_order(signal: Signal, batches: &[RecordBatch]) -> Result<Vec<u32>> {
     // Only the key columns are concatenated; the rows are moved straight out
     // of the batches.
     let keys: Vec<ArrayRef> = sort_columns(signal)
@@ -90,7 +219,7 @@ pub fn sort_for_locality(signal: Signal, batches: &[RecordBatch]) -> Result<Reco
     let rows = converter.convert_columns(&keys)?;
     let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
     order.sort_unstable_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
-    Ok(crate::reorder::take_rows(signal.schema(), batches, &order)?)
+    Ok(order)
 }
 
 fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> WriterProperties {
@@ -388,5 +517,160 @@ mod tests {
                 "{time}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+    use crate::convert::{logs_to_batch, spans_to_batch};
+    use arrow::array::StringArray;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    const SERVICES: [&str; 4] = ["crm-mobile", "crm-conductor", "a", "crm-database"];
+
+    /// A row: its service (an index into [`SERVICES`]), trace id, time.
+    type Row = (usize, [u8; 16], u64);
+
+    fn resource(service: usize) -> Option<Resource> {
+        Some(Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(Value::StringValue(SERVICES[service].into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn spans(rows: &[Row]) -> RecordBatch {
+        let request = ExportTraceServiceRequest {
+            resource_spans: rows
+                .iter()
+                .map(|&(service, trace_id, time)| ResourceSpans {
+                    resource: resource(service),
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![Span {
+                            trace_id: trace_id.to_vec(),
+                            span_id: vec![1; 8],
+                            name: "op".into(),
+                            start_time_unix_nano: time,
+                            end_time_unix_nano: time,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        spans_to_batch(&request).unwrap().batch
+    }
+
+    fn logs(rows: &[Row]) -> RecordBatch {
+        let request = ExportLogsServiceRequest {
+            resource_logs: rows
+                .iter()
+                .map(|&(service, _, time)| ResourceLogs {
+                    resource: resource(service),
+                    scope_logs: vec![ScopeLogs {
+                        log_records: vec![LogRecord {
+                            time_unix_nano: time,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        logs_to_batch(&request).unwrap().batch
+    }
+
+    /// The sort key of each row of `order`, as text and numbers.
+    fn keys(signal: Signal, batches: &[RecordBatch], order: &[u32]) -> Vec<Vec<String>> {
+        let columns: Vec<ArrayRef> = sort_columns(signal)
+            .iter()
+            .map(|name| {
+                let parts: Vec<&dyn Array> = batches
+                    .iter()
+                    .map(|b| b.column_by_name(name).unwrap().as_ref())
+                    .collect();
+                arrow::compute::concat(&parts).unwrap()
+            })
+            .collect();
+        order
+            .iter()
+            .map(|&row| {
+                columns
+                    .iter()
+                    .map(|column| match column.as_string_opt::<i32>() {
+                        Some(text) => text.value(row as usize).to_string(),
+                        None => column
+                            .as_primitive::<TimestampNanosecondType>()
+                            .value(row as usize)
+                            .to_string(),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn row_strategy() -> impl Strategy<Value = Row> {
+        // Few distinct first bytes and times, so that keys tie on a prefix.
+        (
+            0..SERVICES.len(),
+            (0u8..3, any::<[u8; 15]>()),
+            prop_oneof![0u64..4, any::<u64>()],
+        )
+            .prop_map(|(service, (first, rest), time)| {
+                let mut trace_id = [0u8; 16];
+                trace_id[0] = first * 0x70;
+                trace_id[1..].copy_from_slice(&rest);
+                (service, trace_id, time)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn fixed_width_keys_sort_as_the_row_format_does(
+            batches in proptest::collection::vec(proptest::collection::vec(row_strategy(), 1..40), 1..4),
+        ) {
+            for (signal, make) in [(Signal::Spans, spans as fn(&[Row]) -> RecordBatch), (Signal::Logs, logs)] {
+                let batches: Vec<RecordBatch> = batches.iter().map(|rows| make(rows)).collect();
+                let fixed = fixed_width_order(signal, &batches).expect("converted batches take the fixed-width path");
+                let general = row_order(signal, &batches).unwrap();
+                prop_assert_eq!(keys(signal, &batches, &fixed), keys(signal, &batches, &general));
+            }
+        }
+    }
+
+    #[test]
+    fn trace_ids_conversion_does_not_write_are_sorted_the_general_way() {
+        let batch = spans(&[(0, [0xab; 16], 2), (0, [0x01; 16], 1)]);
+        let upper = StringArray::from(vec!["ABABABABABABABABABABABABABABABAB", "0101"]);
+        let index = batch.schema().index_of("trace_id").unwrap();
+        let mut columns = batch.columns().to_vec();
+        columns[index] = Arc::new(upper);
+        let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+        assert_eq!(
+            fixed_width_order(Signal::Spans, std::slice::from_ref(&batch)),
+            None
+        );
+        let sorted = sort_for_locality(Signal::Spans, &[batch]).unwrap();
+        let trace_ids = sorted
+            .column_by_name("trace_id")
+            .unwrap()
+            .as_string::<i32>();
+        assert_eq!(trace_ids.value(0), "0101");
     }
 }
