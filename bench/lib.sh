@@ -37,6 +37,25 @@ measure() {
   echo "$rps|$p50|$p99|${errors:-none}"
 }
 
+# measure, at a fixed offered load instead of as fast as the proxy answers:
+# each connection waits CONNECTIONS × 1000 / rate ms after each answer (wrk's
+# `delay`), so a port is offered a little under `rate` requests/s; what it
+# served is in the result. Latency compared at one load is what a proxy adds;
+# at full load it is mostly queueing behind the slower proxy's throughput.
+measure_at_rate() {
+  local port=$1 rate=$2
+  awk -v c="$CONNECTIONS" -v r="$rate" 'BEGIN { printf "function delay() return %.3f end\n", c * 1000 / r }' \
+    > "$WORK/rate.lua"
+  wrk -t2 -c"$CONNECTIONS" -d3s -s "$WORK/rate.lua" "http://127.0.0.1:$port/" >/dev/null
+  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/rate.lua" "http://127.0.0.1:$port/" > "$WORK/wrk.out"
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
+  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
+  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk.out" | tr '\n' ' ')
+  echo "$rps|$p50|$p99|${errors:-none}"
+}
+
 # CPU time (user + system) of one process so far, in clock ticks.
 cpu_ticks() {
   awk '{print $14 + $15}' "/proc/$1/stat"
