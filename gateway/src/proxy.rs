@@ -16,7 +16,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use opentelemetry::trace::SpanContext;
-use opentelemetry::KeyValue;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::ServiceConfig;
@@ -179,34 +178,29 @@ impl Forwarder {
                     "the request path cannot be forwarded",
                 );
             };
-            let span = self
-                .telemetry
-                .client_span(&parent, method_name(&parts.method), || {
-                    let (host, port) = target
-                        .address
-                        .rsplit_once(':')
-                        .unwrap_or((&target.address, ""));
-                    let mut attributes = vec![
-                        KeyValue::new("http.request.method", method_name(&parts.method)),
-                        KeyValue::new("server.address", host.to_string()),
-                        // Without the query, which may carry credentials (`?apikey=`).
-                        KeyValue::new(
-                            "url.full",
-                            format!("{}://{}{}", self.scheme, target.address, uri.path()),
-                        ),
-                        KeyValue::new("peer.service", self.name.clone()),
-                    ];
-                    if let Ok(port) = port.parse::<i64>() {
-                        attributes.push(KeyValue::new("server.port", port));
-                    }
-                    if attempt > 0 {
-                        attributes.push(KeyValue::new(
-                            "http.request.resend_count",
-                            i64::from(attempt),
-                        ));
-                    }
-                    attributes
-                });
+            let span =
+                self.telemetry
+                    .client_span(&parent, method_name(&parts.method), |attributes| {
+                        let (host, port) = target
+                            .address
+                            .rsplit_once(':')
+                            .unwrap_or((&target.address, ""));
+                        attributes
+                            .str("http.request.method", &method_name(&parts.method))
+                            .str("server.address", host)
+                            // Without the query, which may carry credentials (`?apikey=`).
+                            .str(
+                                "url.full",
+                                &format!("{}://{}{}", self.scheme, target.address, uri.path()),
+                            )
+                            .str("peer.service", &self.name);
+                        if let Ok(port) = port.parse::<i64>() {
+                            attributes.int("server.port", port);
+                        }
+                        if attempt > 0 {
+                            attributes.int("http.request.resend_count", i64::from(attempt));
+                        }
+                    });
             let last = attempt + 1 == attempts;
             // The last attempt takes the headers; earlier ones leave them for a retry.
             let mut outgoing_headers = if last {

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,6 @@ use http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use tower::Layer;
 use weft_proxy::{method_name, PerWorker, Telemetry, Workers};
@@ -277,28 +277,27 @@ async fn handle(
     let runtime = shared.runtime.load_full();
     let mut request = request.map(Body::new);
     let method = request.method().clone();
-    let mut span = shared
-        .telemetry
-        .server_span(request.headers(), method_name(&method), || {
-            let headers = request.headers();
-            let mut attributes = vec![
-                KeyValue::new("http.request.method", method_name(&method)),
-                KeyValue::new("url.path", request.uri().path().to_string()),
-                KeyValue::new("url.scheme", client.scheme),
-                KeyValue::new("client.address", client.ip_str().to_string()),
-                KeyValue::new(
-                    "network.protocol.version",
-                    protocol_version(request.version()),
-                ),
-            ];
-            if let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) {
-                attributes.push(KeyValue::new("server.address", host.to_string()));
-            }
-            if let Some(agent) = headers.get(USER_AGENT).and_then(|h| h.to_str().ok()) {
-                attributes.push(KeyValue::new("user_agent.original", agent.to_string()));
-            }
-            attributes
-        });
+    let mut span =
+        shared
+            .telemetry
+            .server_span(request.headers(), method_name(&method), |attributes| {
+                let headers = request.headers();
+                attributes
+                    .str("http.request.method", &method_name(&method))
+                    .str("url.path", request.uri().path())
+                    .str("url.scheme", client.scheme)
+                    .str("client.address", client.ip_str())
+                    .str(
+                        "network.protocol.version",
+                        protocol_version(request.version()),
+                    );
+                if let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) {
+                    attributes.str("server.address", host);
+                }
+                if let Some(agent) = headers.get(USER_AGENT).and_then(|h| h.to_str().ok()) {
+                    attributes.str("user_agent.original", agent);
+                }
+            });
     // Kept for the access log, which is written after the request is gone.
     let path = shared
         .telemetry
@@ -314,11 +313,12 @@ async fn handle(
         Some(matched) => {
             if span.is_recording() {
                 span.set_name(format!("{method} {}", matched.template));
-                span.set_attributes([
-                    KeyValue::new("http.route", matched.template.clone()),
-                    KeyValue::new("weft.gateway.route", matched.route.name.clone()),
-                    KeyValue::new("weft.gateway.service", matched.route.service.clone()),
-                ]);
+                span.add_attributes(|attributes| {
+                    attributes
+                        .str("http.route", &matched.template)
+                        .str("weft.gateway.route", &matched.route.name)
+                        .str("weft.gateway.service", &matched.route.service);
+                });
             }
             let route = matched.route.clone();
             if route.wants_https(&request) {
@@ -339,34 +339,31 @@ async fn handle(
     let names = route.as_deref().map(|r| (&r.service, &r.name));
     shared.metrics.observe(names, status, elapsed);
     let (service, route) = names.map_or(("", ""), |(s, r)| (&**s, &**r));
-    shared.telemetry.access_log(span.context(), status, || {
-        let path = path.unwrap_or_default();
+    shared.telemetry.access_log(span.context(), status, |log| {
+        let path = path.as_deref().unwrap_or_default();
         let target = response.extensions().get::<AnsweredBy>().map(|a| &a.0);
         let millis = Telemetry::access_log_millis(elapsed);
         let client_ip = client_ip.to_str().unwrap_or_default();
-        let line = format!(
+        let _ = write!(
+            log.body(),
             "{client_ip} \"{method} {path}\" {status} {millis:.1}ms upstream={}",
             target.map_or("-", |t| t.as_str())
         );
-        let mut log = vec![
-            KeyValue::new("http.request.method", method_name(&method)),
-            KeyValue::new("url.path", path),
-            KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("client.address", client_ip.to_string()),
-            KeyValue::new("duration_ms", millis),
-            KeyValue::new("weft.gateway.route", route.to_string()),
-            KeyValue::new("weft.gateway.service", service.to_string()),
-        ];
+        let attributes = log.attributes();
+        attributes
+            .str("http.request.method", &method_name(&method))
+            .str("url.path", path)
+            .int("http.response.status_code", i64::from(status))
+            .str("client.address", client_ip)
+            .double("duration_ms", millis)
+            .str("weft.gateway.route", route)
+            .str("weft.gateway.service", service);
         if let Some(target) = target {
-            log.push(KeyValue::new(
-                "weft.gateway.upstream_target",
-                target.clone(),
-            ));
+            attributes.str("weft.gateway.upstream_target", target);
         }
         if let Some(consumer) = response.extensions().get::<AuthenticatedConsumer>() {
-            log.push(KeyValue::new("enduser.id", consumer.0.username.clone()));
+            attributes.str("enduser.id", &consumer.0.username);
         }
-        (line, log)
     });
     span.end(Some(status), None);
     Ok(response)

@@ -25,7 +25,7 @@ mod workers;
 pub use crate::listener::accept_until;
 pub use crate::response::message_response;
 pub use crate::telemetry::{
-    method_name, Span, Telemetry, TelemetryCollector, TelemetryConfig, TelemetryCounters,
-    TelemetryError,
+    method_name, AccessLog, Attributes, Span, Telemetry, TelemetryCollector, TelemetryConfig,
+    TelemetryCounters, TelemetryError,
 };
 pub use crate::workers::{current_worker, default_worker_count, PerWorker, Workers};

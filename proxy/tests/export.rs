@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
-use opentelemetry::KeyValue;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
@@ -100,24 +99,24 @@ async fn a_request_becomes_linked_spans_and_an_access_log_record() {
     headers.insert("traceparent", caller.parse().unwrap());
     headers.insert("tracestate", "vendor=value".parse().unwrap());
 
-    let mut server = telemetry.server_span(&headers, "GET", || {
-        vec![KeyValue::new("url.path", "/accounts")]
+    let mut server = telemetry.server_span(&headers, "GET", |attributes| {
+        attributes.str("url.path", "/accounts");
     });
     assert!(server.is_recording());
     server.set_name("GET /accounts");
-    server.set_attributes([KeyValue::new("http.route", "/accounts")]);
-    let client = telemetry.client_span(server.context(), "GET", || {
-        vec![KeyValue::new("server.port", 8080_i64)]
+    server.add_attributes(|attributes| {
+        attributes.str("http.route", "/accounts");
+    });
+    let client = telemetry.client_span(server.context(), "GET", |attributes| {
+        attributes.int("server.port", 8080);
     });
     let mut outgoing = HeaderMap::new();
     telemetry.inject(client.context(), &mut outgoing);
     // The upstream attempt is cancelled: its span still goes out, without a status.
     drop(client);
-    telemetry.access_log(server.context(), 503, || {
-        (
-            "GET /accounts 503".to_string(),
-            vec![KeyValue::new("duration_ms", 1.5)],
-        )
+    telemetry.access_log(server.context(), 503, |log| {
+        log.body().push_str("GET /accounts 503");
+        log.attributes().double("duration_ms", 1.5);
     });
     server.end(Some(503), None);
     telemetry.shutdown(Duration::from_secs(5)).await;
@@ -222,7 +221,7 @@ async fn spans_the_collector_refuses_are_counted_as_dropped() {
     let telemetry =
         Telemetry::start(&config(collector(received.clone()).await), "test-proxy").unwrap();
     for _ in 0..3 {
-        let span = telemetry.server_span(&HeaderMap::new(), "GET", Vec::new);
+        let span = telemetry.server_span(&HeaderMap::new(), "GET", |_| {});
         span.end(Some(200), None);
     }
     telemetry.shutdown(Duration::from_secs(5)).await;
@@ -239,7 +238,7 @@ async fn a_sampling_ratio_of_zero_records_no_new_trace_but_follows_a_sampled_cal
     let mut settings = config(collector(received.clone()).await);
     settings.sampling = 0.0;
     let telemetry = Telemetry::start(&settings, "test-proxy").unwrap();
-    let new_trace = telemetry.server_span(&HeaderMap::new(), "GET", || panic!("not recorded"));
+    let new_trace = telemetry.server_span(&HeaderMap::new(), "GET", |_| panic!("not recorded"));
     assert!(!new_trace.is_recording());
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -248,7 +247,7 @@ async fn a_sampling_ratio_of_zero_records_no_new_trace_but_follows_a_sampled_cal
             .parse()
             .unwrap(),
     );
-    let continued = telemetry.server_span(&headers, "GET", Vec::new);
+    let continued = telemetry.server_span(&headers, "GET", |_| {});
     assert!(continued.is_recording());
 }
 
@@ -270,7 +269,7 @@ async fn a_full_batch_is_exported_without_waiting_for_the_batch_timeout() {
     )
     .unwrap();
     for _ in 0..120 {
-        let span = telemetry.server_span(&HeaderMap::new(), "GET", Vec::new);
+        let span = telemetry.server_span(&HeaderMap::new(), "GET", |_| {});
         span.end(Some(200), None);
     }
     let exported = |received: &Received| -> Vec<usize> {

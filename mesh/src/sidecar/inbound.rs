@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,6 @@ use http::{header, HeaderValue, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::Watcher;
 use opentelemetry::trace::SpanContext;
-use opentelemetry::KeyValue;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weft_proxy::headers::remove_hop_by_hop;
@@ -132,15 +132,14 @@ async fn handle(
     let span = telemetry.server_span(
         request.headers(),
         format!("{method} {}", shared.service),
-        || {
-            vec![
-                KeyValue::new("http.request.method", method_name(&method)),
-                KeyValue::new("url.path", path.clone()),
-                KeyValue::new("server.address", shared.service.clone()),
-                KeyValue::new("peer.service", caller.service.clone()),
-                KeyValue::new("weft.mesh.peer_identity", caller.id_text.clone()),
-                KeyValue::new("network.peer.address", caller.address.clone()),
-            ]
+        |attributes| {
+            attributes
+                .str("http.request.method", &method_name(&method))
+                .str("url.path", &path)
+                .str("server.address", &shared.service)
+                .str("peer.service", &caller.service)
+                .str("weft.mesh.peer_identity", &caller.id_text)
+                .str("network.peer.address", &caller.address);
         },
     );
     let decision = snapshot
@@ -217,25 +216,35 @@ fn access_log(
     elapsed: Duration,
     denial: Option<Denial>,
 ) {
-    telemetry.access_log(cx, status, || {
+    telemetry.access_log(cx, status, |log| {
         let millis = Telemetry::access_log_millis(elapsed);
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method_name(method)),
-            KeyValue::new("url.path", path.to_string()),
-            KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("peer.service", caller.service.clone()),
-            KeyValue::new("weft.mesh.peer_identity", caller.id_text.clone()),
-            KeyValue::new("weft.mesh.direction", "inbound"),
-            KeyValue::new("duration_ms", millis),
-        ];
         let peer = &caller.id_text;
-        let mut line = format!("inbound {peer} \"{method} {path}\" {status} {millis:.1}ms");
-        if let Some(denial) = denial {
-            line.push_str(&format!(" denied by {} rule {}", denial.kind, denial.rule));
-            attributes.push(KeyValue::new("weft.mesh.policy", denial.kind));
-            attributes.push(KeyValue::new("weft.mesh.rule", denial.rule));
+        let _ = write!(
+            log.body(),
+            "inbound {peer} \"{method} {path}\" {status} {millis:.1}ms"
+        );
+        if let Some(denial) = &denial {
+            let _ = write!(
+                log.body(),
+                " denied by {} rule {}",
+                denial.kind,
+                denial.rule
+            );
         }
-        (line, attributes)
+        let attributes = log.attributes();
+        attributes
+            .str("http.request.method", &method_name(method))
+            .str("url.path", path)
+            .int("http.response.status_code", i64::from(status))
+            .str("peer.service", &caller.service)
+            .str("weft.mesh.peer_identity", &caller.id_text)
+            .str("weft.mesh.direction", "inbound")
+            .double("duration_ms", millis);
+        if let Some(denial) = &denial {
+            attributes
+                .str("weft.mesh.policy", denial.kind)
+                .str("weft.mesh.rule", &denial.rule);
+        }
     });
 }
 
@@ -322,18 +331,16 @@ async fn tunnel(
             .connection("inbound", peer.service(), "denied");
         tracing::warn!(from = %peer, to = %shared.service, %remote, rule = %denial.rule, "TCP connection denied");
         let telemetry = shared.telemetry.load();
-        telemetry.access_log(&SpanContext::empty_context(), 403, || {
-            (
-                format!(
-                    "inbound {peer} TCP denied by traffic_permission rule {}",
-                    denial.rule
-                ),
-                vec![
-                    KeyValue::new("peer.service", peer.service().to_string()),
-                    KeyValue::new("weft.mesh.policy", denial.kind),
-                    KeyValue::new("weft.mesh.rule", denial.rule),
-                ],
-            )
+        telemetry.access_log(&SpanContext::empty_context(), 403, |log| {
+            let _ = write!(
+                log.body(),
+                "inbound {peer} TCP denied by traffic_permission rule {}",
+                denial.rule
+            );
+            log.attributes()
+                .str("peer.service", peer.service())
+                .str("weft.mesh.policy", denial.kind)
+                .str("weft.mesh.rule", &denial.rule);
         });
         return;
     }

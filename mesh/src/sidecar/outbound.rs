@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
@@ -123,14 +123,13 @@ async fn handle(
     let path = request.uri().path().to_string();
     let parent = telemetry.extract(request.headers());
     let expected = SpiffeId::new(&snapshot.mesh, to);
-    let span = telemetry.client_span(&parent, format!("{method} {to}"), || {
-        vec![
-            KeyValue::new("http.request.method", method_name(&method)),
-            KeyValue::new("url.path", path.clone()),
-            KeyValue::new("server.address", destination.service_name.clone()),
-            KeyValue::new("peer.service", destination.service_name.clone()),
-            KeyValue::new("weft.mesh.peer_identity", expected.to_string()),
-        ]
+    let span = telemetry.client_span(&parent, format!("{method} {to}"), |attributes| {
+        attributes
+            .str("http.request.method", &method_name(&method))
+            .str("url.path", &path)
+            .str("server.address", &destination.service_name)
+            .str("peer.service", &destination.service_name)
+            .str("weft.mesh.peer_identity", &expected.to_string());
     });
     let endpoints = snapshot.endpoints(to, shared.zone.as_deref());
     let (connect_timeout, request_timeout) = snapshot.policies.timeouts(to);
@@ -252,22 +251,24 @@ async fn handle(
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     shared.metrics.observe("outbound", to, status, elapsed);
-    telemetry.access_log(span.context(), status, || {
+    telemetry.access_log(span.context(), status, |log| {
         let millis = Telemetry::access_log_millis(elapsed);
-        let line = format!("outbound {to} \"{method} {path}\" {status} {millis:.1}ms");
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method_name(&method)),
-            KeyValue::new("url.path", path),
-            KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("peer.service", destination.service_name.clone()),
-            KeyValue::new("weft.mesh.direction", "outbound"),
-            KeyValue::new("client.address", client_ip),
-            KeyValue::new("duration_ms", millis),
-        ];
+        let _ = write!(
+            log.body(),
+            "outbound {to} \"{method} {path}\" {status} {millis:.1}ms"
+        );
+        let attributes = log.attributes();
+        attributes
+            .str("http.request.method", &method_name(&method))
+            .str("url.path", &path)
+            .int("http.response.status_code", i64::from(status))
+            .str("peer.service", &destination.service_name)
+            .str("weft.mesh.direction", "outbound")
+            .str("client.address", &client_ip)
+            .double("duration_ms", millis);
         if let Some(endpoint) = endpoint_used {
-            attributes.push(KeyValue::new("server.socket.address", endpoint.to_string()));
+            attributes.str("server.socket.address", &endpoint.to_string());
         }
-        (line, attributes)
     });
     span.end(Some(status), None);
     Ok(response)

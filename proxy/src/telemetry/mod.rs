@@ -20,6 +20,7 @@ mod export;
 mod wire;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -217,7 +218,7 @@ impl Telemetry {
         &self,
         headers: &HeaderMap,
         name: impl Into<Cow<'static, str>>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         let parent = self.extract(headers);
         self.start_span(&parent, SpanKind::Server, name.into(), attributes)
@@ -236,7 +237,7 @@ impl Telemetry {
         &self,
         parent: &SpanContext,
         name: impl Into<Cow<'static, str>>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         self.start_span(parent, SpanKind::Client, name.into(), attributes)
     }
@@ -250,7 +251,7 @@ impl Telemetry {
         parent: &SpanContext,
         kind: SpanKind,
         name: Cow<'static, str>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         let (trace_id, sampled) = if parent.is_valid() {
             (parent.trace_id(), parent.is_sampled())
@@ -289,9 +290,7 @@ impl Telemetry {
                     16,
                     span_flags(flags.to_u8(), parent.is_remote()),
                 );
-                for attribute in attributes() {
-                    wire::attribute(&mut encoded, 9, &attribute);
-                }
+                attributes(&mut Attributes::of_span(&mut encoded));
                 Some(Recording {
                     encoded,
                     name,
@@ -335,18 +334,21 @@ impl Telemetry {
     }
 
     /// One access-log record for a finished request, tied to its span:
-    /// `record` gives its body and attributes, and is called only when
+    /// `record` writes its body and attributes, and is called only when
     /// access logs are exported.
     pub fn access_log(
         &self,
         cx: &SpanContext,
         status: u16,
-        record: impl FnOnce() -> (String, Vec<KeyValue>),
+        record: impl FnOnce(&mut AccessLog<'_>),
     ) {
+        thread_local! {
+            /// The body being written, reused: its length precedes it in the record.
+            static BODY: RefCell<String> = const { RefCell::new(String::new()) };
+        }
         let Some(queue) = &self.logs else {
             return;
         };
-        let (body, attributes) = record();
         let now = unix_nanos(SystemTime::now());
         let (severity, text) = if status >= 500 {
             (SeverityNumber::Error, "ERROR")
@@ -360,10 +362,17 @@ impl Telemetry {
         wire::fixed64(&mut log, 1, now);
         wire::varint(&mut log, 2, severity as u64);
         wire::bytes(&mut log, 3, text.as_bytes());
-        wire::any_value(&mut log, 5, &Value::from(body));
-        for attribute in &attributes {
-            wire::attribute(&mut log, 6, attribute);
-        }
+        BODY.with_borrow_mut(|body| {
+            body.clear();
+            record(&mut AccessLog {
+                body: &mut *body,
+                attributes: Attributes {
+                    out: &mut log,
+                    tag: 6,
+                },
+            });
+            wire::string_value(&mut log, 5, body);
+        });
         if cx.is_valid() {
             wire::fixed32(&mut log, 8, u32::from(cx.trace_flags().to_u8()));
             wire::bytes(&mut log, 9, &cx.trace_id().to_bytes());
@@ -408,6 +417,62 @@ pub struct Span {
     recording: Option<Recording>,
 }
 
+/// The attributes of a recorded span or an access-log record, written
+/// straight into its OTLP message (see [`wire`]): no `KeyValue`, and no owned
+/// copy of a borrowed value, per attribute on the request path.
+pub struct Attributes<'a> {
+    out: &'a mut Vec<u8>,
+    /// The field number of attributes in the message.
+    tag: u32,
+}
+
+impl<'a> Attributes<'a> {
+    fn of_span(encoded: &'a mut Vec<u8>) -> Self {
+        Attributes {
+            out: encoded,
+            tag: 9,
+        }
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        wire::key_value(self.out, self.tag, key, wire::AnyValueBody::String(value));
+        self
+    }
+
+    pub fn int(&mut self, key: &str, value: i64) -> &mut Self {
+        wire::key_value(self.out, self.tag, key, wire::AnyValueBody::Int(value));
+        self
+    }
+
+    pub fn double(&mut self, key: &str, value: f64) -> &mut Self {
+        wire::key_value(self.out, self.tag, key, wire::AnyValueBody::Double(value));
+        self
+    }
+
+    /// An attribute of any type (arrays and the rest).
+    pub fn add(&mut self, attribute: &KeyValue) -> &mut Self {
+        wire::attribute(self.out, self.tag, attribute);
+        self
+    }
+}
+
+/// An access-log record being written: its body and its attributes.
+pub struct AccessLog<'a> {
+    body: &'a mut String,
+    attributes: Attributes<'a>,
+}
+
+impl<'a> AccessLog<'a> {
+    /// The record's body, empty until written (`write!(log.body(), …)`).
+    pub fn body(&mut self) -> &mut String {
+        self.body
+    }
+
+    pub fn attributes(&mut self) -> &mut Attributes<'a> {
+        &mut self.attributes
+    }
+}
+
 /// Room for a span's fields without growing: the proxies' spans and
 /// access-log records take a few hundred bytes.
 const SPAN_CAPACITY: usize = 512;
@@ -442,11 +507,10 @@ impl Span {
         }
     }
 
-    pub fn set_attributes(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
+    /// Adds attributes to a recorded span; `attributes` is called only for one.
+    pub fn add_attributes(&mut self, attributes: impl FnOnce(&mut Attributes<'_>)) {
         if let Some(recording) = &mut self.recording {
-            for attribute in attributes {
-                wire::attribute(&mut recording.encoded, 9, &attribute);
-            }
+            attributes(&mut Attributes::of_span(&mut recording.encoded));
         }
     }
 
@@ -457,22 +521,15 @@ impl Span {
         let Some(mut recording) = self.recording.take() else {
             return;
         };
+        let mut attributes = Attributes::of_span(&mut recording.encoded);
         if let Some(status) = status {
-            wire::attribute(
-                &mut recording.encoded,
-                9,
-                &KeyValue::new("http.response.status_code", i64::from(status)),
-            );
+            attributes.int("http.response.status_code", i64::from(status));
             if status >= 500 || (recording.client && status >= 400) {
                 recording.error = Some(String::new());
             }
         }
         if let Some(error) = error {
-            wire::attribute(
-                &mut recording.encoded,
-                9,
-                &KeyValue::new("error.type", error.clone()),
-            );
+            attributes.str("error.type", &error);
             recording.error = Some(error);
         }
         recording.send();
@@ -681,8 +738,8 @@ mod tests {
         if let Some(traceparent) = incoming {
             headers.insert("traceparent", traceparent.parse().unwrap());
         }
-        let server = telemetry.server_span(&headers, "GET", || panic!("nothing records"));
-        let client = telemetry.client_span(server.context(), "GET", || panic!("nothing records"));
+        let server = telemetry.server_span(&headers, "GET", |_| panic!("nothing records"));
+        let client = telemetry.client_span(server.context(), "GET", |_| panic!("nothing records"));
         let mut outgoing = HeaderMap::new();
         telemetry.inject(client.context(), &mut outgoing);
         outgoing["traceparent"].to_str().unwrap().to_string()
@@ -728,9 +785,9 @@ mod tests {
             logs: Some(logs),
             ..Telemetry::start(&TelemetryConfig::default(), "test-proxy").unwrap()
         };
-        let server = telemetry.server_span(&HeaderMap::new(), "GET", Vec::new);
-        let client = telemetry.client_span(server.context(), "GET", || {
-            vec![KeyValue::new("peer.service", "crm-database")]
+        let server = telemetry.server_span(&HeaderMap::new(), "GET", |_| {});
+        let client = telemetry.client_span(server.context(), "GET", |attributes| {
+            attributes.str("peer.service", "crm-database");
         });
         client.end(None, Some("connect: refused".to_string()));
         let client = OtlpSpan::decode(ended.try_recv().unwrap().as_slice()).unwrap();
@@ -760,8 +817,12 @@ mod tests {
         assert!(client.end_time_unix_nano >= client.start_time_unix_nano);
         assert!(client.start_time_unix_nano > 0);
 
-        telemetry.access_log(server.context(), 404, || {
-            ("GET /nope 404".to_string(), vec![KeyValue::new("x", 1_i64)])
+        telemetry.access_log(server.context(), 404, |log| {
+            log.body().push_str("GET /nope 404");
+            log.attributes()
+                .int("x", 1)
+                .double("ms", 0.5)
+                .str("url.path", "/nope");
         });
         let log = LogRecord::decode(logged.try_recv().unwrap().as_slice()).unwrap();
         assert_eq!(
@@ -772,7 +833,11 @@ mod tests {
                 severity_number: SeverityNumber::Warn as i32,
                 severity_text: "WARN".to_string(),
                 body: Some(otlp_any_value(Value::from("GET /nope 404"))),
-                attributes: vec![otlp_key_value(KeyValue::new("x", 1_i64))],
+                attributes: vec![
+                    otlp_key_value(KeyValue::new("x", 1_i64)),
+                    otlp_key_value(KeyValue::new("ms", 0.5)),
+                    otlp_key_value(KeyValue::new("url.path", "/nope")),
+                ],
                 flags: 1,
                 trace_id: server.context().trace_id().to_bytes().to_vec(),
                 span_id: server.context().span_id().to_bytes().to_vec(),

@@ -64,17 +64,24 @@ pub(super) fn fixed32(out: &mut Vec<u8>, tag: u32, value: u32) {
     }
 }
 
-/// An `AnyValue` message field holding `value`.
-pub(super) fn any_value(out: &mut Vec<u8>, tag: u32, value: &Value) {
-    let body = AnyValueBody::of(value);
-    len_header(out, tag, body.len());
-    body.write(out);
+/// An `AnyValue` message field holding the string `value`.
+pub(super) fn string_value(out: &mut Vec<u8>, tag: u32, value: &str) {
+    len_header(out, tag, field_len(value.len()));
+    len_delimited(out, 1, value.as_bytes());
 }
 
 /// A `KeyValue` message field (an attribute).
 pub(super) fn attribute(out: &mut Vec<u8>, tag: u32, attribute: &KeyValue) {
-    let key = attribute.key.as_str();
-    let value = AnyValueBody::of(&attribute.value);
+    key_value(
+        out,
+        tag,
+        attribute.key.as_str(),
+        AnyValueBody::of(&attribute.value),
+    );
+}
+
+/// A `KeyValue` message field of `key` and `value`.
+pub(super) fn key_value(out: &mut Vec<u8>, tag: u32, key: &str, value: AnyValueBody<'_>) {
     let key_len = if key.is_empty() {
         0
     } else {
@@ -90,7 +97,7 @@ pub(super) fn attribute(out: &mut Vec<u8>, tag: u32, attribute: &KeyValue) {
 /// hold are written directly, and written even when they are the default:
 /// the field is a `oneof`, whose presence is the value's type. Arrays (and
 /// whatever the API adds) are rare here and go through the message.
-enum AnyValueBody<'a> {
+pub(super) enum AnyValueBody<'a> {
     String(&'a str),
     Bool(bool),
     Int(i64),
@@ -179,10 +186,17 @@ mod tests {
                 let kv = KeyValue::new(key.to_string(), value.clone());
                 let mut out = Vec::new();
                 attribute(&mut out, 1, &kv);
-                any_value(&mut out, 2, &value);
+                let text = match &value {
+                    Value::String(text) => Some(text.as_str()),
+                    _ => None,
+                };
+                if let Some(text) = text {
+                    string_value(&mut out, 2, text);
+                }
                 let probe = Probe::decode(out.as_slice()).unwrap();
                 assert_eq!(probe.attributes, vec![otlp_key_value(kv)], "{value:?}");
-                assert_eq!(probe.value, Some(otlp_any_value(value.clone())));
+                let expected = text.map(|_| otlp_any_value(value.clone()));
+                assert_eq!(probe.value, expected);
             }
         }
     }
