@@ -88,6 +88,10 @@ pub struct StoreSettings {
     /// directory then holds the WAL and a cache. Unset: everything stays in
     /// the data directory.
     pub storage: Option<String>,
+    /// How much nicer (0–19) than the process merges, and flushes that keep
+    /// up, run, so that they take the cores latency-sensitive work beside
+    /// the collector leaves; 0 (the default) runs them as the process.
+    pub background_nice: u8,
     /// With `storage`: bytes of segments the data directory caches at most.
     pub cache_bytes: u64,
     /// With `storage`: the URL at which queriers on other machines reach
@@ -231,6 +235,7 @@ impl Default for StoreSettings {
             compaction_interval: store.compaction_interval,
             retention: store.retention,
             deletion_grace: store.deletion_grace,
+            background_nice: store.background_nice,
             storage: None,
             cache_bytes: weft_store::object_storage::DEFAULT_CACHE_BYTES,
             advertise_url: None,
@@ -492,6 +497,12 @@ impl Config {
         if self.store.compaction_interval.is_zero() {
             bail!("store.compaction_interval must be greater than 0");
         }
+        if self.store.background_nice > 19 {
+            bail!(
+                "store.background_nice ({}) must be between 0 and 19",
+                self.store.background_nice
+            );
+        }
         if let Some(url) = &self.store.advertise_url {
             let parsed: Option<axum::http::Uri> = url.parse().ok();
             let usable = parsed.as_ref().is_some_and(|uri| {
@@ -621,6 +632,7 @@ impl Config {
             compaction_interval: self.store.compaction_interval,
             retention: self.store.retention,
             deletion_grace: self.store.deletion_grace,
+            background_nice: self.store.background_nice,
             ..weft_store::StoreConfig::new(&self.data_dir)
         }
     }
@@ -786,6 +798,15 @@ mod tests {
         };
         let err = Config::resolve(&args).unwrap_err().to_string();
         assert!(err.contains("--collector-key-file"), "{err}");
+
+        let path = dir.path().join("nice.toml");
+        std::fs::write(&path, "[store]\nbackground_nice = 20\n").unwrap();
+        let args = ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let err = Config::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("store.background_nice (20)"), "{err}");
     }
 
     #[test]

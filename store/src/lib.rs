@@ -19,6 +19,7 @@
 //! Receivers, protocol details and
 //! HTTP live in `collector/`.
 
+mod background;
 pub mod catalog;
 pub mod compaction;
 pub mod convert;

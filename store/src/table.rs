@@ -39,7 +39,7 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::live::{LiveHeader, LiveTail};
 use crate::object_storage::{ObjectStorage, RemoteTable, SegmentPart};
 use crate::orphans::OrphanSweep;
-use crate::{compaction, index, object_storage, schema, segment, wal};
+use crate::{background, compaction, index, object_storage, schema, segment, wal};
 
 /// Merges running at once in the process, whatever the number of tables and
 /// tenants: each holds up to `flush_bytes` of input in memory.
@@ -95,6 +95,10 @@ pub struct StoreConfig {
     /// Keep segments and catalogs in this object store, with the data
     /// directory holding the WAL and a cache; `None` keeps everything local.
     pub storage: Option<Arc<ObjectStorage>>,
+    /// How much nicer than the process (0–19) merges, and flushes that keep
+    /// up, run, so that they take the cores other work leaves (see
+    /// [`crate::background`]); 0, the default, runs them as the process.
+    pub background_nice: u8,
 }
 
 impl StoreConfig {
@@ -109,6 +113,7 @@ impl StoreConfig {
             retention: None,
             deletion_grace: Duration::from_secs(120),
             storage: None,
+            background_nice: 0,
         }
     }
 }
@@ -535,11 +540,15 @@ impl Table {
 
     /// Writes everything acknowledged so far into a segment now.
     pub async fn flush(&self) -> Result<()> {
+        self.flush_at(Priority::Now).await
+    }
+
+    async fn flush_at(&self, priority: Priority) -> Result<()> {
         let _flushing = self.shared.flushing.lock().await;
         let (done, frozen) = oneshot::channel();
         self.send_command(Command::Freeze { done }).await?;
         frozen.await.map_err(|_| StoreError::Closed)?;
-        self.flush_frozen().await
+        self.flush_frozen(priority).await
     }
 
     /// Queues a command for the WAL thread, waiting (without blocking the
@@ -620,7 +629,7 @@ impl Table {
                     || !state.frozen.is_empty()
             };
             if due {
-                if let Err(e) = self.flush().await {
+                if let Err(e) = self.flush_at(Priority::Background).await {
                     self.shared
                         .stats
                         .flush_errors
@@ -635,23 +644,44 @@ impl Table {
         }
     }
 
-    /// Turns every frozen group into a segment, oldest first.
-    async fn flush_frozen(&self) -> Result<()> {
+    /// Turns every frozen group into a segment, oldest first. A background
+    /// flush runs nicer unless the next one is already due (another group is
+    /// frozen, or half a flush's worth is buffered behind it).
+    async fn flush_frozen(&self, priority: Priority) -> Result<()> {
         loop {
-            let Some(frozen) = self.shared.state.read().frozen.first().cloned() else {
+            let (frozen, behind) = {
+                let state = self.shared.state.read();
+                let behind = state.frozen.len() > 1
+                    || state.active_bytes >= self.shared.config.flush_bytes / 2;
+                (state.frozen.first().cloned(), behind)
+            };
+            let Some(frozen) = frozen else {
                 return Ok(());
+            };
+            let nice = match priority {
+                Priority::Background if !behind => self.shared.config.background_nice,
+                _ => 0,
             };
             let shared = self.shared.clone();
             let up_to = frozen.up_to_wal_seq;
-            tokio::task::spawn_blocking(move || write_frozen(&shared, frozen))
+            background::run("weft-flush", nice, move || write_frozen(&shared, frozen))
                 .await
-                .map_err(|e| StoreError::Io {
+                .map_err(|source| StoreError::Io {
                     path: self.shared.dir.clone(),
-                    source: std::io::Error::other(e),
+                    source,
                 })??;
             delete_wal_up_to(&self.shared.dir.join("wal"), up_to)?;
         }
     }
+}
+
+/// Whether a flush may yield the cores to the request path.
+#[derive(Clone, Copy)]
+enum Priority {
+    /// Asked for (a shutdown, an API call): at the process's priority.
+    Now,
+    /// The flusher's own: nicer while the flushes keep up.
+    Background,
 }
 
 /// Writes one frozen group as a segment and commits it to the catalog.
@@ -785,7 +815,8 @@ impl Table {
                 return;
             };
             let shared = self.shared.clone();
-            let round = tokio::task::spawn_blocking(move || {
+            let nice = shared.config.background_nice;
+            let round = background::run("weft-compact", nice, move || {
                 let _permit = permit;
                 compaction_round(&shared);
             });
