@@ -1409,6 +1409,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nicer_background_flushes_and_merges_still_land_every_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            flush_interval: Duration::from_millis(20),
+            compaction_interval: Duration::from_millis(20),
+            deletion_grace: Duration::from_secs(3600),
+            background_nice: 10,
+            ..StoreConfig::new(dir.path())
+        };
+        let store = Store::open(config).unwrap();
+        let spans = store.table(Signal::Spans);
+        for i in 0..10 {
+            spans.append(test_spans(i * 2 + 1, 2)).await.unwrap();
+            // Flushed by the table's own (background) flusher.
+            let stored = 2 * (u64::from(i) + 1);
+            until("a background flush", || {
+                rows(&spans.snapshot()) == (stored, 0)
+            })
+            .await;
+        }
+        until("a merge", || {
+            let snapshot = spans.snapshot();
+            assert_eq!(rows(&snapshot), (20, 0), "a row went missing or doubled");
+            snapshot.segments.len() == 1
+        })
+        .await;
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn retention_drops_segments_whose_rows_are_all_older_and_deletes_their_files() {
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig {
