@@ -786,13 +786,18 @@ mod tests {
             ..Telemetry::start(&TelemetryConfig::default(), "test-proxy").unwrap()
         };
         let server = telemetry.server_span(&HeaderMap::new(), "GET", |_| {});
+        let tags = KeyValue::new(
+            "tags",
+            Value::Array(Array::String(vec!["a".into(), "b".into()])),
+        );
         let client = telemetry.client_span(server.context(), "GET", |attributes| {
-            attributes.str("peer.service", "crm-database");
+            attributes.str("peer.service", "crm-database").add(&tags);
         });
         client.end(None, Some("connect: refused".to_string()));
         let client = OtlpSpan::decode(ended.try_recv().unwrap().as_slice()).unwrap();
         let mut attributes = vec![
             KeyValue::new("peer.service", "crm-database"),
+            tags.clone(),
             KeyValue::new("error.type", "connect: refused"),
         ];
         assert_eq!(
