@@ -63,8 +63,9 @@ pub fn time_column(signal: Signal) -> &'static str {
 
 /// Merges `batches` (at least one) into one batch in the table's segment order.
 ///
-/// The sort key columns are encoded with Arrow's row format, which compares
-/// as plain bytes; the rows are then moved as runs (see [`crate::reorder`]).
+/// The order comes from a fixed-width key per row ([`fixed_width_order`]),
+/// or Arrow's row format for keys conversion does not write; the rows are
+/// then moved as runs (see [`crate::reorder`]).
 pub fn sort_for_locality(signal: Signal, batches: &[RecordBatch]) -> Result<RecordBatch> {
     let order = match fixed_width_order(signal, batches) {
         Some(order) => order,
