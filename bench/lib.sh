@@ -21,14 +21,20 @@ wait_for() {
   echo "not answering: $1" >&2; exit 1
 }
 
-# Three seconds of the same load on a port, not measured.
+# Three seconds of the same load on a port, not measured; further arguments
+# go to wrk.
 warm_up() {
-  wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$1/" >/dev/null
+  local port=$1
+  shift
+  wrk -t2 -c"$CONNECTIONS" -d3s "$@" "http://127.0.0.1:$port/" >/dev/null
 }
 
-# Requests/s, p50 and p99 (as wrk prints them) and errors of one wrk run on a port.
+# Requests/s, p50 and p99 (as wrk prints them) and errors of one wrk run on a
+# port; further arguments go to wrk.
 measure() {
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" > "$WORK/wrk.out"
+  local port=$1
+  shift
+  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port/" > "$WORK/wrk.out"
   local rps p50 p99 errors
   rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
   p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
@@ -46,14 +52,8 @@ measure_at_rate() {
   local port=$1 rate=$2
   awk -v c="$CONNECTIONS" -v r="$rate" 'BEGIN { printf "function delay() return %.3f end\n", c * 1000 / r }' \
     > "$WORK/rate.lua"
-  wrk -t2 -c"$CONNECTIONS" -d3s -s "$WORK/rate.lua" "http://127.0.0.1:$port/" >/dev/null
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/rate.lua" "http://127.0.0.1:$port/" > "$WORK/wrk.out"
-  local rps p50 p99 errors
-  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
-  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
-  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
-  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk.out" | tr '\n' ' ')
-  echo "$rps|$p50|$p99|${errors:-none}"
+  warm_up "$port" -s "$WORK/rate.lua"
+  measure "$port" -s "$WORK/rate.lua"
 }
 
 # CPU time (user + system) of one process so far, in clock ticks.
