@@ -83,7 +83,7 @@ pub fn sort_for_locality(signal: Signal, batches: &[RecordBatch]) -> Result<Reco
 /// conversion does not write (a null, a trace id that is not 32 lowercase hex
 /// digits); [`row_order`] sorts those.
 fn fixed_width_order(signal: Signal, batches: &[RecordBatch]) -> Option<Vec<u32>> {
-    let services = ServiceRanks::of(batches)?;
+    let services = service_ranks(batches)?;
     let times = |batch: &RecordBatch| {
         let column = batch.column_by_name(time_column(signal))?;
         let times = column.as_primitive_opt::<TimestampNanosecondType>()?;
@@ -92,7 +92,7 @@ fn fixed_width_order(signal: Signal, batches: &[RecordBatch]) -> Option<Vec<u32>
     let mut row = 0u32;
     match signal {
         Signal::Spans => {
-            let mut keys: Vec<(u32, u128, i64, u32)> = Vec::with_capacity(services.ranks.len());
+            let mut keys: Vec<(u32, u128, i64, u32)> = Vec::with_capacity(services.len());
             for batch in batches {
                 let trace_ids = batch.column_by_name("trace_id")?.as_string_opt::<i32>()?;
                 if trace_ids.null_count() > 0 {
@@ -101,7 +101,7 @@ fn fixed_width_order(signal: Signal, batches: &[RecordBatch]) -> Option<Vec<u32>
                 let times = times(batch)?;
                 for (trace_id, time) in trace_ids.iter().zip(times.iter()) {
                     let trace = hex_u128(trace_id?)?;
-                    keys.push((services.ranks[row as usize], trace, *time, row));
+                    keys.push((services[row as usize], trace, *time, row));
                     row += 1;
                 }
             }
@@ -109,10 +109,10 @@ fn fixed_width_order(signal: Signal, batches: &[RecordBatch]) -> Option<Vec<u32>
             Some(keys.into_iter().map(|key| key.3).collect())
         }
         Signal::Logs => {
-            let mut keys: Vec<(u32, i64, u32)> = Vec::with_capacity(services.ranks.len());
+            let mut keys: Vec<(u32, i64, u32)> = Vec::with_capacity(services.len());
             for batch in batches {
                 for time in times(batch)?.iter() {
-                    keys.push((services.ranks[row as usize], *time, row));
+                    keys.push((services[row as usize], *time, row));
                     row += 1;
                 }
             }
@@ -123,54 +123,49 @@ fn fixed_width_order(signal: Signal, batches: &[RecordBatch]) -> Option<Vec<u32>
 }
 
 /// Each row's service as its rank among the distinct service names of the
-/// batches, in byte order (as [`row_order`] compares them).
-struct ServiceRanks {
-    ranks: Vec<u32>,
-}
-
-impl ServiceRanks {
-    fn of(batches: &[RecordBatch]) -> Option<Self> {
-        // Rows of one resource come together and share their service: the
-        // previous row's name is checked before the map.
-        let mut ids: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
-        let mut names: Vec<&str> = Vec::new();
-        let mut ranks: Vec<u32> = Vec::new();
-        for batch in batches {
-            let column = batch
-                .column_by_name("service_name")?
-                .as_string_opt::<i32>()?;
-            if column.null_count() > 0 {
-                return None;
-            }
-            let mut last: Option<(&str, u32)> = None;
-            for name in column.iter() {
-                let name = name?;
-                let id = match last {
-                    Some((previous, id)) if previous == name => id,
-                    _ => {
-                        let next = names.len() as u32;
-                        let id = *ids.entry(name).or_insert(next);
-                        if id == next {
-                            names.push(name);
-                        }
-                        last = Some((name, id));
-                        id
+/// batches, in byte order (as [`row_order`] compares them); `None` if a
+/// batch's `service_name` is missing, not text, or holds a null.
+fn service_ranks(batches: &[RecordBatch]) -> Option<Vec<u32>> {
+    // Rows of one resource come together and share their service: the
+    // previous row's name is checked before the map.
+    let mut ids: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
+    let mut names: Vec<&str> = Vec::new();
+    let mut ranks: Vec<u32> = Vec::new();
+    for batch in batches {
+        let column = batch
+            .column_by_name("service_name")?
+            .as_string_opt::<i32>()?;
+        if column.null_count() > 0 {
+            return None;
+        }
+        let mut last: Option<(&str, u32)> = None;
+        for name in column.iter() {
+            let name = name?;
+            let id = match last {
+                Some((previous, id)) if previous == name => id,
+                _ => {
+                    let next = names.len() as u32;
+                    let id = *ids.entry(name).or_insert(next);
+                    if id == next {
+                        names.push(name);
                     }
-                };
-                ranks.push(id);
-            }
+                    last = Some((name, id));
+                    id
+                }
+            };
+            ranks.push(id);
         }
-        let mut by_name: Vec<u32> = (0..names.len() as u32).collect();
-        by_name.sort_unstable_by_key(|&id| names[id as usize]);
-        let mut rank_of = vec![0u32; names.len()];
-        for (rank, id) in by_name.into_iter().enumerate() {
-            rank_of[id as usize] = rank as u32;
-        }
-        for id in &mut ranks {
-            *id = rank_of[*id as usize];
-        }
-        Some(ServiceRanks { ranks })
     }
+    let mut by_name: Vec<u32> = (0..names.len() as u32).collect();
+    by_name.sort_unstable_by_key(|&id| names[id as usize]);
+    let mut rank_of = vec![0u32; names.len()];
+    for (rank, id) in by_name.into_iter().enumerate() {
+        rank_of[id as usize] = rank as u32;
+    }
+    for id in &mut ranks {
+        *id = rank_of[*id as usize];
+    }
+    Some(ranks)
 }
 
 /// The value of 32 lowercase hex digits; `None` for anything else.
