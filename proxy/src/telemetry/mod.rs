@@ -14,25 +14,25 @@
 //! `SpanData`, a regrouping by resource and scope at export, a second
 //! conversion into protobuf messages, and a deep copy of every log record;
 //! BENCHMARKS.md, *Proxies build OTLP directly*). The SDK still gives the
-//! ids, the resource and the W3C trace-context parsing.
+//! ids; W3C trace context is read and written here, checked against the
+//! SDK's propagator in the tests.
 
 mod export;
 mod wire;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, TraceId};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_proto::tonic::common::v1 as otlp_common;
 use opentelemetry_proto::tonic::logs::v1::SeverityNumber;
 use opentelemetry_proto::tonic::trace::v1::{span, status, SpanFlags, Status};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
@@ -135,7 +135,6 @@ pub struct Telemetry {
     /// Fraction of new traces recorded.
     sampling: f64,
     ids: RandomIdGenerator,
-    propagator: TraceContextPropagator,
     counters: Arc<TelemetryCounters>,
     stop: watch::Sender<bool>,
     exporters: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -204,7 +203,6 @@ impl Telemetry {
             logs,
             sampling: config.sampling,
             ids: RandomIdGenerator::default(),
-            propagator: TraceContextPropagator::new(),
             counters,
             stop,
             exporters: Mutex::new(exporters),
@@ -225,10 +223,23 @@ impl Telemetry {
     }
 
     /// The caller's trace context from its `traceparent`/`tracestate`
-    /// (an invalid context when there is none).
+    /// (an invalid context when there is none, or when `traceparent` is not
+    /// W3C Trace Context). Parsed here rather than by the SDK's propagator,
+    /// which builds a `Context` and a `Vec` of the header's parts on every
+    /// proxied request.
     pub fn extract(&self, headers: &HeaderMap) -> SpanContext {
-        let cx = self.propagator.extract(&HeaderExtractor(headers));
-        cx.span().span_context().clone()
+        let Some((trace_id, span_id, flags)) = headers
+            .get(&TRACEPARENT)
+            .and_then(|value| parse_traceparent(value.as_bytes()))
+        else {
+            return SpanContext::empty_context();
+        };
+        let state = headers
+            .get(&TRACESTATE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| TraceState::from_str(value).ok())
+            .unwrap_or_default();
+        SpanContext::new(trace_id, span_id, flags, true, state)
     }
 
     /// Starts a CLIENT span for one upstream attempt, child of `parent`.
@@ -660,16 +671,42 @@ fn traceparent(cx: &SpanContext) -> HeaderValue {
     HeaderValue::from_bytes(&value).expect("hex digits and dashes")
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+/// A `traceparent` value's trace id, parent id and sampled flag, as W3C
+/// Trace Context reads it: `version-traceid-parentid-flags` in lowercase hex,
+/// exactly that for version `00`; a later version may append `-` and more,
+/// which is ignored; `ff` and all-zero ids are invalid.
+fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let value = value.trim_ascii();
+    if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
     }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
+    let version = lower_hex::<1>(&value[..2])?[0];
+    let exact = value.len() == 55;
+    if version == 0xff || (version == 0 && !exact) || (!exact && value[55] != b'-') {
+        return None;
     }
+    let trace_id = TraceId::from_bytes(lower_hex(&value[3..35])?);
+    let span_id = SpanId::from_bytes(lower_hex(&value[36..52])?);
+    let flags = TraceFlags::new(lower_hex::<1>(&value[53..55])?[0]) & TraceFlags::SAMPLED;
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID)
+        .then_some((trace_id, span_id, flags))
+}
+
+/// `N` bytes from `2 × N` lowercase hex digits (W3C Trace Context allows no
+/// uppercase).
+fn lower_hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            _ => None,
+        }
+    }
+    let mut bytes = [0; N];
+    for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(bytes)
 }
 
 /// Reports [`TelemetryCounters`] at scrape time as
@@ -858,8 +895,11 @@ mod tests {
 
     #[test]
     fn trace_context_is_written_as_the_sdks_propagator_writes_it() {
-        use opentelemetry::trace::{SpanId, TraceFlags, TraceState};
+        use opentelemetry::propagation::TextMapPropagator;
+        use opentelemetry::trace::TraceContextExt;
+        use opentelemetry_sdk::propagation::TraceContextPropagator;
         use std::collections::HashMap;
+        let propagator = TraceContextPropagator::new();
         let telemetry = Telemetry::start(&TelemetryConfig::default(), "test-proxy").unwrap();
         let ids = RandomIdGenerator::default();
         let state = TraceState::from_key_value([("vendor", "opaque1"), ("other", "x")]).unwrap();
@@ -870,7 +910,7 @@ mod tests {
         ] {
             let cx = SpanContext::new(ids.new_trace_id(), ids.new_span_id(), flags, true, state);
             let mut sdk = HashMap::new();
-            telemetry.propagator.inject_context(
+            propagator.inject_context(
                 &opentelemetry::Context::new().with_remote_span_context(cx.clone()),
                 &mut sdk,
             );
@@ -892,6 +932,111 @@ mod tests {
         );
         telemetry.inject(&none, &mut headers);
         assert!(headers.is_empty());
+    }
+
+    /// The trace context the SDK's propagator reads from the same headers.
+    fn sdk_extract(headers: &HeaderMap) -> SpanContext {
+        use opentelemetry::propagation::{Extractor, TextMapPropagator};
+        use opentelemetry::trace::TraceContextExt;
+        struct Headers<'a>(&'a HeaderMap);
+        impl Extractor for Headers<'_> {
+            fn get(&self, key: &str) -> Option<&str> {
+                self.0.get(key).and_then(|v| v.to_str().ok())
+            }
+            fn keys(&self) -> Vec<&str> {
+                self.0.keys().map(|k| k.as_str()).collect()
+            }
+        }
+        let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+        let cx = propagator.extract_with_context(&opentelemetry::Context::new(), &Headers(headers));
+        cx.span().span_context().clone()
+    }
+
+    fn trace_headers(traceparent: &str, tracestate: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(traceparent) {
+            headers.insert(&TRACEPARENT, value);
+        }
+        if let Some(state) = tracestate.and_then(|s| HeaderValue::from_str(s).ok()) {
+            headers.insert(&TRACESTATE, state);
+        }
+        headers
+    }
+
+    #[test]
+    fn trace_context_is_read_as_w3c_trace_context_says() {
+        let telemetry = Telemetry::start(&TelemetryConfig::default(), "test-proxy").unwrap();
+        let read = |traceparent: &str| telemetry.extract(&trace_headers(traceparent, None));
+        let cx = read("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(cx.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(cx.is_sampled() && cx.is_remote());
+        // Unknown flags are dropped; a later version may carry more fields.
+        assert_eq!(
+            read("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03").trace_flags(),
+            TraceFlags::SAMPLED
+        );
+        assert!(read("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what").is_valid());
+        for invalid in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.what",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        ] {
+            assert!(!read(invalid).is_valid(), "{invalid:?} was read");
+        }
+    }
+
+    use proptest::prelude::Just;
+
+    proptest::proptest! {
+        /// Whatever `extract` reads, the SDK's propagator reads the same;
+        /// well-formed headers are read by both. (The SDK also takes some
+        /// malformed ones, such as ids shorter than W3C's.)
+        #[test]
+        fn trace_context_is_read_as_the_sdks_propagator_reads_it(
+            version in proptest::prop_oneof![Just(0_u8), Just(0xff), proptest::num::u8::ANY],
+            trace_id in proptest::prop_oneof![Just(0_u128), proptest::num::u128::ANY],
+            span_id in proptest::prop_oneof![Just(0_u64), proptest::num::u64::ANY],
+            flags in proptest::num::u8::ANY,
+            suffix in proptest::prop_oneof![Just(String::new()), "[-.a-z0-9]{0,6}"],
+            // Where to damage the header, and with what.
+            damage in proptest::option::of((0_usize..64, proptest::char::range(' ', '~'))),
+            tracestate in proptest::option::of("[a-z0-9=,@ -]{0,24}"),
+        ) {
+            let mut traceparent =
+                format!("{version:02x}-{trace_id:032x}-{span_id:016x}-{flags:02x}{suffix}");
+            if let Some((at, with)) = damage {
+                if at < traceparent.len() {
+                    traceparent.replace_range(at..at + 1, &with.to_string());
+                }
+            }
+            let headers = trace_headers(&traceparent, tracestate.as_deref());
+            let telemetry = Telemetry::start(&TelemetryConfig::default(), "test-proxy").unwrap();
+            let ours = telemetry.extract(&headers);
+            let sdk = sdk_extract(&headers);
+            if ours.is_valid() {
+                proptest::prop_assert_eq!(&ours, &sdk);
+            }
+            let well_formed = damage.is_none()
+                && trace_id != 0
+                && span_id != 0
+                && version != 0xff
+                && (suffix.is_empty() || (version != 0 && suffix.starts_with('-')));
+            if well_formed {
+                proptest::prop_assert!(ours.is_valid(), "{} not read", traceparent);
+                proptest::prop_assert_eq!(&ours, &sdk);
+            }
+        }
     }
 
     #[test]
