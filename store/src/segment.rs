@@ -218,7 +218,12 @@ fn row_order(signal: Signal, batches: &[RecordBatch]) -> Result<Vec<u32>> {
     Ok(order)
 }
 
-fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> WriterProperties {
+/// How `rows` rows of `signal` are written.
+fn writer_properties(
+    signal: Signal,
+    schema: &arrow::datatypes::Schema,
+    rows: usize,
+) -> WriterProperties {
     let sorting = sort_columns(signal)
         .iter()
         .map(|name| SortingColumn {
@@ -240,8 +245,14 @@ fn writer_properties(signal: Signal, schema: &arrow::datatypes::Schema) -> Write
         .set_data_page_row_count_limit(DATA_PAGE_ROWS)
         .set_sorting_columns(Some(sorting))
         .set_created_by(format!("weft {}", env!("CARGO_PKG_VERSION")));
+    // A row group holds at most `ROW_GROUP_ROWS` distinct ids. Sized for
+    // Parquet's default (a million) instead, each filter would be a zeroed
+    // MiB, folded down after the row group is written.
+    let ids_per_row_group = rows.clamp(1, ROW_GROUP_ROWS) as u64;
     for id in ["trace_id", "span_id"] {
-        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(id), true);
+        builder = builder
+            .set_column_bloom_filter_enabled(ColumnPath::from(id), true)
+            .set_column_bloom_filter_max_ndv(ColumnPath::from(id), ids_per_row_group);
     }
     // Span ids are unique per row: a dictionary would only cost time. Other
     // columns repeat in runs once sorted — a trace's span ids side by side, a
@@ -306,7 +317,11 @@ pub fn write_segment(signal: Signal, batch: &RecordBatch, path: &Path) -> Result
     let writer = ArrowWriter::try_new(
         file,
         batch.schema(),
-        Some(writer_properties(signal, batch.schema_ref())),
+        Some(writer_properties(
+            signal,
+            batch.schema_ref(),
+            batch.num_rows(),
+        )),
     )?;
     // The ArrowWriter writes the schema as Parquet and Arrow metadata; its
     // lower-level parts let each row group's columns be encoded at once.
