@@ -269,6 +269,9 @@ pub fn index_schema(signal: Signal) -> Schema {
     builder.build()
 }
 
+/// How many of a row's map entries [`RowsByValue`] remembers the last value of.
+const RECENT_POSITIONS: usize = 64;
+
 /// The distinct non-empty values of one column, in the order they first
 /// appear, each with the rows that hold it (ascending, each row once).
 struct RowsByValue<'a> {
@@ -287,31 +290,50 @@ impl<'a> RowsByValue<'a> {
         let mut values: Vec<&str> = Vec::new();
         let mut last_row: Vec<u32> = Vec::new();
         let mut pairs: Vec<(u32, u32)> = Vec::new();
-        let mut note = |value: &'a str, row: u32| {
+        // The value last seen at each position of a row (a text column has
+        // one; a map, one per entry up to `RECENT_POSITIONS`) and its number.
+        // Rows of one shape side by side often repeat a value where the row
+        // before had it (a method, a status, a tier), and comparing it with
+        // that value costs less than hashing it.
+        let mut recent: Vec<(&'a str, u32)> = Vec::new();
+        let mut note = |value: &'a str, row: u32, position: usize| {
             if value.is_empty() {
                 return;
             }
-            let next = values.len() as u32;
-            let id = *ids.entry(value).or_insert(next);
-            if id == next {
-                values.push(value);
-                last_row.push(row);
-            } else if last_row[id as usize] == row {
-                // A map may hold one value under several keys; its row counts once.
-                return;
-            } else {
+            let id = match recent.get(position) {
+                Some(&(seen, id)) if seen == value => id,
+                _ => {
+                    let next = values.len() as u32;
+                    let id = *ids.entry(value).or_insert(next);
+                    if id == next {
+                        values.push(value);
+                        last_row.push(u32::MAX);
+                    }
+                    if position < RECENT_POSITIONS {
+                        if position >= recent.len() {
+                            recent.resize(position + 1, ("", 0));
+                        }
+                        recent[position] = (value, id);
+                    }
+                    id
+                }
+            };
+            // A map may hold one value under several keys; its row counts once.
+            if last_row[id as usize] != row {
                 last_row[id as usize] = row;
+                pairs.push((id, row));
             }
-            pairs.push((id, row));
         };
         match column.as_map_opt() {
             Some(map) => {
                 let map_values = map.values().as_string::<i32>();
                 let offsets = map.value_offsets();
                 for row in 0..map.len() {
-                    for i in offsets[row] as usize..offsets[row + 1] as usize {
+                    let entries = offsets[row] as usize..offsets[row + 1] as usize;
+                    let first = entries.start;
+                    for i in entries {
                         if map_values.is_valid(i) {
-                            note(map_values.value(i), row as u32);
+                            note(map_values.value(i), row as u32, i - first);
                         }
                     }
                 }
@@ -320,7 +342,7 @@ impl<'a> RowsByValue<'a> {
                 let text: &StringArray = column.as_string::<i32>();
                 for row in 0..text.len() {
                     if text.is_valid(row) {
-                        note(text.value(row), row as u32);
+                        note(text.value(row), row as u32, 0);
                     }
                 }
             }
@@ -680,6 +702,48 @@ mod tests {
         let found = RowsByValue::of_column(&names);
         let found: Vec<(&str, Vec<u32>)> = found.iter().map(|(v, r)| (v, r.to_vec())).collect();
         assert_eq!(found, vec![("GET", vec![0, 3]), ("POST", vec![2])]);
+    }
+
+    proptest::proptest! {
+        /// Rows of a few shapes over a small alphabet, so values repeat at
+        /// the same positions, at others, and twice in one row: each distinct
+        /// value, in the order it first appears, lists the rows holding it.
+        #[test]
+        fn rows_by_value_are_what_a_plain_scan_finds(
+            rows in proptest::collection::vec(
+                proptest::collection::vec(proptest::option::of(0_u8..6), 0..6),
+                0..60,
+            ),
+        ) {
+            use arrow::array::{MapBuilder, StringBuilder};
+            let text = |v: u8| if v == 0 { String::new() } else { format!("v{v}") };
+            let mut builder = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+            for row in &rows {
+                for (key, value) in row.iter().enumerate() {
+                    builder.keys().append_value(format!("k{key}"));
+                    builder.values().append_option(value.map(text));
+                }
+                builder.append(true).unwrap();
+            }
+            let map = builder.finish();
+            let mut expected: Vec<(String, Vec<u32>)> = Vec::new();
+            for (row, entries) in rows.iter().enumerate() {
+                for value in entries.iter().flatten().map(|v| text(*v)) {
+                    if value.is_empty() {
+                        continue;
+                    }
+                    match expected.iter_mut().find(|(seen, _)| *seen == value) {
+                        Some((_, rows)) if rows.last() == Some(&(row as u32)) => {}
+                        Some((_, rows)) => rows.push(row as u32),
+                        None => expected.push((value, vec![row as u32])),
+                    }
+                }
+            }
+            let found = RowsByValue::of_column(&map);
+            let found: Vec<(String, Vec<u32>)> =
+                found.iter().map(|(v, r)| (v.to_string(), r.to_vec())).collect();
+            proptest::prop_assert_eq!(found, expected);
+        }
     }
 
     #[test]
