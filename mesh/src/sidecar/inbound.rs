@@ -271,16 +271,23 @@ async fn forward_to_app(
         Some(value) => parts.headers.insert(X_FORWARDED_CLIENT_CERT, value.clone()),
         None => parts.headers.remove(X_FORWARDED_CLIENT_CERT),
     };
-    let target = uri::absolute(
-        http::uri::Scheme::HTTP,
-        Some(shared.app_authority.clone()),
-        uri::path_and_query(&parts.uri),
-    );
+    // HTTP/2 names the app in `:authority`; HTTP/1.1 sends the path alone.
+    let http2 = shared.app_protocol == AppProtocol::Http2;
+    let path_and_query = uri::path_and_query(&parts.uri);
+    let target = if http2 {
+        uri::absolute(
+            http::uri::Scheme::HTTP,
+            Some(shared.app_authority.clone()),
+            path_and_query,
+        )
+    } else {
+        Some(http::Uri::from(path_and_query))
+    };
     parts.uri = match target {
         Some(uri) => uri,
         None => return message_response::<Body>(StatusCode::BAD_REQUEST, "invalid request target"),
     };
-    parts.version = if shared.app_protocol == AppProtocol::Http2 {
+    parts.version = if http2 {
         http::Version::HTTP_2
     } else {
         http::Version::HTTP_11
@@ -292,7 +299,7 @@ async fn forward_to_app(
         }
     }
     let request = http::Request::from_parts(parts, Body::new(body));
-    match shared.app_client.get().request(request).await {
+    match shared.app_connections.get().send(request).await {
         Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             if let Some(caller_upgrade) = caller_upgrade {
                 let app_upgrade = hyper::upgrade::on(&mut response);

@@ -11,6 +11,7 @@
 //! keeps serving with what it last had.
 
 mod admin;
+mod app;
 mod control_plane;
 mod inbound;
 mod metrics;
@@ -22,9 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rcgen::{CertificateParams, KeyPair};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,6 +34,7 @@ use crate::policy::CompiledPolicies;
 use crate::spiffe::SpiffeId;
 use crate::tls::MeshTls;
 
+use self::app::AppConnections;
 use self::control_plane::{CallError, ControlPlaneClient};
 use self::metrics::SidecarMetrics;
 use self::outbound::Destination;
@@ -119,8 +118,8 @@ pub(crate) struct Shared {
     pub(crate) telemetry: ArcSwap<Telemetry>,
     telemetry_counters: Arc<TelemetryCounters>,
     pub(crate) metrics: SidecarMetrics,
-    /// Each worker's connection pool to the app.
-    pub(crate) app_client: PerWorker<Client<HttpConnector, Body>>,
+    /// Each worker's connections to the app.
+    pub(crate) app_connections: PerWorker<AppConnections>,
     pub(crate) outbound: BTreeMap<String, SocketAddr>,
 }
 
@@ -207,18 +206,11 @@ impl Sidecar {
             &telemetry_counters,
         )
         .map_err(SidecarError::Invalid)?;
-        // Without TCP_NODELAY a request body written after its head waits
-        // for the head's delayed ACK: 40 ms on Linux.
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         let workers = options.workers.max(1);
-        // A pool per worker: a pooled connection's task runs where it was
-        // opened, so sharing one pool would send requests across threads.
-        let app_client = PerWorker::new(workers, |_| {
-            Client::builder(TokioExecutor::new())
-                .http2_only(options.app_protocol == AppProtocol::Http2)
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(connector.clone())
+        // Connections per worker: a connection's task runs where it was
+        // opened, so sharing them would send requests across threads.
+        let app_connections = PerWorker::new(workers, |_| {
+            AppConnections::new(options.app, options.app_protocol)
         });
         let metrics = SidecarMetrics::new(telemetry_counters.clone());
         metrics.certificate_issued(tls.not_after);
@@ -242,7 +234,7 @@ impl Sidecar {
             telemetry: ArcSwap::from_pointee(telemetry),
             telemetry_counters,
             metrics,
-            app_client,
+            app_connections,
             outbound: outbound_listeners
                 .iter()
                 .filter_map(|(service, l)| Some((service.clone(), l.local_addr().ok()?)))
