@@ -10,20 +10,30 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::Fields;
 
+use super::capacity::{self, Text};
 use super::values::{append_text, write_text};
 use super::wire::{self, AnyValue, Result};
 use crate::schema::{list_item_field, text_map_entries_field, text_map_entry_fields};
 
 /// Builds a `map<text, text>` column from OTLP key-values.
-#[derive(Default)]
 pub(crate) struct TextMapBuilder {
-    keys: StringBuilder,
-    values: StringBuilder,
+    keys: Text,
+    values: Text,
     offsets: Vec<i32>,
     scratch: String,
 }
 
 impl TextMapBuilder {
+    /// The builder of `column` (`spans.attributes`).
+    pub(crate) fn new(column: &'static str) -> Self {
+        Self {
+            keys: Text::new((column, "key")),
+            values: Text::new((column, "value")),
+            offsets: Vec::new(),
+            scratch: String::new(),
+        }
+    }
+
     /// Appends one row holding the `KeyValue`s of the repeated field `tag` of
     /// `bytes`, an encoded `message`.
     pub(crate) fn append(&mut self, message: &'static str, bytes: &[u8], tag: u32) -> Result<()> {
@@ -145,15 +155,24 @@ impl ListOffsets {
 }
 
 /// The `events` column of `spans`: list of struct(time, name, attributes).
-#[derive(Default)]
 pub(crate) struct EventsBuilder {
     rows: ListOffsets,
     time: TimestampNanosecondBuilder,
-    name: StringBuilder,
+    name: Text,
     attributes: TextMapBuilder,
 }
 
 impl EventsBuilder {
+    pub(crate) fn new() -> Self {
+        const NAME: (&str, &str) = ("spans.events", "name");
+        Self {
+            rows: ListOffsets::default(),
+            time: TimestampNanosecondBuilder::with_capacity(capacity::items(NAME)),
+            name: Text::new(NAME),
+            attributes: TextMapBuilder::new("spans.events.attributes"),
+        }
+    }
+
     /// Appends one row: `events`, each an encoded `Span.Event`.
     pub(crate) fn append(&mut self, events: &[&[u8]]) -> Result<()> {
         for event in events {
@@ -191,16 +210,25 @@ impl EventsBuilder {
 }
 
 /// The `links` column of `spans`: list of struct(trace_id, span_id, trace_state, attributes).
-#[derive(Default)]
 pub(crate) struct LinksBuilder {
     rows: ListOffsets,
-    trace_id: StringBuilder,
-    span_id: StringBuilder,
-    trace_state: StringBuilder,
+    trace_id: Text,
+    span_id: Text,
+    trace_state: Text,
     attributes: TextMapBuilder,
 }
 
 impl LinksBuilder {
+    pub(crate) fn new() -> Self {
+        Self {
+            rows: ListOffsets::default(),
+            trace_id: Text::new(("spans.links", "trace_id")),
+            span_id: Text::new(("spans.links", "span_id")),
+            trace_state: Text::new(("spans.links", "trace_state")),
+            attributes: TextMapBuilder::new("spans.links.attributes"),
+        }
+    }
+
     /// Appends one row: `links`, each an encoded `Span.Link` whose ids were
     /// checked (see [`Link::read`]).
     pub(crate) fn append(&mut self, links: &[&[u8]]) -> Result<()> {

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::{
-    ArrayRef, Int32Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+    ArrayBuilder, ArrayRef, Int32Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 
+use super::capacity::{self, Text};
 use super::columns::{append_non_empty, clamp_nanos, TextMapBuilder};
 use super::values::append_text;
 use super::wire::{self, AnyValue, WireError};
@@ -27,7 +28,7 @@ pub fn logs_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
     let received = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut columns = LogColumns::default();
+    let mut columns = LogColumns::new();
     let mut rejections = Rejections::default();
     // One record's fields at a time, its attributes' buffer reused.
     let mut record = LogFields::default();
@@ -106,24 +107,46 @@ impl<'a> LogFields<'a> {
     }
 }
 
-#[derive(Default)]
 struct LogColumns {
     time: TimestampNanosecondBuilder,
     observed_time: TimestampNanosecondBuilder,
     severity_number: Int32Builder,
-    severity_text: StringBuilder,
-    body: StringBuilder,
-    trace_id: StringBuilder,
-    span_id: StringBuilder,
-    service_name: StringBuilder,
+    severity_text: Text,
+    body: Text,
+    trace_id: Text,
+    span_id: Text,
+    service_name: Text,
     attributes: TextMapBuilder,
     resource_attributes: TextMapBuilder,
-    scope_name: StringBuilder,
-    event_name: StringBuilder,
+    scope_name: Text,
+    event_name: Text,
     scratch: String,
 }
 
+/// Rows in the last batch of log records, for the builders of numbers.
+const ROWS: (&str, &str) = ("logs", "rows");
+
 impl LogColumns {
+    fn new() -> Self {
+        let rows = capacity::items(ROWS);
+        let text = |column| Text::new(("logs", column));
+        Self {
+            time: TimestampNanosecondBuilder::with_capacity(rows),
+            observed_time: TimestampNanosecondBuilder::with_capacity(rows),
+            severity_number: Int32Builder::with_capacity(rows),
+            severity_text: text("severity_text"),
+            body: text("body"),
+            trace_id: text("trace_id"),
+            span_id: text("span_id"),
+            service_name: text("service_name"),
+            attributes: TextMapBuilder::new("logs.attributes"),
+            resource_attributes: TextMapBuilder::new("logs.resource_attributes"),
+            scope_name: text("scope_name"),
+            event_name: text("event_name"),
+            scratch: String::new(),
+        }
+    }
+
     fn append(
         &mut self,
         record: &LogFields<'_>,
@@ -157,6 +180,7 @@ impl LogColumns {
     }
 
     fn finish(mut self) -> RecordBatch {
+        capacity::note_items(ROWS, self.time.len());
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.time.finish().with_timezone("UTC")),
             Arc::new(self.observed_time.finish().with_timezone("UTC")),

@@ -7,6 +7,7 @@
 //! receiver can answer with an OTLP partial success while keeping the rest of
 //! the request. A request that is not valid protobuf fails as a whole.
 
+mod capacity;
 mod columns;
 mod logs;
 mod spans;

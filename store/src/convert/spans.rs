@@ -3,13 +3,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{
-    ArrayBuilder, ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
-};
+use arrow::array::{ArrayBuilder, ArrayRef, Int64Builder, RecordBatch, TimestampNanosecondBuilder};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use prost::Message;
 
+use super::capacity::{self, Text};
 use super::columns::{
     append_non_empty, clamp_nanos, EventsBuilder, Link, LinksBuilder, TextMapBuilder,
 };
@@ -155,28 +154,30 @@ pub(crate) fn status_name(code: i32) -> &'static str {
 }
 
 enum PromotedBuilder {
-    Text(StringBuilder),
+    Text(Text),
     Int(Int64Builder),
 }
 
-#[derive(Default)]
+/// Rows in the last batch of spans, for the builders of numbers.
+const ROWS: (&str, &str) = ("spans", "rows");
+
 struct SpanColumns {
-    trace_id: StringBuilder,
-    span_id: StringBuilder,
-    parent_span_id: StringBuilder,
-    trace_state: StringBuilder,
-    service_name: StringBuilder,
-    name: StringBuilder,
-    kind: StringBuilder,
+    trace_id: Text,
+    span_id: Text,
+    parent_span_id: Text,
+    trace_state: Text,
+    service_name: Text,
+    name: Text,
+    kind: Text,
     start_time: TimestampNanosecondBuilder,
     end_time: TimestampNanosecondBuilder,
     duration_ns: Int64Builder,
-    status_code: StringBuilder,
-    status_message: StringBuilder,
+    status_code: Text,
+    status_message: Text,
     attributes: TextMapBuilder,
     resource_attributes: TextMapBuilder,
-    scope_name: StringBuilder,
-    scope_version: StringBuilder,
+    scope_name: Text,
+    scope_version: Text,
     events: EventsBuilder,
     links: LinksBuilder,
     promoted: Vec<PromotedBuilder>,
@@ -185,16 +186,36 @@ struct SpanColumns {
 
 impl SpanColumns {
     fn new() -> Self {
+        let rows = capacity::items(ROWS);
         let promoted = PROMOTED_SPAN_COLUMNS
             .iter()
             .map(|p| match p.kind {
-                PromotedKind::Text => PromotedBuilder::Text(StringBuilder::new()),
-                PromotedKind::Int => PromotedBuilder::Int(Int64Builder::new()),
+                PromotedKind::Text => PromotedBuilder::Text(Text::new(("spans", p.column))),
+                PromotedKind::Int => PromotedBuilder::Int(Int64Builder::with_capacity(rows)),
             })
             .collect();
+        let text = |column| Text::new(("spans", column));
         Self {
+            trace_id: text("trace_id"),
+            span_id: text("span_id"),
+            parent_span_id: text("parent_span_id"),
+            trace_state: text("trace_state"),
+            service_name: text("service_name"),
+            name: text("name"),
+            kind: text("kind"),
+            start_time: TimestampNanosecondBuilder::with_capacity(rows),
+            end_time: TimestampNanosecondBuilder::with_capacity(rows),
+            duration_ns: Int64Builder::with_capacity(rows),
+            status_code: text("status_code"),
+            status_message: text("status_message"),
+            attributes: TextMapBuilder::new("spans.attributes"),
+            resource_attributes: TextMapBuilder::new("spans.resource_attributes"),
+            scope_name: text("scope_name"),
+            scope_version: text("scope_version"),
+            events: EventsBuilder::new(),
+            links: LinksBuilder::new(),
             promoted,
-            ..Default::default()
+            scratch: String::new(),
         }
     }
 
@@ -244,6 +265,7 @@ impl SpanColumns {
 
     fn finish(mut self) -> RecordBatch {
         let rows = self.trace_id.len();
+        capacity::note_items(ROWS, rows);
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),
