@@ -17,6 +17,7 @@ use crate::schema::{list_item_field, text_map_entries_field, text_map_entry_fiel
 
 /// Builds a `map<text, text>` column from OTLP key-values.
 pub(crate) struct TextMapBuilder {
+    column: &'static str,
     keys: Text,
     values: Text,
     offsets: Vec<i32>,
@@ -27,9 +28,10 @@ impl TextMapBuilder {
     /// The builder of `column` (`spans.attributes`).
     pub(crate) fn new(column: &'static str) -> Self {
         Self {
+            column,
             keys: Text::new((column, "key")),
             values: Text::new((column, "value")),
-            offsets: Vec::new(),
+            offsets: Vec::with_capacity(capacity::items((column, "offsets"))),
             scratch: String::new(),
         }
     }
@@ -87,6 +89,7 @@ impl TextMapBuilder {
 
     pub(crate) fn finish(&mut self) -> ArrayRef {
         let offsets = std::mem::take(&mut self.offsets);
+        capacity::note_items((self.column, "offsets"), offsets.len());
         let offsets = if offsets.is_empty() { vec![0] } else { offsets };
         let entries = StructArray::new(
             text_map_entry_fields(),
