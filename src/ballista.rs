@@ -144,15 +144,20 @@ async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `addr`'s port, or a free one when it is 0: Ballista's executor binds its
-/// ports itself and tells the scheduler the numbers it was given.
-fn free_port(ip: IpAddr, port: u16) -> anyhow::Result<u16> {
-    if port != 0 {
-        return Ok(port);
+/// The given ports, each 0 replaced by a free one: Ballista's executor binds
+/// its ports itself and tells the scheduler the numbers it was given. The
+/// free ones are held until all are chosen, so two zeros never get the same
+/// port (which the executor then fails to bind twice).
+fn free_ports<const N: usize>(ip: IpAddr, ports: [u16; N]) -> anyhow::Result<[u16; N]> {
+    let mut held = Vec::new();
+    let mut chosen = ports;
+    for port in chosen.iter_mut().filter(|port| **port == 0) {
+        let listener = std::net::TcpListener::bind((ip, 0))
+            .with_context(|| format!("cannot find a free port on {ip}"))?;
+        *port = listener.local_addr()?.port();
+        held.push(listener);
     }
-    let listener = std::net::TcpListener::bind((ip, 0))
-        .with_context(|| format!("cannot find a free port on {ip}"))?;
-    Ok(listener.local_addr()?.port())
+    Ok(chosen)
 }
 
 async fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
@@ -169,8 +174,7 @@ async fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
         );
     };
     let ip = args.bind.ip();
-    let port = free_port(ip, args.bind.port())?;
-    let grpc_port = free_port(ip, args.grpc_port)?;
+    let [port, grpc_port] = free_ports(ip, [args.bind.port(), args.grpc_port])?;
     let work_dir = config.data_dir.join("ballista-work");
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create {}", work_dir.display()))?;
@@ -203,4 +207,22 @@ async fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
     start_executor_process(Arc::new(executor_config))
         .await
         .context("the Ballista executor failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_ports_become_distinct_free_ports_and_others_stay() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        for _ in 0..200 {
+            let [flight, grpc] = free_ports(ip, [0, 0]).unwrap();
+            assert!(
+                flight != 0 && grpc != 0 && flight != grpc,
+                "{flight} and {grpc}"
+            );
+        }
+        assert_eq!(free_ports(ip, [50051, 0]).unwrap()[0], 50051);
+    }
 }

@@ -5,8 +5,8 @@
 //! Not hyper-util's pooled client: a worker's requests only ever use the
 //! worker's own connections, so the shared pool's locking, keying by origin,
 //! per-request connector and idle-return machinery were a twentieth of the
-//! inbound sidecar's CPU time under load (BENCHMARKS.md, *The app's
-//! connections kept per worker*).
+//! inbound sidecar's CPU time under load (BENCHMARKS.md, *Mesh hop against
+//! an nginx TLS pair*).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -77,8 +77,9 @@ impl AppConnections {
         mut request: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, AppError> {
         // A connection the app closed between the check and the send hands
-        // the request back unsent; it is tried on the next one.
-        loop {
+        // the request back unsent; it is tried on the next one (a few times,
+        // then on a new connection).
+        for _ in 0..4 {
             let sent = {
                 let now = Instant::now();
                 let mut connections = self.http1.lock();
