@@ -660,6 +660,11 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// `traceparent` for `cx` (version 00), as the SDK's propagator writes it,
 /// without its `format!` and `Context`: this runs on every proxied request.
+///
+/// Marked sensitive, which HTTP/2 encodes as a literal never indexed: a value
+/// new on every request would otherwise enter both ends' HPACK tables and,
+/// every few dozen requests, push out the headers that do repeat (`host`,
+/// `user-agent`, `x-forwarded-*`), which then go as literals again.
 fn traceparent(cx: &SpanContext) -> HeaderValue {
     let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
     let (trace_id, rest) = value[3..].split_at_mut(32);
@@ -668,7 +673,9 @@ fn traceparent(cx: &SpanContext) -> HeaderValue {
     if cx.is_sampled() {
         value[54] = b'1';
     }
-    HeaderValue::from_bytes(&value).expect("hex digits and dashes")
+    let mut value = HeaderValue::from_bytes(&value).expect("hex digits and dashes");
+    value.set_sensitive(true);
+    value
 }
 
 /// A `traceparent` value's trace id, parent id and sampled flag, as W3C
@@ -918,6 +925,8 @@ mod tests {
             ours.insert("tracestate", HeaderValue::from_static("caller=1"));
             telemetry.inject(&cx, &mut ours);
             assert_eq!(ours["traceparent"].to_str().unwrap(), sdk["traceparent"]);
+            // Kept out of HTTP/2 header compression tables (see `traceparent`).
+            assert!(ours["traceparent"].is_sensitive());
             let state = ours.get("tracestate").map(|v| v.to_str().unwrap());
             assert_eq!(state.unwrap_or_default(), sdk["tracestate"]);
         }
