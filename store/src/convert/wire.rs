@@ -80,7 +80,7 @@ impl<'a> Field<'a> {
     /// A `string` field.
     #[inline]
     pub(crate) fn text(self, name: &str) -> Result<&'a str> {
-        std::str::from_utf8(self.bytes(name)?).map_err(|e| {
+        utf8(self.bytes(name)?).map_err(|e| {
             WireError::new(
                 self.message,
                 format!("field {name} (#{}) is not valid UTF-8: {e}", self.tag),
@@ -300,7 +300,7 @@ fn plain_key_value(bytes: &[u8]) -> Option<(&str, Option<AnyValue<'_>>)> {
     }
     let value = match value {
         [0x0a, len @ 0..=0x7f, text @ ..] if text.len() == usize::from(*len) => {
-            AnyValue::String(std::str::from_utf8(text).ok()?)
+            AnyValue::String(utf8(text).ok()?)
         }
         [0x18, varint @ ..] => {
             let mut rest = varint;
@@ -316,7 +316,20 @@ fn plain_key_value(bytes: &[u8]) -> Option<(&str, Option<AnyValue<'_>>)> {
         }
         _ => return None,
     };
-    Some((std::str::from_utf8(key).ok()?, Some(value)))
+    Some((utf8(key).ok()?, Some(value)))
+}
+
+/// `bytes` as text. Nearly all OTLP text is ASCII, which `is_ascii` checks
+/// a word at a time, where the standard validation goes byte by byte through
+/// the short strings attributes are made of.
+#[inline]
+fn utf8(bytes: &[u8]) -> std::result::Result<&str, std::str::Utf8Error> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes)
+    }
 }
 
 /// [`key_value`] for any encoding, field by field.
@@ -396,6 +409,27 @@ mod tests {
             prop::collection::vec(any::<u8>(), 0..4)
                 .prop_map(|b| Some(any_value::Value::BytesValue(b))),
         ]
+    }
+
+    #[test]
+    fn text_is_read_as_the_standard_validation_reads_it() {
+        let samples: [&[u8]; 8] = [
+            b"",
+            b"GET /orders?id=42",
+            "caf\u{e9}".as_bytes(),
+            "\u{65e5}\u{672c}".as_bytes(),
+            b"\xff",
+            b"ok\xc3",
+            b"\x80tail",
+            b"\xed\xa0\x80",
+        ];
+        for bytes in samples {
+            assert_eq!(
+                utf8(bytes).ok(),
+                std::str::from_utf8(bytes).ok(),
+                "{bytes:?}"
+            );
+        }
     }
 
     proptest! {
