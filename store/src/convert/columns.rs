@@ -10,7 +10,7 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::Fields;
 
-use super::capacity::{self, Text};
+use super::capacity::{self, Sizing, Text};
 use super::values::{append_text, write_text};
 use super::wire::{self, AnyValue, Result};
 use crate::schema::{list_item_field, text_map_entries_field, text_map_entry_fields};
@@ -26,12 +26,12 @@ pub(crate) struct TextMapBuilder {
 
 impl TextMapBuilder {
     /// The builder of `column` (`spans.attributes`).
-    pub(crate) fn new(column: &'static str) -> Self {
+    pub(crate) fn new(column: &'static str, sizing: Sizing) -> Self {
         Self {
             column,
-            keys: Text::new((column, "key")),
-            values: Text::new((column, "value")),
-            offsets: Vec::with_capacity(capacity::items((column, "offsets"))),
+            keys: sizing.text((column, "key")),
+            values: sizing.text((column, "value")),
+            offsets: Vec::with_capacity(sizing.items((column, "offsets"))),
             scratch: String::new(),
         }
     }
@@ -166,13 +166,13 @@ pub(crate) struct EventsBuilder {
 }
 
 impl EventsBuilder {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(sizing: Sizing) -> Self {
         const NAME: (&str, &str) = ("spans.events", "name");
         Self {
             rows: ListOffsets::default(),
-            time: TimestampNanosecondBuilder::with_capacity(capacity::items(NAME)),
-            name: Text::new(NAME),
-            attributes: TextMapBuilder::new("spans.events.attributes"),
+            time: TimestampNanosecondBuilder::with_capacity(sizing.items(NAME)),
+            name: sizing.text(NAME),
+            attributes: TextMapBuilder::new("spans.events.attributes", sizing),
         }
     }
 
@@ -222,13 +222,13 @@ pub(crate) struct LinksBuilder {
 }
 
 impl LinksBuilder {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(sizing: Sizing) -> Self {
         Self {
             rows: ListOffsets::default(),
-            trace_id: Text::new(("spans.links", "trace_id")),
-            span_id: Text::new(("spans.links", "span_id")),
-            trace_state: Text::new(("spans.links", "trace_state")),
-            attributes: TextMapBuilder::new("spans.links.attributes"),
+            trace_id: sizing.text(("spans.links", "trace_id")),
+            span_id: sizing.text(("spans.links", "span_id")),
+            trace_state: sizing.text(("spans.links", "trace_state")),
+            attributes: TextMapBuilder::new("spans.links.attributes", sizing),
         }
     }
 

@@ -9,7 +9,7 @@ use arrow::array::{
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 
-use super::capacity::{self, Text};
+use super::capacity::{self, Sizing, Text};
 use super::columns::{append_non_empty, clamp_nanos, TextMapBuilder};
 use super::values::append_text;
 use super::wire::{self, AnyValue, WireError};
@@ -28,7 +28,7 @@ pub fn logs_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
     let received = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut columns = LogColumns::new();
+    let mut columns = LogColumns::new(Sizing::for_request(request.len()));
     let mut rejections = Rejections::default();
     // One record's fields at a time, its attributes' buffer reused.
     let mut record = LogFields::default();
@@ -127,9 +127,9 @@ struct LogColumns {
 const ROWS: (&str, &str) = ("logs", "rows");
 
 impl LogColumns {
-    fn new() -> Self {
-        let rows = capacity::items(ROWS);
-        let text = |column| Text::new(("logs", column));
+    fn new(sizing: Sizing) -> Self {
+        let rows = sizing.items(ROWS);
+        let text = |column| sizing.text(("logs", column));
         Self {
             time: TimestampNanosecondBuilder::with_capacity(rows),
             observed_time: TimestampNanosecondBuilder::with_capacity(rows),
@@ -139,8 +139,8 @@ impl LogColumns {
             trace_id: text("trace_id"),
             span_id: text("span_id"),
             service_name: text("service_name"),
-            attributes: TextMapBuilder::new("logs.attributes"),
-            resource_attributes: TextMapBuilder::new("logs.resource_attributes"),
+            attributes: TextMapBuilder::new("logs.attributes", sizing),
+            resource_attributes: TextMapBuilder::new("logs.resource_attributes", sizing),
             scope_name: text("scope_name"),
             event_name: text("event_name"),
             scratch: String::new(),

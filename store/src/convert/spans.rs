@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use prost::Message;
 
-use super::capacity::{self, Text};
+use super::capacity::{self, Sizing, Text};
 use super::columns::{
     append_non_empty, clamp_nanos, EventsBuilder, Link, LinksBuilder, TextMapBuilder,
 };
@@ -22,7 +22,7 @@ use crate::Signal;
 /// leaving out (and counting) spans with invalid ids or an end before their
 /// start. Fails only when `request` is not valid protobuf.
 pub fn spans_from_protobuf(request: &[u8]) -> Result<Converted, WireError> {
-    let mut columns = SpanColumns::new();
+    let mut columns = SpanColumns::new(Sizing::for_request(request.len()));
     let mut rejections = Rejections::default();
     // One span's fields at a time, its lists' buffers reused.
     let mut span = SpanFields::default();
@@ -185,16 +185,16 @@ struct SpanColumns {
 }
 
 impl SpanColumns {
-    fn new() -> Self {
-        let rows = capacity::items(ROWS);
+    fn new(sizing: Sizing) -> Self {
+        let rows = sizing.items(ROWS);
         let promoted = PROMOTED_SPAN_COLUMNS
             .iter()
             .map(|p| match p.kind {
-                PromotedKind::Text => PromotedBuilder::Text(Text::new(("spans", p.column))),
+                PromotedKind::Text => PromotedBuilder::Text(sizing.text(("spans", p.column))),
                 PromotedKind::Int => PromotedBuilder::Int(Int64Builder::with_capacity(rows)),
             })
             .collect();
-        let text = |column| Text::new(("spans", column));
+        let text = |column| sizing.text(("spans", column));
         Self {
             trace_id: text("trace_id"),
             span_id: text("span_id"),
@@ -208,12 +208,12 @@ impl SpanColumns {
             duration_ns: Int64Builder::with_capacity(rows),
             status_code: text("status_code"),
             status_message: text("status_message"),
-            attributes: TextMapBuilder::new("spans.attributes"),
-            resource_attributes: TextMapBuilder::new("spans.resource_attributes"),
+            attributes: TextMapBuilder::new("spans.attributes", sizing),
+            resource_attributes: TextMapBuilder::new("spans.resource_attributes", sizing),
             scope_name: text("scope_name"),
             scope_version: text("scope_version"),
-            events: EventsBuilder::new(),
-            links: LinksBuilder::new(),
+            events: EventsBuilder::new(sizing),
+            links: LinksBuilder::new(sizing),
             promoted,
             scratch: String::new(),
         }
