@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use super::Body;
+use super::{http1_connection, http2_connection, Body};
 use crate::api::AppProtocol;
 
 /// How long an HTTP/1.1 connection may sit unused before it is closed.
@@ -102,13 +101,7 @@ impl AppConnections {
                 },
             }
         }
-        let stream = self.connect().await?;
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "app connection closed");
-            }
-        });
+        let mut sender = http1_connection(self.connect().await?, self.app, "app").await?;
         let response = sender.send_request(request);
         self.http1.lock().push(Http1Connection {
             sender,
@@ -125,17 +118,7 @@ impl AppConnections {
         let mut sender = match open.as_ref().filter(|s| !s.is_closed()) {
             Some(sender) => sender.clone(),
             None => {
-                let stream = self.connect().await?;
-                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .handshake(TokioIo::new(stream))
-                    .await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "app connection closed");
-                    }
-                });
+                let sender = http2_connection(self.connect().await?, self.app, "app").await?;
                 *open = Some(sender.clone());
                 sender
             }
@@ -163,6 +146,7 @@ mod tests {
     use std::sync::Arc;
 
     use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpListener;
 
     use super::*;

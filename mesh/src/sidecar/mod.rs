@@ -41,6 +41,52 @@ use self::outbound::Destination;
 
 pub(crate) type Body = axum::body::Body;
 
+/// An HTTP/2 client connection over `io` to `peer`, pinged every 30 s so a
+/// peer that vanished is noticed, driven by a task of its own; `what` names
+/// it in the log line when it ends.
+pub(crate) async fn http2_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    what: &'static str,
+) -> hyper::Result<hyper::client::conn::http2::SendRequest<Body>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(hyper_util::rt::TokioIo::new(io))
+            .await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%peer, error = %e, "{what} connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+/// An HTTP/1.1 client connection over `io` to `peer` that a `101` hands
+/// over to the switched protocol, driven by a task of its own; `what` names
+/// it in the log line when it ends.
+pub(crate) async fn http1_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    what: &'static str,
+) -> hyper::Result<hyper::client::conn::http1::SendRequest<Body>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(%peer, error = %e, "{what} connection closed");
+        }
+    });
+    Ok(sender)
+}
+
 /// How often a sidecar tells the control plane it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long a config poll waits for a change.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
@@ -27,7 +27,7 @@ use weft_proxy::{
     accept_until, message_response, method_name, upgrade, uri, PerWorker, Telemetry, Workers,
 };
 
-use super::{Body, Shared};
+use super::{http1_connection, http2_connection, Body, Shared};
 use crate::api::AppProtocol;
 use crate::spiffe::SpiffeId;
 use crate::tls::Wire;
@@ -359,17 +359,9 @@ impl Destination {
         let stream = self
             .connect_tls(shared, expected, endpoint, connect_timeout, Wire::Http2)
             .await?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(stream))
+        let sender = http2_connection(stream, endpoint, "mesh")
             .await
             .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%endpoint, error = %e, "mesh connection closed");
-            }
-        });
         self.connections
             .get()
             .lock()
@@ -422,14 +414,9 @@ impl Destination {
             )
             .await
             .map_err(AttemptError::Connect)?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let mut sender = http1_connection(stream, endpoint, "mesh upgrade")
             .await
             .map_err(|e| AttemptError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(%endpoint, error = %e, "mesh upgrade connection closed");
-            }
-        });
         let response = sender
             .send_request(request)
             .await
